@@ -1,0 +1,125 @@
+//! `vm`: run container images in KVM microVMs.
+
+mod arch;
+mod console;
+mod exit;
+mod host;
+mod loader;
+mod memory;
+mod vcpu;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::ExitReason;
+
+/// Exit status when `vm` itself fails (Docker's convention).
+const EXIT_VM_FAILED: u8 = 125;
+/// Exit status when the guest crashed (panic, triple fault).
+const EXIT_GUEST_CRASHED: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "vm", version, about = "Run container images in KVM microVMs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a kernel (and initrd) in a microVM with the serial console on
+    /// stdout. Exits 0 when the guest powers off or reboots.
+    Boot(BootArgs),
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// Guest kernel: an uncompressed ELF vmlinux or a bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk (a cpio archive, optionally compressed).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line. The VMM adds `reboot=k panic=-1` in front.
+    #[arg(long, default_value = "console=ttyS0 quiet")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u64,
+    /// Print how long the guest took to reach userspace (boot-timer port).
+    #[arg(long)]
+    boot_time: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_VM_FAILED } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Boot(args) => boot(args),
+    }
+}
+
+fn boot(args: BootArgs) -> ExitCode {
+    let cfg = vm::VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        report_boot_time: args.boot_time,
+    };
+    let outcome = match vm::run(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("vm: error: {e}");
+            return ExitCode::from(EXIT_VM_FAILED);
+        }
+    };
+    match &outcome.reason {
+        r if r.is_clean() => ExitCode::SUCCESS,
+        ExitReason::Panic(msg) => {
+            eprintln!("vm: the guest kernel panicked: {msg}");
+            ExitCode::from(EXIT_GUEST_CRASHED)
+        }
+        ExitReason::TripleFault { cpu } => {
+            eprintln!("vm: the guest triple-faulted on vCPU {cpu} (a CPU reset it did not ask for); the VM was stopped");
+            ExitCode::from(EXIT_GUEST_CRASHED)
+        }
+        ExitReason::InternalError { cpu, detail } => {
+            if host::is_pvm() {
+                eprintln!("vm: error: KVM could not run the guest on vCPU {cpu}{detail}. {}", host::Error::Pvm);
+            } else {
+                eprintln!("vm: error: KVM could not run the guest on vCPU {cpu}: {detail}");
+            }
+            print_tail(&outcome.console_tail);
+            ExitCode::from(EXIT_VM_FAILED)
+        }
+        ExitReason::VmmError(msg) => {
+            eprintln!("vm: error: {msg}");
+            ExitCode::from(EXIT_VM_FAILED)
+        }
+        ExitReason::Reset | ExitReason::PowerOff => ExitCode::SUCCESS,
+    }
+}
+
+fn print_tail(lines: &[String]) {
+    if lines.is_empty() {
+        return;
+    }
+    eprintln!("vm: last lines of the guest console:");
+    for l in lines.iter().rev().take(10).rev() {
+        eprintln!("  {l}");
+    }
+}

@@ -1,0 +1,246 @@
+//! vCPUs: their initial state and the thread that runs each one.
+//!
+//! A vCPU thread runs KVM_RUN in a loop, dispatches port and MMIO exits to
+//! the buses, and reports anything that ends the VM to the [`ExitSignal`].
+//! The main thread stops it by setting its stop flag and kicking it with a
+//! signal, which makes KVM_RUN return EINTR.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::Bus;
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::{cpuid, regs};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::memory::GuestMem;
+
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create vCPU {id}: {source}")]
+    Create { id: u8, source: kvm_ioctls::Error },
+    #[error("cannot set up vCPU {id} ({what}): {source}")]
+    Setup {
+        id: u8,
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot set up vCPU {id}: {source}")]
+    Boot { id: u8, source: regs::Error },
+    #[error("KVM accepted only {set} of {wanted} MSRs on vCPU {id}")]
+    Msrs { id: u8, set: usize, wanted: usize },
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    #[error("cannot start vCPU thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Put a freshly created vCPU in the state the 64-bit boot protocol wants.
+pub fn configure(
+    vcpu: &VcpuFd,
+    id: u8,
+    count: u8,
+    base_cpuid: &CpuId,
+    mem: &GuestMem,
+    entry: u64,
+) -> Result<(), Error> {
+    let setup = |what: &'static str| move |source| Error::Setup { id, what, source };
+    let mut cpuid = base_cpuid.clone();
+    cpuid::normalize(cpuid.as_mut_slice(), id, count);
+    vcpu.set_cpuid2(&cpuid).map_err(setup("CPUID"))?;
+
+    let msrs = regs::boot_msrs().map_err(|source| Error::Boot { id, source })?;
+    let set = vcpu.set_msrs(&msrs).map_err(setup("MSRs"))?;
+    if set != msrs.as_slice().len() {
+        return Err(Error::Msrs {
+            id,
+            set,
+            wanted: msrs.as_slice().len(),
+        });
+    }
+
+    let mut lapic = vcpu.get_lapic().map_err(setup("local APIC"))?;
+    regs::set_lint(&mut lapic);
+    vcpu.set_lapic(&lapic).map_err(setup("local APIC"))?;
+
+    // Only the boot CPU starts at the kernel entry; the others wait for
+    // the INIT/SIPI sequence the kernel sends them.
+    if id == 0 {
+        let mut sregs = vcpu.get_sregs().map_err(setup("special registers"))?;
+        regs::setup_sregs(mem, &mut sregs).map_err(|source| Error::Boot { id, source })?;
+        vcpu.set_sregs(&sregs).map_err(setup("special registers"))?;
+        vcpu.set_regs(&regs::boot_regs(entry)).map_err(setup("registers"))?;
+        vcpu.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
+    } else {
+        vcpu.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
+    }
+    Ok(())
+}
+
+/// What a vCPU thread shares with the rest of the VMM.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitSignal>,
+    /// The host's KVM is PVM: an emulation failure means "cannot run here".
+    pub pvm_host: bool,
+}
+
+pub struct VcpuHandle {
+    id: u8,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: delivery itself makes KVM_RUN return EINTR.
+}
+
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+pub fn install_kick_handler() -> Result<(), Error> {
+    register_signal_handler(kick_signal(), kick_handler).map_err(Error::Signal)
+}
+
+pub fn spawn(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) -> Result<VcpuHandle, Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .stack_size(256 * 1024)
+        .spawn(move || run_loop(&mut vcpu, id, &ctx, &thread_stop))
+        .map_err(Error::Spawn)?;
+    Ok(VcpuHandle {
+        id,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Stop every vCPU thread and wait for them, kicking them out of KVM_RUN
+/// until they notice. Gives up on a thread after `timeout`.
+pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) {
+    for h in handles.iter() {
+        h.stop.store(true, Ordering::SeqCst);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut running = 0;
+        for h in handles.iter_mut() {
+            let finished = h.thread.as_ref().is_none_or(|t| t.is_finished());
+            if finished {
+                if let Some(t) = h.thread.take() {
+                    let _ = t.join();
+                }
+            } else {
+                running += 1;
+                if let Some(t) = h.thread.as_ref() {
+                    let _ = t.kill(kick_signal());
+                }
+            }
+        }
+        if running == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for h in handles.iter() {
+                if h.thread.is_some() {
+                    eprintln!("vm: vCPU {} did not stop in time", h.id);
+                }
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        let outcome = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, id, ctx),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(ExitReason::VmmError(format!("KVM_RUN failed on vCPU {id}: {e}"))),
+        };
+        if let Some(mut reason) = outcome {
+            if let ExitReason::InternalError { detail, .. } = &mut reason {
+                detail.push_str(&describe_internal_error(vcpu));
+            }
+            ctx.exit.set(reason);
+            return;
+        }
+    }
+}
+
+/// Dispatch one exit. Returns why the VM must end, if it must.
+fn handle_exit(exit: VcpuExit, id: u8, ctx: &VcpuContext) -> Option<ExitReason> {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            ctx.pio.write(u64::from(port), data);
+            None
+        }
+        VcpuExit::IoIn(port, data) => {
+            if !ctx.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !ctx.mmio.read(addr, data) {
+                data.fill(0);
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            ctx.mmio.write(addr, data);
+            None
+        }
+        VcpuExit::Shutdown => Some(ExitReason::TripleFault { cpu: id }),
+        VcpuExit::Hlt => Some(ExitReason::PowerOff),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => Some(ExitReason::Reset),
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Some(ExitReason::PowerOff),
+            other => Some(ExitReason::VmmError(format!(
+                "vCPU {id}: unexpected system event {other}"
+            ))),
+        },
+        VcpuExit::InternalError => Some(ExitReason::InternalError {
+            cpu: id,
+            detail: if ctx.pvm_host {
+                "emulation failure under PVM".into()
+            } else {
+                String::new()
+            },
+        }),
+        VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::InternalError {
+            cpu: id,
+            detail: format!("VM entry failed (hardware reason {reason:#x}, cpu {cpu})"),
+        }),
+        VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
+        other => Some(ExitReason::VmmError(format!(
+            "vCPU {id}: unexpected exit {other:?}"
+        ))),
+    }
+}
+
+fn describe_internal_error(vcpu: &mut VcpuFd) -> String {
+    // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR (or a failed entry),
+    // so reading the `internal` member of the union is what KVM filled in;
+    // any bit pattern is a valid u32.
+    let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+    let what = if suberror == KVM_INTERNAL_ERROR_EMULATION {
+        "instruction emulation failed"
+    } else {
+        "internal error"
+    };
+    format!(" ({what}, suberror {suberror}, rip {rip:#x})")
+}

@@ -1,0 +1,347 @@
+//! One microVM: build it from a [`VmConfig`], run it until the guest ends,
+//! tear it down.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::legacy::{
+    BootTimer, Serial, I8042, BOOT_TIMER_PORT, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN,
+    I8042_PORT_BASE, I8042_PORT_LEN,
+};
+use devices::{Bus, EventFdTrigger};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::layout::KVM_TSS_ADDRESS;
+use crate::console::ConsoleOut;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::loader::{self, BootSpec};
+use crate::{host, memory, vcpu};
+
+/// The smallest guest that can boot our kernel with an initramfs.
+pub const MIN_MEMORY_MIB: u64 = 16;
+pub const MAX_CPUS: u8 = 64;
+/// How long a panicked guest gets to print the rest of its message.
+const PANIC_GRACE: Duration = Duration::from_secs(2);
+
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line; the VMM adds what it needs.
+    pub cmdline: String,
+    pub cpus: u8,
+    pub memory_mib: u64,
+    /// Report the boot time (userspace start) on stderr.
+    pub report_boot_time: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--cpus must be between 1 and {max}, got {got}")]
+    Cpus { got: u8, max: u8 },
+    #[error("--memory must be at least {MIN_MEMORY_MIB} MiB, got {0} MiB")]
+    MemoryTooSmall(u64),
+    #[error("--memory {0} MiB is more than this host can address")]
+    MemoryTooLarge(u64),
+    #[error(transparent)]
+    Host(#[from] host::Error),
+    #[error("KVM: {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error(transparent)]
+    Loader(#[from] loader::Error),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::Error),
+    #[error("setting up devices: {0}")]
+    Devices(String),
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// How a guest ended, with the console's last lines for diagnostics.
+pub struct Outcome {
+    pub reason: ExitReason,
+    pub console_tail: Vec<String>,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+/// The parameters every guest of ours needs, ahead of the user's own:
+/// reset through the i8042 and reboot at once on a panic.
+pub fn full_cmdline(user: &str) -> String {
+    let base = "reboot=k panic=-1";
+    if user.trim().is_empty() {
+        base.to_string()
+    } else {
+        format!("{base} {}", user.trim())
+    }
+}
+
+pub fn validate(cfg: &VmConfig) -> Result<(), Error> {
+    if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
+        return Err(Error::Cpus {
+            got: cfg.cpus,
+            max: MAX_CPUS,
+        });
+    }
+    if cfg.memory_mib < MIN_MEMORY_MIB {
+        return Err(Error::MemoryTooSmall(cfg.memory_mib));
+    }
+    // 1 TiB is far beyond this project's hosts; it keeps the arithmetic safe.
+    if cfg.memory_mib > (1 << 20) {
+        return Err(Error::MemoryTooLarge(cfg.memory_mib));
+    }
+    Ok(())
+}
+
+type Console = ConsoleOut<io::Stdout>;
+
+pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
+    let start = Instant::now();
+    validate(cfg)?;
+    // Check the files before touching KVM, so a typo is reported as such.
+    for (path, what) in [(Some(&cfg.kernel), "kernel"), (cfg.initrd.as_ref(), "initrd")] {
+        if let Some(p) = path {
+            std::fs::metadata(p).map_err(|e| {
+                Error::Loader(match what {
+                    "kernel" => loader::Error::OpenKernel {
+                        path: p.clone(),
+                        source: e,
+                    },
+                    _ => loader::Error::OpenInitrd {
+                        path: p.clone(),
+                        source: e,
+                    },
+                })
+            })?;
+        }
+    }
+    let kvm = host::open_kvm()?;
+    let max = kvm.get_max_vcpus().min(usize::from(MAX_CPUS));
+    if usize::from(cfg.cpus) > max {
+        return Err(Error::Cpus {
+            got: cfg.cpus,
+            max: max as u8,
+        });
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set TSS address"))?;
+    vm.create_irq_chip().map_err(kvm_err("create IRQ chip"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("create PIT"))?;
+
+    let mem_bytes = cfg.memory_mib << 20;
+    let mem = memory::create(mem_bytes)?;
+    memory::register(&vm, &mem)?;
+
+    let cmdline = full_cmdline(&cfg.cmdline);
+    let loaded = loader::load(
+        &mem,
+        &BootSpec {
+            kernel: &cfg.kernel,
+            initrd: cfg.initrd.as_deref(),
+            cmdline: &cmdline,
+            mem_bytes,
+            cpus: cfg.cpus,
+        },
+    )?;
+
+    // Devices.
+    let exit = Arc::new(ExitSignal::new()?);
+    let serial_irq = EventFd::new(EFD_NONBLOCK)?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("register serial irqfd"))?;
+    let console = ConsoleOut::new(io::stdout(), exit.clone());
+    let serial = Arc::new(Mutex::new(Serial::new(EventFdTrigger::new(serial_irq), console)));
+    let reset_evt = EventFd::new(EFD_NONBLOCK)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset_evt.try_clone()?))));
+    let report = cfg.report_boot_time;
+    let boot_timer = Arc::new(Mutex::new(BootTimer::new(
+        start,
+        Box::new(move |d| {
+            if report {
+                eprintln!("vm: guest userspace started after {:.1} ms", d.as_secs_f64() * 1e3);
+            }
+        }),
+    )));
+    let mut pio = Bus::new();
+    let dev_err = |e: devices::BusError| Error::Devices(e.to_string());
+    pio.insert(serial.clone(), COM1_PORT_BASE, COM1_PORT_LEN).map_err(dev_err)?;
+    pio.insert(i8042, I8042_PORT_BASE, I8042_PORT_LEN).map_err(dev_err)?;
+    pio.insert(boot_timer, BOOT_TIMER_PORT, 1).map_err(dev_err)?;
+
+    // vCPUs.
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported CPUID"))?;
+    vcpu::install_kick_handler()?;
+    let ctx = vcpu::VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new()),
+        exit: exit.clone(),
+        pvm_host: host::is_pvm(),
+    };
+    let mut fds = Vec::with_capacity(usize::from(cfg.cpus));
+    for id in 0..cfg.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| vcpu::Error::Create { id, source })?;
+        vcpu::configure(&fd, id, cfg.cpus, &base_cpuid, &mem, loaded.entry)?;
+        fds.push(fd);
+    }
+    let mut handles = Vec::with_capacity(fds.len());
+    for (id, fd) in fds.into_iter().enumerate() {
+        handles.push(vcpu::spawn(fd, id as u8, ctx.clone())?);
+    }
+
+    let result = event_loop(&exit, &reset_evt, &serial);
+    vcpu::stop_all(&mut handles, Duration::from_secs(2));
+    let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
+    let console = serial.writer_mut();
+    let _ = console.flush();
+    let console_tail = console.recent_lines();
+    let panic = console.panic_message().map(str::to_string);
+    drop(serial);
+    result?;
+    let mut reason = exit
+        .get()
+        .unwrap_or_else(|| ExitReason::VmmError("the VM stopped without a reason".into()));
+    // A panic is followed by the reset that panic=-1 asks for; report the panic.
+    if let Some(msg) = panic {
+        if matches!(reason, ExitReason::Reset | ExitReason::PowerOff) {
+            reason = ExitReason::Panic(msg);
+        }
+    }
+    drop(vm);
+    Ok(Outcome {
+        reason,
+        console_tail,
+    })
+}
+
+/// Wait for the guest to end, feeding stdin to the serial console and
+/// flushing console output that has no newline yet.
+fn event_loop(
+    exit: &Arc<ExitSignal>,
+    reset_evt: &EventFd,
+    serial: &Arc<Mutex<Serial<Console>>>,
+) -> Result<(), Error> {
+    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().map_err(|e| Error::EventLoop(format!("{e:?}")))?;
+    let watcher = Arc::new(Mutex::new(ExitWatcher {
+        exit: exit.clone(),
+        reset: reset_evt.try_clone()?,
+    }));
+    em.add_subscriber(watcher);
+    if stdin_is_usable() {
+        em.add_subscriber(Arc::new(Mutex::new(StdinInput {
+            serial: serial.clone(),
+        })));
+    }
+    let mut panic_seen: Option<Instant> = None;
+    loop {
+        em.run_with_timeout(50)
+            .map_err(|e| Error::EventLoop(format!("{e:?}")))?;
+        if exit.get().is_some() {
+            return Ok(());
+        }
+        let mut s = serial.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = s.writer_mut().flush();
+        let panicked = s.writer_mut().panic_message().map(str::to_string);
+        drop(s);
+        if let Some(msg) = panicked {
+            let since = *panic_seen.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PANIC_GRACE {
+                exit.set(ExitReason::Panic(msg));
+            }
+        }
+    }
+}
+
+/// Stdin is forwarded when it is a terminal or a pipe/file with data; a
+/// closed or absent stdin is left alone.
+fn stdin_is_usable() -> bool {
+    let fd = io::stdin().as_raw_fd();
+    // SAFETY: fstat on a file descriptor number with a valid out pointer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` lives for the call.
+    unsafe { libc::fstat(fd, &mut st) == 0 }
+}
+
+struct ExitWatcher {
+    exit: Arc<ExitSignal>,
+    reset: EventFd,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            self.exit.set(ExitReason::Reset);
+        } else {
+            let _ = self.exit.evt.read();
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.reset.as_raw_fd(), self.exit.evt.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                eprintln!("vm: cannot watch exit events: {e:?}");
+            }
+        }
+    }
+}
+
+struct StdinInput {
+    serial: Arc<Mutex<Serial<Console>>>,
+}
+
+impl MutEventSubscriber for StdinInput {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let mut buf = [0u8; 64];
+        let room = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .input_room()
+            .min(buf.len());
+        if room == 0 {
+            return; // the guest has not read what it has; try again later
+        }
+        let n = match io::stdin().lock().read(&mut buf[..room]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => 0,
+        };
+        if n == 0 || events.event_set().contains(EventSet::HANG_UP) && n == 0 {
+            let _ = ops.remove(events);
+            return;
+        }
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enqueue_input(&buf[..n]);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let fd = io::stdin().as_raw_fd();
+        // Regular files cannot be polled with epoll; such stdin is ignored.
+        if ops.add(Events::new_raw(fd, EventSet::IN)).is_err() {}
+    }
+}
