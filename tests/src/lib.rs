@@ -1,1 +1,193 @@
-pub fn _x(){}
+//! Shared harness of the integration tests: builds what a test needs
+//! (the `vm` binary, the guest kernel, initramfs images) once, and runs
+//! shell scripts either directly or inside the nested KVM host when this
+//! machine's own KVM cannot boot a guest.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub struct Env {
+    pub repo: PathBuf,
+    pub vm: PathBuf,
+    pub vmlinux: PathBuf,
+    pub bzimage: PathBuf,
+    pub agent_initrd: PathBuf,
+    pub test_initrd: PathBuf,
+    /// Guests run inside resources/kvm-host/run.
+    pub nested: bool,
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the repository")
+        .to_path_buf()
+}
+
+fn target_dir(repo: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"))
+}
+
+/// Run a build script and return the last line of its stdout (a path).
+fn script_output_path(repo: &Path, script: &str) -> PathBuf {
+    let out = Command::new(repo.join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed: {}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| panic!("{script} printed nothing"));
+    PathBuf::from(last.trim())
+}
+
+fn build_vm(repo: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = !cfg!(debug_assertions);
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(repo).args(["build", "--quiet", "-p", "vmm", "--bin", "vm"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of vm failed");
+    target_dir(repo)
+        .join(if release { "release" } else { "debug" })
+        .join("vm")
+}
+
+/// A busybox initramfs whose /init is tests/fixtures/test-init.
+fn build_test_initrd(repo: &Path) -> PathBuf {
+    let dir = target_dir(repo).join("test-initramfs");
+    let stage = dir.join("stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", stage.join("bin/busybox"))
+        .expect("copy /bin/busybox (install busybox-static)");
+    std::fs::copy(repo.join("tests/fixtures/test-init"), stage.join("init")).expect("copy init");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod init");
+    let out = dir.join("busybox.cpio");
+    let status = Command::new("sh")
+        .current_dir(&stage)
+        .arg("-c")
+        .arg(format!(
+            "find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet > '{}'",
+            out.display()
+        ))
+        .status()
+        .expect("run cpio");
+    assert!(status.success(), "cpio failed");
+    out
+}
+
+fn host_kvm_can_boot() -> bool {
+    match std::env::var("VM_TEST_HOST").as_deref() {
+        Ok("native") => return true,
+        Ok("nested") => return false,
+        _ => {}
+    }
+    Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists()
+}
+
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let repo = repo_root();
+        let vmlinux = script_output_path(&repo, "resources/guest-kernel/build");
+        let bzimage = vmlinux.with_file_name("bzImage");
+        let agent_initrd = script_output_path(&repo, "resources/initramfs/build");
+        Env {
+            vm: build_vm(&repo),
+            test_initrd: build_test_initrd(&repo),
+            vmlinux,
+            bzimage,
+            agent_initrd,
+            nested: !host_kvm_can_boot(),
+            repo,
+        }
+    })
+}
+
+pub struct ScriptOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ScriptOutput {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ScriptOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Env {
+    fn script_command(&self, script: &str, in_kvm_host: bool) -> Command {
+        let mut cmd = if in_kvm_host && self.nested {
+            let mut c = Command::new(self.repo.join("resources/kvm-host/run"));
+            c.args(["--timeout", "600", "bash", "-c", script]);
+            c
+        } else {
+            let mut c = Command::new("bash");
+            c.args(["-c", script]);
+            c
+        };
+        cmd.current_dir(&self.repo)
+            .env("VM", &self.vm)
+            .env("VMLINUX", &self.vmlinux)
+            .env("BZIMAGE", &self.bzimage)
+            .env("AGENT_INITRD", &self.agent_initrd)
+            .env("TEST_INITRD", &self.test_initrd)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Run a bash script where guests can boot: here, or in the nested KVM
+    /// host. $VM, $VMLINUX, $BZIMAGE, $AGENT_INITRD, $TEST_INITRD are set.
+    pub fn run_with_kvm(&self, script: &str) -> ScriptOutput {
+        let out = self
+            .script_command(script, true)
+            .output()
+            .expect("run the test script");
+        ScriptOutput::from(out)
+    }
+
+    /// Run a bash script on this machine (no guest boots).
+    pub fn run_here(&self, script: &str) -> ScriptOutput {
+        let out = self
+            .script_command(script, false)
+            .output()
+            .expect("run the test script");
+        ScriptOutput::from(out)
+    }
+}
+
+/// The text between `== NAME` and the next `== ` marker line.
+pub fn section<'a>(text: &'a str, name: &str) -> &'a str {
+    let marker = format!("== {name}\n");
+    let Some(start) = text.find(&marker) else {
+        return "";
+    };
+    let rest = &text[start + marker.len()..];
+    match rest.find("\n== ") {
+        Some(end) => &rest[..end + 1],
+        None => rest,
+    }
+}

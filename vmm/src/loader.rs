@@ -57,13 +57,46 @@ pub fn detect_format(file: &mut File) -> std::io::Result<Option<KernelFormat>> {
             k => n += k,
         }
     }
-    if n >= 4 && head[..4] == *b"\x7fELF" {
-        return Ok(Some(KernelFormat::Elf));
+    if n >= 20 && head[..4] == *b"\x7fELF" {
+        // 64-bit, little-endian, executable (not a shared object), x86_64.
+        let is_kernel = head[4] == 2
+            && head[5] == 1
+            && u16::from_le_bytes([head[16], head[17]]) == 2
+            && u16::from_le_bytes([head[18], head[19]]) == 62;
+        return Ok(is_kernel.then_some(KernelFormat::Elf));
     }
     if n >= 0x206 && head[0x202..0x206] == *b"HdrS" {
         return Ok(Some(KernelFormat::BzImage));
     }
     Ok(None)
+}
+
+/// Check that the kernel is a kernel and the initrd a readable file,
+/// before anything else is set up.
+pub fn check_files(kernel: &Path, initrd: Option<&Path>) -> Result<(), Error> {
+    let kpath = kernel.to_path_buf();
+    let open_err = |source| Error::OpenKernel {
+        path: kpath.clone(),
+        source,
+    };
+    let mut f = File::open(kernel).map_err(open_err)?;
+    if !f.metadata().map_err(open_err)?.is_file() {
+        return Err(Error::NotAKernel { path: kpath });
+    }
+    if detect_format(&mut f).map_err(open_err)?.is_none() {
+        return Err(Error::NotAKernel { path: kpath });
+    }
+    if let Some(p) = initrd {
+        let open_err = |source| Error::OpenInitrd {
+            path: p.to_path_buf(),
+            source,
+        };
+        let f = File::open(p).map_err(open_err)?;
+        if !f.metadata().map_err(open_err)?.is_file() {
+            return Err(open_err(std::io::Error::other("not a regular file")));
+        }
+    }
+    Ok(())
 }
 
 /// What the vCPU needs from loading: where to start.

@@ -98,10 +98,9 @@ fn boot(args: BootArgs) -> ExitCode {
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
         ExitReason::InternalError { cpu, detail } => {
+            eprintln!("vm: error: KVM could not run the guest on vCPU {cpu}: {detail}");
             if host::is_pvm() {
-                eprintln!("vm: error: KVM could not run the guest on vCPU {cpu}{detail}. {}", host::Error::Pvm);
-            } else {
-                eprintln!("vm: error: KVM could not run the guest on vCPU {cpu}: {detail}");
+                eprintln!("vm: {}", host::Error::Pvm);
             }
             print_tail(&outcome.console_tail);
             ExitCode::from(EXIT_VM_FAILED)

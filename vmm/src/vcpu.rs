@@ -89,8 +89,6 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
-    /// The host's KVM is PVM: an emulation failure means "cannot run here".
-    pub pvm_host: bool,
 }
 
 pub struct VcpuHandle {
@@ -172,7 +170,9 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
         };
         if let Some(mut reason) = outcome {
             if let ExitReason::InternalError { detail, .. } = &mut reason {
-                detail.push_str(&describe_internal_error(vcpu));
+                if detail.is_empty() {
+                    *detail = describe_internal_error(vcpu);
+                }
             }
             ctx.exit.set(reason);
             return;
@@ -214,11 +214,7 @@ fn handle_exit(exit: VcpuExit, id: u8, ctx: &VcpuContext) -> Option<ExitReason> 
         },
         VcpuExit::InternalError => Some(ExitReason::InternalError {
             cpu: id,
-            detail: if ctx.pvm_host {
-                "emulation failure under PVM".into()
-            } else {
-                String::new()
-            },
+            detail: String::new(),
         }),
         VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::InternalError {
             cpu: id,
@@ -242,5 +238,5 @@ fn describe_internal_error(vcpu: &mut VcpuFd) -> String {
     } else {
         "internal error"
     };
-    format!(" ({what}, suberror {suberror}, rip {rip:#x})")
+    format!("{what} (suberror {suberror}, guest rip {rip:#x})")
 }

@@ -113,22 +113,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     let start = Instant::now();
     validate(cfg)?;
     // Check the files before touching KVM, so a typo is reported as such.
-    for (path, what) in [(Some(&cfg.kernel), "kernel"), (cfg.initrd.as_ref(), "initrd")] {
-        if let Some(p) = path {
-            std::fs::metadata(p).map_err(|e| {
-                Error::Loader(match what {
-                    "kernel" => loader::Error::OpenKernel {
-                        path: p.clone(),
-                        source: e,
-                    },
-                    _ => loader::Error::OpenInitrd {
-                        path: p.clone(),
-                        source: e,
-                    },
-                })
-            })?;
-        }
-    }
+    loader::check_files(&cfg.kernel, cfg.initrd.as_deref())?;
     let kvm = host::open_kvm()?;
     let max = kvm.get_max_vcpus().min(usize::from(MAX_CPUS));
     if usize::from(cfg.cpus) > max {
@@ -195,7 +180,6 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
         pio: Arc::new(pio),
         mmio: Arc::new(Bus::new()),
         exit: exit.clone(),
-        pvm_host: host::is_pvm(),
     };
     let mut fds = Vec::with_capacity(usize::from(cfg.cpus));
     for id in 0..cfg.cpus {
