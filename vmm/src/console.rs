@@ -67,13 +67,9 @@ impl<W: Write> ConsoleOut<W> {
         let text = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
         self.line.clear();
         match classify(&text) {
-            Some(Verdict::Panic(msg)) => {
-                if self.panicked.is_none() {
-                    self.panicked = Some(msg);
-                }
-            }
+            Some(Verdict::Panic(msg)) if self.panicked.is_none() => self.panicked = Some(msg),
             Some(Verdict::PowerOff) => self.exit.set(ExitReason::PowerOff),
-            None => {}
+            _ => {}
         }
         if self.recent.len() == KEEP_LINES {
             self.recent.pop_front();

@@ -150,10 +150,7 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<Loaded, Error> {
         });
     }
 
-    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| Error::Cmdline(e.to_string()))?;
-    cmdline
-        .insert_str(spec.cmdline)
-        .map_err(|e| Error::Cmdline(format!("{e} ({} bytes, at most {})", spec.cmdline.len(), CMDLINE_MAX - 1)))?;
+    let cmdline = build_cmdline(spec.cmdline)?;
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE), &cmdline)
         .map_err(|e| Error::Cmdline(e.to_string()))?;
     let cmdline_size = cmdline
@@ -190,6 +187,19 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<Loaded, Error> {
     Ok(Loaded { entry })
 }
 
+/// The kernel command line as linux-loader writes it, within Linux's limit.
+pub fn build_cmdline(text: &str) -> Result<Cmdline, Error> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX).map_err(|e| Error::Cmdline(e.to_string()))?;
+    cmdline.insert_str(text).map_err(|e| {
+        Error::Cmdline(format!(
+            "{e} ({} bytes, at most {})",
+            text.len(),
+            CMDLINE_MAX - 1
+        ))
+    })?;
+    Ok(cmdline)
+}
+
 fn load_initrd(
     mem: &GuestMem,
     path: &Path,
@@ -222,4 +232,69 @@ fn load_initrd(
             detail: e.to_string(),
         })?;
     Ok((addr, size32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn temp_file(name: &str, bytes: &[u8]) -> (PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("vm-loader-test-{}-{name}", std::process::id()));
+        let mut f = File::create(&path).expect("create");
+        f.write_all(bytes).expect("write");
+        (path.clone(), File::open(&path).expect("open"))
+    }
+
+    #[test]
+    fn detects_elf_kernels_only() {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // 64-bit
+        elf[5] = 1; // little endian
+        elf[16] = 2; // ET_EXEC
+        elf[18] = 62; // x86_64
+        let (p, mut f) = temp_file("elf", &elf);
+        assert!(matches!(detect_format(&mut f), Ok(Some(KernelFormat::Elf))));
+        elf[16] = 3; // ET_DYN: a program, not a kernel
+        let (p2, mut f) = temp_file("dyn", &elf);
+        assert!(matches!(detect_format(&mut f), Ok(None)));
+        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(p2);
+    }
+
+    #[test]
+    fn detects_bzimage_magic() {
+        let mut img = vec![0u8; 0x300];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        let (p, mut f) = temp_file("bz", &img);
+        assert!(matches!(detect_format(&mut f), Ok(Some(KernelFormat::BzImage))));
+        let (p2, mut f) = temp_file("short", b"HdrS");
+        assert!(matches!(detect_format(&mut f), Ok(None)));
+        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(p2);
+    }
+
+    #[test]
+    fn check_files_names_the_bad_one() {
+        let (p, _) = temp_file("text", b"hello world");
+        assert!(matches!(check_files(&p, None), Err(Error::NotAKernel { .. })));
+        assert!(matches!(
+            check_files(Path::new("/nonexistent/k"), None),
+            Err(Error::OpenKernel { .. })
+        ));
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn command_line_limits() {
+        let c = build_cmdline("console=ttyS0 quiet").expect("cmdline");
+        assert_eq!(c.as_cstring().expect("cstring").as_bytes(), b"console=ttyS0 quiet");
+        let long = "x".repeat(CMDLINE_MAX);
+        match build_cmdline(&long) {
+            Err(err) => assert!(err.to_string().contains("at most 2047"), "{err}"),
+            Ok(_) => panic!("a command line over Linux's limit was accepted"),
+        }
+        assert!(build_cmdline("a\nb").is_err(), "control characters are refused");
+    }
 }

@@ -47,12 +47,13 @@ pub fn configure(
     id: u8,
     count: u8,
     base_cpuid: &CpuId,
+    caps: cpuid::HostCaps,
     mem: &GuestMem,
     entry: u64,
 ) -> Result<(), Error> {
     let setup = |what: &'static str| move |source| Error::Setup { id, what, source };
     let mut cpuid = base_cpuid.clone();
-    cpuid::normalize(cpuid.as_mut_slice(), id, count);
+    cpuid::normalize(cpuid.as_mut_slice(), id, count, caps);
     vcpu.set_cpuid2(&cpuid).map_err(setup("CPUID"))?;
 
     let msrs = regs::boot_msrs().map_err(|source| Error::Boot { id, source })?;
@@ -161,7 +162,31 @@ pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) {
     }
 }
 
+/// Reports a vCPU thread that ends without saying why (it panicked), so
+/// the main loop does not wait for it forever.
+struct EndGuard<'a> {
+    id: u8,
+    exit: &'a ExitSignal,
+    reported: bool,
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        if !self.reported && std::thread::panicking() {
+            self.exit.set(ExitReason::VmmError(format!(
+                "vCPU {} thread failed",
+                self.id
+            )));
+        }
+    }
+}
+
 fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
+    let mut guard = EndGuard {
+        id,
+        exit: &ctx.exit,
+        reported: false,
+    };
     while !stop.load(Ordering::SeqCst) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, id, ctx),
@@ -175,6 +200,7 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
                 }
             }
             ctx.exit.set(reason);
+            guard.reported = true;
             return;
         }
     }

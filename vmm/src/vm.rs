@@ -17,6 +17,7 @@ use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY}
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::cpuid::HostCaps;
 use crate::arch::layout::KVM_TSS_ADDRESS;
 use crate::console::ConsoleOut;
 use crate::exit::{ExitReason, ExitSignal};
@@ -175,6 +176,9 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("get supported CPUID"))?;
+    let caps = HostCaps {
+        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
     vcpu::install_kick_handler()?;
     let ctx = vcpu::VcpuContext {
         pio: Arc::new(pio),
@@ -186,7 +190,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| vcpu::Error::Create { id, source })?;
-        vcpu::configure(&fd, id, cfg.cpus, &base_cpuid, &mem, loaded.entry)?;
+        vcpu::configure(&fd, id, cfg.cpus, &base_cpuid, caps, &mem, loaded.entry)?;
         fds.push(fd);
     }
     let mut handles = Vec::with_capacity(fds.len());
@@ -258,8 +262,7 @@ fn event_loop(
     }
 }
 
-/// Stdin is forwarded when it is a terminal or a pipe/file with data; a
-/// closed or absent stdin is left alone.
+/// Stdin is forwarded to the serial console when descriptor 0 is open.
 fn stdin_is_usable() -> bool {
     let fd = io::stdin().as_raw_fd();
     // SAFETY: fstat on a file descriptor number with a valid out pointer.
@@ -299,24 +302,17 @@ struct StdinInput {
 impl MutEventSubscriber for StdinInput {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let mut buf = [0u8; 64];
-        let room = self
-            .serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .input_room()
-            .min(buf.len());
-        if room == 0 {
-            return; // the guest has not read what it has; try again later
-        }
-        let n = match io::stdin().lock().read(&mut buf[..room]) {
+        let n = match io::stdin().lock().read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
             Err(_) => 0,
         };
-        if n == 0 || events.event_set().contains(EventSet::HANG_UP) && n == 0 {
+        if n == 0 {
             let _ = ops.remove(events);
             return;
         }
+        // Like a real UART, input that arrives while the receive FIFO is
+        // full is lost (an overrun) rather than buffered without bound.
         self.serial
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -325,7 +321,44 @@ impl MutEventSubscriber for StdinInput {
 
     fn init(&mut self, ops: &mut EventOps) {
         let fd = io::stdin().as_raw_fd();
-        // Regular files cannot be polled with epoll; such stdin is ignored.
-        if ops.add(Events::new_raw(fd, EventSet::IN)).is_err() {}
+        // Regular files and /dev/null cannot be polled with epoll; such a
+        // stdin is simply not forwarded.
+        let _ = ops.add(Events::new_raw(fd, EventSet::IN));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(cpus: u8, memory_mib: u64) -> VmConfig {
+        VmConfig {
+            kernel: PathBuf::from("k"),
+            initrd: None,
+            cmdline: String::new(),
+            cpus,
+            memory_mib,
+            report_boot_time: false,
+        }
+    }
+
+    #[test]
+    fn required_parameters_come_first() {
+        assert_eq!(full_cmdline(""), "reboot=k panic=-1");
+        assert_eq!(
+            full_cmdline("  console=ttyS0 quiet "),
+            "reboot=k panic=-1 console=ttyS0 quiet"
+        );
+        // The user's own value comes later and so wins in the kernel.
+        assert!(full_cmdline("reboot=t").ends_with("reboot=t"));
+    }
+
+    #[test]
+    fn validates_sizes() {
+        assert!(validate(&cfg(1, 128)).is_ok());
+        assert!(matches!(validate(&cfg(0, 128)), Err(Error::Cpus { got: 0, .. })));
+        assert!(matches!(validate(&cfg(65, 128)), Err(Error::Cpus { got: 65, .. })));
+        assert!(matches!(validate(&cfg(1, 0)), Err(Error::MemoryTooSmall(0))));
+        assert!(matches!(validate(&cfg(1, 1 << 21)), Err(Error::MemoryTooLarge(_))));
     }
 }

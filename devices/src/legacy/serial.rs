@@ -39,11 +39,6 @@ impl<W: Write + Send> Serial<W> {
         }
     }
 
-    /// Free space in the receive FIFO.
-    pub fn input_room(&self) -> usize {
-        self.inner.fifo_capacity()
-    }
-
     pub fn writer_mut(&mut self) -> &mut W {
         self.inner.writer_mut()
     }

@@ -13,6 +13,7 @@ const LEAF_AMD_SIZE: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_VMX: u32 = 1 << 5;
 const EDX_HTT: u32 = 1 << 28;
 
@@ -29,8 +30,17 @@ fn id_bits(n: u32) -> u32 {
     }
 }
 
+/// What the host's KVM offers beyond `KVM_GET_SUPPORTED_CPUID`.
+#[derive(Clone, Copy, Default)]
+pub struct HostCaps {
+    /// The in-kernel LAPIC emulates the TSC-deadline timer. KVM does not
+    /// list it in the supported CPUID; without it the guest spends a
+    /// quarter of a second calibrating the APIC timer.
+    pub tsc_deadline: bool,
+}
+
 /// Rewrite `entries` (from `KVM_GET_SUPPORTED_CPUID`) for vCPU `cpu` of `count`.
-pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: u8, count: u8) {
+pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: u8, count: u8, caps: HostCaps) {
     let apic_id = u32::from(cpu);
     let count = u32::from(count.max(1));
     for e in entries.iter_mut() {
@@ -41,6 +51,9 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], cpu: u8, count: u8) {
                 e.ebx = (e.ebx & 0xffff) | (count << 16) | (apic_id << 24);
                 e.ecx |= ECX_HYPERVISOR;
                 e.ecx &= !ECX_VMX;
+                if caps.tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if count > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -117,21 +130,24 @@ mod tests {
     #[test]
     fn leaf1_carries_apic_id_and_count() {
         let mut v = vec![entry(1, 0)];
-        normalize(&mut v, 3, 4);
+        normalize(&mut v, 3, 4, HostCaps { tsc_deadline: true });
         assert_eq!(v[0].ebx >> 24, 3);
         assert_eq!((v[0].ebx >> 16) & 0xff, 4);
         assert_eq!(v[0].ebx & 0xffff, 0x0800);
         assert_ne!(v[0].ecx & ECX_HYPERVISOR, 0);
         assert_eq!(v[0].ecx & ECX_VMX, 0);
         assert_ne!(v[0].edx & EDX_HTT, 0);
-        normalize(&mut v, 0, 1);
+        assert_ne!(v[0].ecx & ECX_TSC_DEADLINE, 0);
+        let mut v = vec![entry(1, 0)];
+        normalize(&mut v, 0, 1, HostCaps::default());
         assert_eq!(v[0].edx & EDX_HTT, 0);
+        assert_eq!(v[0].ecx & ECX_TSC_DEADLINE, 0);
     }
 
     #[test]
     fn topology_leaf_describes_one_socket() {
         let mut v = vec![entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)];
-        normalize(&mut v, 5, 6);
+        normalize(&mut v, 5, 6, HostCaps::default());
         assert_eq!((v[0].ebx, v[0].ecx >> 8, v[0].edx), (1, LEVEL_SMT, 5));
         assert_eq!((v[1].eax, v[1].ebx, v[1].ecx >> 8), (3, 6, LEVEL_CORE));
         assert_eq!((v[2].ebx, v[2].ecx >> 8), (0, 0));
@@ -141,7 +157,7 @@ mod tests {
     fn cache_leaf_sharing() {
         let mut v = vec![entry(4, 0), entry(4, 3)];
         v[0].eax = (1 << 5) | 1;
-        normalize(&mut v, 0, 2);
+        normalize(&mut v, 0, 2, HostCaps::default());
         assert_eq!(v[0].eax >> 26, 1);
         assert_eq!((v[0].eax >> 14) & 0xfff, 0);
         assert_eq!((v[1].eax >> 14) & 0xfff, 1);
@@ -150,7 +166,7 @@ mod tests {
     #[test]
     fn amd_leaves() {
         let mut v = vec![entry(0x8000_0008, 0), entry(0x8000_001e, 0)];
-        normalize(&mut v, 1, 2);
+        normalize(&mut v, 1, 2, HostCaps::default());
         assert_eq!(v[0].ecx & 0xff, 1);
         assert_eq!(v[1].eax, 1);
     }
