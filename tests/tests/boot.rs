@@ -37,24 +37,38 @@ fn assert_memory(seen_mib: u64, given_mib: u64, what: &str) {
     );
 }
 
-#[test]
-fn agent_reports_ready_with_each_cpu_and_memory_size() {
+/// Boot each of SIZES with the given initrd and extra arguments; return
+/// the section of each boot's output, checked for a clean exit.
+fn boot_each_size(initrd_var: &str, extra: &str) -> Vec<(u32, u64, String)> {
     let env = env();
     let mut script = String::from(BOOT_FN);
     for (cpus, mib) in SIZES {
         script.push_str(&format!(
-            "echo '== {cpus}x{mib}'\nboot --kernel \"$VMLINUX\" --initrd \"$AGENT_INITRD\" --cpus {cpus} --memory {mib}\n"
+            "echo '== {cpus}x{mib}'\nboot --kernel \"$VMLINUX\" --initrd \"${initrd_var}\" --cpus {cpus} --memory {mib} {extra}\n"
         ));
     }
     let out = env.run_with_kvm(&script);
     assert_eq!(out.code, Some(0), "{out}");
-    for (cpus, mib) in SIZES {
-        let s = section(&out.stdout, &format!("{cpus}x{mib}"));
-        assert_eq!(rc_of(s), Some(0), "{cpus} CPUs, {mib} MiB:\n{out}");
-        let ready = s
-            .lines()
-            .find(|l| l.starts_with("vm-agent: ready"))
-            .unwrap_or_else(|| panic!("no ready line for {cpus}x{mib}:\n{out}"));
+    SIZES
+        .iter()
+        .map(|&(cpus, mib)| {
+            let s = section(&out.stdout, &format!("{cpus}x{mib}"));
+            assert_eq!(rc_of(s), Some(0), "{cpus} CPUs, {mib} MiB:\n{out}");
+            (cpus, mib, s.to_string())
+        })
+        .collect()
+}
+
+fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"))
+}
+
+#[test]
+fn agent_reports_ready_with_each_cpu_and_memory_size() {
+    for (cpus, mib, s) in boot_each_size("AGENT_INITRD", "") {
+        let ready = line_starting(&s, "vm-agent: ready");
         assert_eq!(field(ready, "("), Some(u64::from(cpus)), "{ready}");
         let seen = ready
             .split(", ")
@@ -68,22 +82,9 @@ fn agent_reports_ready_with_each_cpu_and_memory_size() {
 
 #[test]
 fn busybox_guest_sees_cpus_and_memory() {
-    let env = env();
-    let mut script = String::from(BOOT_FN);
-    for (cpus, mib) in SIZES {
-        script.push_str(&format!(
-            "echo '== {cpus}x{mib}'\nboot --kernel \"$VMLINUX\" --initrd \"$TEST_INITRD\" --cpus {cpus} --memory {mib} --cmdline 'console=ttyS0 quiet test.mode=info'\n"
-        ));
-    }
-    let out = env.run_with_kvm(&script);
-    assert_eq!(out.code, Some(0), "{out}");
-    for (cpus, mib) in SIZES {
-        let s = section(&out.stdout, &format!("{cpus}x{mib}"));
-        assert_eq!(rc_of(s), Some(0), "{cpus}x{mib}:\n{out}");
-        let line = s
-            .lines()
-            .find(|l| l.starts_with("test-init: cpus="))
-            .unwrap_or_else(|| panic!("no report for {cpus}x{mib}:\n{out}"));
+    let extra = "--cmdline 'console=ttyS0 quiet test.mode=info'";
+    for (cpus, mib, s) in boot_each_size("TEST_INITRD", extra) {
+        let line = line_starting(&s, "test-init: cpus=");
         assert_eq!(field(line, "cpus="), Some(u64::from(cpus)), "{line}");
         let kib = field(line, "mem_kib=").unwrap_or_else(|| panic!("{line}"));
         assert_memory(kib / 1024, mib, line);
