@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 pub mod trigger;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -2,6 +2,7 @@
 
 mod arch;
 mod console;
+mod device_manager;
 mod exit;
 mod host;
 mod loader;
@@ -55,6 +56,30 @@ struct BootArgs {
     /// Print how long the guest took to reach userspace (boot-timer port).
     #[arg(long)]
     boot_time: bool,
+    /// Attach a raw disk image as virtio-blk: PATH[,ro][,id=SERIAL].
+    /// Repeat for more disks (vda, vdb, ...).
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=SERIAL]", value_parser = parse_disk)]
+    disks: Vec<devices::virtio::block::BlockConfig>,
+}
+
+fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String> {
+    let mut parts = spec.split(',');
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or("missing disk image path")?;
+    let mut cfg = devices::virtio::block::BlockConfig {
+        path: PathBuf::from(path),
+        read_only: false,
+        id: String::new(),
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => cfg.read_only = true,
+            None if opt == "rw" => cfg.read_only = false,
+            Some(("id", v)) if v.len() <= 20 => cfg.id = v.to_string(),
+            Some(("id", v)) => return Err(format!("id {v:?} is longer than 20 bytes")),
+            _ => return Err(format!("unknown disk option {opt:?} (expected ro, rw or id=SERIAL)")),
+        }
+    }
+    Ok(cfg)
 }
 
 fn main() -> ExitCode {
@@ -79,6 +104,7 @@ fn boot(args: BootArgs) -> ExitCode {
         cpus: args.cpus,
         memory_mib: args.memory,
         report_boot_time: args.boot_time,
+        disks: args.disks,
     };
     let outcome = match vm::run(&cfg) {
         Ok(o) => o,

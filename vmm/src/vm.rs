@@ -22,7 +22,10 @@ use crate::arch::layout::KVM_TSS_ADDRESS;
 use crate::console::ConsoleOut;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::loader::{self, BootSpec};
-use crate::{host, memory, vcpu};
+use crate::device_manager::{DeviceManager, Subscriber};
+use crate::{device_manager, host, memory, vcpu};
+use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::rng::Rng;
 
 /// The smallest guest that can boot our kernel with an initramfs.
 pub const MIN_MEMORY_MIB: u64 = 16;
@@ -39,6 +42,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Report the boot time (userspace start) on stderr.
     pub report_boot_time: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<BlockConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +69,10 @@ pub enum Error {
     Vcpu(#[from] vcpu::Error),
     #[error("setting up devices: {0}")]
     Devices(String),
+    #[error(transparent)]
+    DeviceManager(#[from] device_manager::Error),
+    #[error(transparent)]
+    Disk(#[from] devices::virtio::block::Error),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("{0}")]
@@ -81,14 +90,14 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 }
 
 /// The parameters every guest of ours needs, ahead of the user's own:
-/// reset through the i8042 and reboot at once on a panic.
-pub fn full_cmdline(user: &str) -> String {
-    let base = "reboot=k panic=-1";
-    if user.trim().is_empty() {
-        base.to_string()
-    } else {
-        format!("{base} {}", user.trim())
-    }
+/// reset through the i8042, reboot at once on a panic, and the devices.
+pub fn full_cmdline(devices: &str, user: &str) -> String {
+    ["reboot=k panic=-1", devices.trim(), user.trim()]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn validate(cfg: &VmConfig) -> Result<(), Error> {
@@ -136,7 +145,14 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     let mem = memory::create(mem_bytes)?;
     memory::register(&vm, &mem)?;
 
-    let cmdline = full_cmdline(&cfg.cmdline);
+    // virtio devices.
+    let mut dm = DeviceManager::new();
+    for disk in &cfg.disks {
+        dm.add_virtio(&vm, &mem, |irq| Block::new(disk, mem.clone(), irq).map_err(Error::Disk))?;
+    }
+    dm.add_virtio(&vm, &mem, |irq| Rng::new(mem.clone(), irq).map_err(Error::Io))?;
+
+    let cmdline = full_cmdline(&dm.cmdline.join(" "), &cfg.cmdline);
     let loaded = loader::load(
         &mem,
         &BootSpec {
@@ -182,7 +198,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     vcpu::install_kick_handler()?;
     let ctx = vcpu::VcpuContext {
         pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(std::mem::take(&mut dm.mmio)),
         exit: exit.clone(),
     };
     let mut fds = Vec::with_capacity(usize::from(cfg.cpus));
@@ -198,7 +214,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
         handles.push(vcpu::spawn(fd, id as u8, ctx.clone())?);
     }
 
-    let result = event_loop(&exit, &reset_evt, &serial);
+    let result = event_loop(&exit, &reset_evt, &serial, std::mem::take(&mut dm.subscribers));
     vcpu::stop_all(&mut handles, Duration::from_secs(2));
     let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
     let console = serial.writer_mut();
@@ -229,9 +245,13 @@ fn event_loop(
     exit: &Arc<ExitSignal>,
     reset_evt: &EventFd,
     serial: &Arc<Mutex<Serial<Console>>>,
+    devices: Vec<Subscriber>,
 ) -> Result<(), Error> {
-    let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+    let mut em: EventManager<Subscriber> =
         EventManager::new().map_err(|e| Error::EventLoop(format!("{e:?}")))?;
+    for d in devices {
+        em.add_subscriber(d);
+    }
     let watcher = Arc::new(Mutex::new(ExitWatcher {
         exit: exit.clone(),
         reset: reset_evt.try_clone()?,
@@ -339,18 +359,24 @@ mod tests {
             cpus,
             memory_mib,
             report_boot_time: false,
+            disks: Vec::new(),
         }
     }
 
     #[test]
     fn required_parameters_come_first() {
-        assert_eq!(full_cmdline(""), "reboot=k panic=-1");
+        assert_eq!(full_cmdline("", ""), "reboot=k panic=-1");
         assert_eq!(
-            full_cmdline("  console=ttyS0 quiet "),
+            full_cmdline("", "  console=ttyS0 quiet "),
             "reboot=k panic=-1 console=ttyS0 quiet"
         );
+        // Devices come before the user's part, which may end in "-- args".
+        assert_eq!(
+            full_cmdline("virtio_mmio.device=4K@0xd0000000:5", "quiet -- x"),
+            "reboot=k panic=-1 virtio_mmio.device=4K@0xd0000000:5 quiet -- x"
+        );
         // The user's own value comes later and so wins in the kernel.
-        assert!(full_cmdline("reboot=t").ends_with("reboot=t"));
+        assert!(full_cmdline("", "reboot=t").ends_with("reboot=t"));
     }
 
     #[test]

@@ -1,0 +1,203 @@
+//! The virtio-blk device: features, config space, and the queue loop.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+
+use super::request::{self, DiskInfo, ID_BYTES, SECTOR_SIZE};
+use crate::virtio::{
+    pop_chain, ActivateError, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
+
+const QUEUE_SIZE: u16 = 256;
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_BLK_SIZE: u64 = 1 << 6;
+const F_FLUSH: u64 = 1 << 9;
+
+#[derive(Clone, Debug)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Serial number reported by GET_ID (at most 20 bytes).
+    pub id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open disk image {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("disk image {path} is {size} bytes, not a multiple of 512")]
+    Size { path: PathBuf, size: u64 },
+    #[error("disk id {0:?} is longer than 20 bytes")]
+    Id(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Block {
+    pub(super) core: DeviceCore,
+    pub(super) file: File,
+    capacity_sectors: u64,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+    config_space: Vec<u8>,
+    avail_features: u64,
+}
+
+impl Block {
+    pub fn new(cfg: &BlockConfig, mem: GuestMem, interrupt: Arc<Interrupt>) -> Result<Self, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!cfg.read_only)
+            .open(&cfg.path)
+            .map_err(|source| Error::Open {
+                path: cfg.path.clone(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .map_err(|source| Error::Open {
+                path: cfg.path.clone(),
+                source,
+            })?
+            .len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(Error::Size {
+                path: cfg.path.clone(),
+                size,
+            });
+        }
+        if cfg.id.len() > ID_BYTES {
+            return Err(Error::Id(cfg.id.clone()));
+        }
+        let mut id = [0u8; ID_BYTES];
+        id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
+        let capacity_sectors = size / SECTOR_SIZE;
+        // virtio_blk_config: capacity (u64), size_max (u32), seg_max (u32),
+        // geometry (4 bytes), blk_size (u32).
+        let mut config_space = Vec::with_capacity(24);
+        config_space.extend_from_slice(&capacity_sectors.to_le_bytes());
+        config_space.extend_from_slice(&0u32.to_le_bytes());
+        config_space.extend_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        config_space.extend_from_slice(&[0u8; 4]);
+        config_space.extend_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+        let mut avail_features =
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH;
+        if cfg.read_only {
+            avail_features |= F_RO;
+        }
+        Ok(Self {
+            core: DeviceCore::new(mem, interrupt, 1)?,
+            file,
+            capacity_sectors,
+            read_only: cfg.read_only,
+            id,
+            config_space,
+            avail_features,
+        })
+    }
+
+    /// Serve every request the driver has made available, with the
+    /// disable-notification / drain / re-enable loop.
+    pub(super) fn process_queue(&mut self) {
+        if !self.core.active {
+            return;
+        }
+        let info = DiskInfo {
+            capacity_sectors: self.capacity_sectors,
+            read_only: self.read_only,
+            id: &self.id,
+        };
+        let mem = &self.core.mem;
+        let Some(queue) = self.core.queues.get_mut(0) else {
+            return;
+        };
+        let mut used_any = false;
+        let mut broken = None;
+        'outer: loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                broken = Some(format!("block queue: {e}"));
+                break;
+            }
+            loop {
+                match pop_chain(queue, mem) {
+                    Ok(Some(chain)) => {
+                        let head = chain.head_index();
+                        let out = request::execute(chain, mem, &self.file, &info);
+                        if let Some(why) = &out.error {
+                            eprintln!("vm: virtio-blk: {why}");
+                        }
+                        if let Err(e) = queue.add_used(mem, head, out.used_len) {
+                            broken = Some(format!("block queue: cannot return buffer: {e}"));
+                            break 'outer;
+                        }
+                        used_any = true;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken = Some(format!("block queue: {e}"));
+                        break 'outer;
+                    }
+                }
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue, // more arrived meanwhile
+                Ok(false) => break,
+                Err(e) => {
+                    broken = Some(format!("block queue: {e}"));
+                    break;
+                }
+            }
+        }
+        if used_any {
+            self.core.notify_used(0);
+        }
+        if let Some(why) = broken {
+            self.core.fail(&why);
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        &self.core.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.core.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::virtio::read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        self.core.activate(queues)
+    }
+
+    fn reset(&mut self) {
+        self.core.reset();
+    }
+}
+
+/// Make `queues` usable without a driver: for tests.
+#[cfg(test)]
+pub(crate) fn ready(queue: &mut Queue) {
+    queue.set_ready(true);
+}

@@ -1,0 +1,137 @@
+//! State every virtio device has: guest memory, its interrupt, the queue
+//! notification eventfds, the queues once active, and the "activated"
+//! eventfd that tells the event loop to (un)register the queue events.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{GuestMem, Interrupt, VIRTIO_RING_F_EVENT_IDX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("{0}")]
+    Backend(String),
+}
+
+pub struct DeviceCore {
+    pub mem: GuestMem,
+    pub interrupt: Arc<Interrupt>,
+    /// One per queue; the VMM registers them as ioeventfds on QueueNotify.
+    pub queue_evts: Vec<EventFd>,
+    /// Written when the device is activated or reset.
+    pub activate_evt: EventFd,
+    pub acked_features: u64,
+    pub queues: Vec<Queue>,
+    pub active: bool,
+    /// Whether the queue events are registered with the event loop.
+    pub registered: bool,
+}
+
+impl DeviceCore {
+    pub fn new(mem: GuestMem, interrupt: Arc<Interrupt>, queue_count: usize) -> std::io::Result<Self> {
+        let mut queue_evts = Vec::with_capacity(queue_count);
+        for _ in 0..queue_count {
+            queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
+        }
+        Ok(Self {
+            mem,
+            interrupt,
+            queue_evts,
+            activate_evt: EventFd::new(EFD_NONBLOCK)?,
+            acked_features: 0,
+            queues: Vec::new(),
+            active: false,
+            registered: false,
+        })
+    }
+
+    pub fn activate(&mut self, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
+        if queues.len() != self.queue_evts.len() {
+            return Err(ActivateError::QueueCount {
+                expected: self.queue_evts.len(),
+                got: queues.len(),
+            });
+        }
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
+        self.queues = queues;
+        self.active = true;
+        self.kick_event_loop();
+        Ok(())
+    }
+
+    pub fn reset(&mut self) {
+        self.queues.clear();
+        self.active = false;
+        self.acked_features = 0;
+        self.kick_event_loop();
+    }
+
+    fn kick_event_loop(&self) {
+        if let Err(e) = self.activate_evt.write(1) {
+            eprintln!("vm: virtio: cannot wake the event loop: {e}");
+        }
+    }
+
+    /// Tell the driver about used buffers on `queue`, if it wants to know.
+    pub fn notify_used(&mut self, queue: usize) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        match q.needs_notification(&self.mem) {
+            Ok(true) => self.interrupt.signal_used_queue(),
+            Ok(false) => {}
+            Err(_) => self.interrupt.signal_used_queue(),
+        }
+    }
+
+    /// Stop using the queues: the driver broke the protocol.
+    pub fn fail(&mut self, what: &str) {
+        eprintln!("vm: virtio: {what}; the device needs a reset");
+        self.active = false;
+        self.queues.clear();
+        self.interrupt.set_needs_reset();
+        self.kick_event_loop();
+    }
+}
+
+/// Event tokens: queue `i` is `i`; these are the others.
+pub const TOKEN_ACTIVATE: u32 = 0x100;
+/// First token a device may use for its own backend fds.
+pub const TOKEN_BACKEND: u32 = 0x200;
+
+impl DeviceCore {
+    /// Called from the device's `init`: watch the activation eventfd.
+    pub fn init_events(&self, ops: &mut event_manager::EventOps) {
+        use event_manager::Events;
+        use vmm_sys_util::epoll::EventSet;
+        if let Err(e) = ops.add(Events::with_data(&self.activate_evt, TOKEN_ACTIVATE, EventSet::IN)) {
+            eprintln!("vm: virtio: cannot watch the activation event: {e:?}");
+        }
+    }
+
+    /// After an activation or reset: make the queue eventfds watched
+    /// exactly while the device is active.
+    pub fn sync_registrations(&mut self, ops: &mut event_manager::EventOps) {
+        use event_manager::Events;
+        use vmm_sys_util::epoll::EventSet;
+        let _ = self.activate_evt.read();
+        if self.active == self.registered {
+            return;
+        }
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            let events = Events::with_data(evt, i as u32, EventSet::IN);
+            let r = if self.active { ops.add(events) } else { ops.remove(events) };
+            if let Err(e) = r {
+                eprintln!("vm: virtio: cannot (un)watch queue {i}: {e:?}");
+            }
+        }
+        self.registered = self.active;
+    }
+}

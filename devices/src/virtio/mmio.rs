@@ -1,0 +1,286 @@
+//! The virtio-mmio transport, version 2 ("modern") register layout
+//! (virtio 1.2, 4.2.2), with the device status state machine.
+
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueT};
+
+use super::interrupt::Interrupt;
+use super::{GuestMem, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+
+pub const MMIO_SIZE: u64 = 0x1000;
+/// Offset of the QueueNotify register (where ioeventfds are attached).
+pub const NOTIFY_OFFSET: u64 = 0x50;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4d56_4d56; // "VMVM"
+
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
+pub const STATUS_FAILED: u32 = 0x80;
+
+/// The register side of one virtio device.
+pub struct MmioTransport {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    interrupt: Arc<Interrupt>,
+    mem: GuestMem,
+    /// Notifications that did not go through an ioeventfd (odd sizes) are
+    /// forwarded to these.
+    queue_evts: Vec<vmm_sys_util::eventfd::EventFd>,
+    device_type: u32,
+    avail_features: u64,
+    features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    queues: Vec<Queue>,
+    status: u32,
+    config_generation: u32,
+}
+
+fn lock(dev: &Mutex<dyn VirtioDevice>) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
+    dev.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<Interrupt>,
+        mem: GuestMem,
+        queue_evts: Vec<vmm_sys_util::eventfd::EventFd>,
+    ) -> Self {
+        let (device_type, avail_features, queues) = {
+            let d = lock(&device);
+            let queues = d
+                .queue_max_sizes()
+                .iter()
+                .filter_map(|&max| Queue::new(max).ok())
+                .collect();
+            (d.device_type(), d.avail_features() | VIRTIO_F_VERSION_1, queues)
+        };
+        Self {
+            device,
+            interrupt,
+            mem,
+            queue_evts,
+            device_type,
+            avail_features,
+            features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            queues,
+            status: 0,
+            config_generation: 0,
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        let mut s = self.status;
+        if self.interrupt.needs_reset() {
+            s |= STATUS_NEEDS_RESET;
+        }
+        s
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers may change only between FEATURES_OK and DRIVER_OK.
+    fn queue_writable(&self) -> bool {
+        self.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED) == STATUS_FEATURES_OK
+    }
+
+    fn reset(&mut self) {
+        lock(&self.device).reset();
+        self.interrupt.reset();
+        self.features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.status = 0;
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        if value & STATUS_FAILED != 0 {
+            self.status |= STATUS_FAILED;
+            return;
+        }
+        let old = self.status;
+        // Status bits are only ever added, in this order.
+        if value & old != old {
+            eprintln!("vm: virtio: driver cleared status bits {old:#x} -> {value:#x}; ignored");
+            return;
+        }
+        let added = value & !old;
+        let ok = match added {
+            STATUS_ACKNOWLEDGE => old == 0,
+            STATUS_DRIVER => old == STATUS_ACKNOWLEDGE,
+            STATUS_FEATURES_OK => old == STATUS_ACKNOWLEDGE | STATUS_DRIVER,
+            STATUS_DRIVER_OK => old == STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+            0 => true,
+            _ => false,
+        };
+        if !ok {
+            eprintln!("vm: virtio: invalid status transition {old:#x} -> {value:#x}; ignored");
+            return;
+        }
+        match added {
+            STATUS_FEATURES_OK => {
+                // A modern device requires VERSION_1; without it the
+                // FEATURES_OK bit is not taken and the driver gives up.
+                if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+                    eprintln!("vm: virtio: driver did not accept VIRTIO_F_VERSION_1");
+                    return;
+                }
+                lock(&self.device).set_acked_features(self.driver_features);
+            }
+            STATUS_DRIVER_OK => {
+                if let Err(why) = self.activate() {
+                    eprintln!("vm: virtio: cannot activate device type {}: {why}", self.device_type);
+                    self.status = value;
+                    self.interrupt.set_needs_reset();
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.status = value;
+    }
+
+    fn activate(&mut self) -> Result<(), String> {
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.ready() && !q.is_valid(&self.mem) {
+                return Err(format!("queue {i} is not valid (size or rings out of memory)"));
+            }
+        }
+        if !self.queues.iter().any(|q| q.ready()) {
+            return Err("no queue is ready".into());
+        }
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for q in &self.queues {
+            queues.push(Queue::try_from(q.state()).map_err(|e| format!("queue: {e:?}"))?);
+        }
+        lock(&self.device).activate(queues).map_err(|e| e.to_string())
+    }
+
+    fn read_reg(&self, offset: u64) -> u32 {
+        let q = self.queues.get(self.queue_sel as usize);
+        match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device_type,
+            0x0c => VENDOR_ID,
+            0x10 => match self.features_sel {
+                0 => self.avail_features as u32,
+                1 => (self.avail_features >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => q.map_or(0, |q| u32::from(q.max_size())),
+            0x44 => q.map_or(0, |q| u32::from(q.ready())),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status(),
+            0xfc => self.config_generation,
+            _ => {
+                eprintln!("vm: virtio: read of unknown register {offset:#x}");
+                0
+            }
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        let driver_may_set_features =
+            self.status & (STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_FAILED) == STATUS_DRIVER;
+        let queue_writable = self.queue_writable();
+        match offset {
+            0x14 => self.features_sel = v,
+            0x20 if driver_may_set_features => {
+                let v = u64::from(v);
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v,
+                    1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (v << 32),
+                    _ => {}
+                }
+                // Never more than offered.
+                self.driver_features &= self.avail_features;
+            }
+            0x24 => self.driver_features_sel = v,
+            0x30 => self.queue_sel = v,
+            0x38 if queue_writable => {
+                if let Some(q) = self.queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            0x44 if queue_writable => {
+                if let Some(q) = self.queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            0x50 => {
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.set_status(v),
+            0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if queue_writable => {
+                let Some(q) = self.queue() else { return };
+                let (lo, hi) = if offset & 4 == 0 { (Some(v), None) } else { (None, Some(v)) };
+                match offset & !4 {
+                    0x80 => q.set_desc_table_address(lo, hi),
+                    0x90 => q.set_avail_ring_address(lo, hi),
+                    _ => q.set_used_ring_address(lo, hi),
+                }
+            }
+            _ => eprintln!(
+                "vm: virtio: write {v:#x} to register {offset:#x} ignored (status {:#x})",
+                self.status
+            ),
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            if self.status & STATUS_DRIVER == 0 && self.status != 0 {
+                data.fill(0);
+                return;
+            }
+            lock(&self.device).read_config(offset - 0x100, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= 0x100 {
+            lock(&self.device).write_config(offset - 0x100, data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return;
+        }
+        if data.len() != 4 {
+            eprintln!("vm: virtio: {}-byte register write at {offset:#x} ignored", data.len());
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        self.write_reg(offset, v);
+    }
+}

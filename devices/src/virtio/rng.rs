@@ -1,0 +1,140 @@
+//! virtio-rng (entropy device) fed from the host's getrandom(2).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::Writer;
+use virtio_queue::{Queue, QueueT};
+
+use super::core::TOKEN_ACTIVATE;
+use super::{pop_chain, ActivateError, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+
+const QUEUE_SIZE: u16 = 64;
+/// Most bytes handed out per request, whatever the buffer size.
+const MAX_REQUEST: usize = 64 * 1024;
+
+pub struct Rng {
+    core: DeviceCore,
+}
+
+impl Rng {
+    pub fn new(mem: GuestMem, interrupt: Arc<Interrupt>) -> std::io::Result<Self> {
+        Ok(Self {
+            core: DeviceCore::new(mem, interrupt, 1)?,
+        })
+    }
+
+    fn process_queue(&mut self) {
+        if !self.core.active {
+            return;
+        }
+        let mem = &self.core.mem;
+        let Some(queue) = self.core.queues.get_mut(0) else {
+            return;
+        };
+        let mut used_any = false;
+        let mut broken = None;
+        loop {
+            match pop_chain(queue, mem) {
+                Ok(Some(chain)) => {
+                    let head = chain.head_index();
+                    let len = match Writer::new(mem, chain) {
+                        Ok(mut w) => fill_random(&mut w),
+                        Err(e) => {
+                            eprintln!("vm: virtio-rng: bad descriptor chain: {e}");
+                            0
+                        }
+                    };
+                    if let Err(e) = queue.add_used(mem, head, len) {
+                        broken = Some(format!("rng queue: {e}"));
+                        break;
+                    }
+                    used_any = true;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(format!("rng queue: {e}"));
+                    break;
+                }
+            }
+        }
+        if used_any {
+            self.core.notify_used(0);
+        }
+        if let Some(why) = broken {
+            self.core.fail(&why);
+        }
+    }
+}
+
+fn fill_random(w: &mut Writer) -> u32 {
+    let n = w.available_bytes().min(MAX_REQUEST);
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: getrandom writes at most `n - filled` bytes into the
+        // buffer, which is that long from the given pointer.
+        let r = unsafe {
+            libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0)
+        };
+        if r <= 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            eprintln!("vm: virtio-rng: getrandom: {err}");
+            break;
+        }
+        filled += r as usize;
+    }
+    match w.write_all(&buf[..filled]) {
+        Ok(()) => filled as u32,
+        Err(_) => 0,
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        &self.core.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.core.acked_features = features & VIRTIO_F_VERSION_1;
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        self.core.activate(queues)
+    }
+    fn reset(&mut self) {
+        self.core.reset();
+    }
+}
+
+impl MutEventSubscriber for Rng {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_ACTIVATE => self.core.sync_registrations(ops),
+            0 => {
+                let _ = self.core.queue_evts[0].read();
+                self.process_queue();
+            }
+            other => eprintln!("vm: virtio-rng: unexpected event {other}"),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.core.init_events(ops);
+    }
+}

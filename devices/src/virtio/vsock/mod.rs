@@ -1,0 +1,1 @@
+//! virtio-vsock (placeholder until the device lands).
