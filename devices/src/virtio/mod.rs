@@ -7,6 +7,8 @@ mod interrupt;
 pub mod mmio;
 mod queue;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod vsock;
 
 pub use self::core::{ActivateError, DeviceCore};

@@ -195,9 +195,3 @@ impl VirtioDevice for Block {
         self.core.reset();
     }
 }
-
-/// Make `queues` usable without a driver: for tests.
-#[cfg(test)]
-pub(crate) fn ready(queue: &mut Queue) {
-    queue.set_ready(true);
-}

@@ -5,3 +5,6 @@ mod event_handler;
 pub mod request;
 
 pub use device::{Block, BlockConfig, Error};
+
+#[cfg(test)]
+mod tests;

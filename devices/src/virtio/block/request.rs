@@ -73,7 +73,7 @@ pub struct Outcome {
 }
 
 fn range_ok(sector: u64, bytes: u64, capacity: u64) -> bool {
-    if bytes % SECTOR_SIZE != 0 {
+    if !bytes.is_multiple_of(SECTOR_SIZE) {
         return false;
     }
     sector
