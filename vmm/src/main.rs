@@ -60,6 +60,26 @@ struct BootArgs {
     /// Repeat for more disks (vda, vdb, ...).
     #[arg(long = "disk", value_name = "PATH[,ro][,id=SERIAL]", value_parser = parse_disk)]
     disks: Vec<devices::virtio::block::BlockConfig>,
+    /// Attach virtio-vsock: guest CID (3 or more) and the host Unix socket
+    /// path. Guests reach host listeners at PATH_PORT; host clients
+    /// connect to PATH and send "CONNECT PORT\n".
+    #[arg(long, value_name = "CID,PATH", value_parser = parse_vsock)]
+    vsock: Option<devices::virtio::vsock::VsockConfig>,
+}
+
+fn parse_vsock(spec: &str) -> Result<devices::virtio::vsock::VsockConfig, String> {
+    let (cid, path) = spec.split_once(',').ok_or("expected CID,PATH")?;
+    let guest_cid: u64 = cid.parse().map_err(|_| format!("bad CID {cid:?}"))?;
+    if guest_cid < 3 || guest_cid > u64::from(u32::MAX) {
+        return Err(format!("CID {guest_cid} is reserved or too large; use 3 to 4294967295"));
+    }
+    if path.is_empty() {
+        return Err("missing socket path".into());
+    }
+    Ok(devices::virtio::vsock::VsockConfig {
+        guest_cid,
+        uds_path: PathBuf::from(path),
+    })
 }
 
 fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String> {
@@ -105,6 +125,7 @@ fn boot(args: BootArgs) -> ExitCode {
         memory_mib: args.memory,
         report_boot_time: args.boot_time,
         disks: args.disks,
+        vsock: args.vsock,
     };
     let outcome = match vm::run(&cfg) {
         Ok(o) => o,

@@ -26,6 +26,7 @@ use crate::device_manager::{DeviceManager, Subscriber};
 use crate::{device_manager, host, memory, vcpu};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{Vsock, VsockConfig};
 
 /// The smallest guest that can boot our kernel with an initramfs.
 pub const MIN_MEMORY_MIB: u64 = 16;
@@ -44,6 +45,8 @@ pub struct VmConfig {
     pub report_boot_time: bool,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<BlockConfig>,
+    /// A virtio-vsock device with its host side on Unix sockets.
+    pub vsock: Option<VsockConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub enum Error {
     DeviceManager(#[from] device_manager::Error),
     #[error(transparent)]
     Disk(#[from] devices::virtio::block::Error),
+    #[error("vsock: {0}")]
+    Vsock(#[from] devices::virtio::vsock::Error),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("{0}")]
@@ -149,6 +154,9 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     let mut dm = DeviceManager::new();
     for disk in &cfg.disks {
         dm.add_virtio(&vm, &mem, |irq| Block::new(disk, mem.clone(), irq).map_err(Error::Disk))?;
+    }
+    if let Some(v) = &cfg.vsock {
+        dm.add_virtio(&vm, &mem, |irq| Vsock::new(v, mem.clone(), irq).map_err(Error::Vsock))?;
     }
     dm.add_virtio(&vm, &mem, |irq| Rng::new(mem.clone(), irq).map_err(Error::Io))?;
 
@@ -360,6 +368,7 @@ mod tests {
             memory_mib,
             report_boot_time: false,
             disks: Vec::new(),
+            vsock: None,
         }
     }
 

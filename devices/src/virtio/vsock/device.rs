@@ -1,0 +1,762 @@
+//! The vsock device: config space, the guest's TX queue (packets from the
+//! guest), its RX queue (packets to the guest), and the connection table.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events};
+use virtio_queue::{Queue, QueueT};
+use virtio_vsock::packet::VsockPacket;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::Bytes;
+use vmm_sys_util::epoll::EventSet;
+
+use super::connection::{Connection, State};
+use super::proto::*;
+use crate::virtio::core::TOKEN_BACKEND;
+use crate::virtio::{
+    pop_chain, ActivateError, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1,
+};
+
+pub const RX: usize = 0;
+pub const TX: usize = 1;
+const QUEUE_SIZE: u16 = 256;
+/// Guest CIDs 0-2 are reserved (hypervisor, local, host).
+const MIN_GUEST_CID: u64 = 3;
+/// Most connections (and pending host handshakes) at once.
+const MAX_CONNS: usize = 1024;
+/// Most RST replies to stray packets kept while the RX queue is full.
+const MAX_STRAY: usize = 256;
+/// First port handed to host-initiated connections.
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+pub const TOKEN_LISTENER: u32 = TOKEN_BACKEND;
+const FIRST_CONN_TOKEN: u32 = TOKEN_BACKEND + 1;
+/// Longest `CONNECT <port>\n` line accepted from a host client.
+const MAX_HANDSHAKE: usize = 32;
+
+pub type Key = (u32, u32); // (local port, peer port)
+
+#[derive(Clone, Debug)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("guest CID {0} is reserved; use 3 or more")]
+    Cid(u64),
+    #[error("cannot listen on {path}: {source}")]
+    Listen { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A host client that connected to the listener and has not yet said
+/// which guest port it wants.
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// What a token registered with the event loop stands for.
+#[derive(Clone, Copy)]
+enum Owner {
+    Conn(Key),
+    Handshake,
+}
+
+/// A packet parsed from the guest's TX queue.
+pub struct GuestPacket {
+    pub src_cid: u64,
+    pub dst_cid: u64,
+    pub src_port: u32,
+    pub dst_port: u32,
+    pub type_: u16,
+    pub op: u16,
+    pub flags: u32,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
+    pub data: Vec<u8>,
+}
+
+pub struct Vsock {
+    pub(super) core: DeviceCore,
+    cid: u64,
+    path: PathBuf,
+    config_space: [u8; 8],
+    pub(super) listener: UnixListener,
+    pub(super) conns: HashMap<Key, Connection>,
+    /// Up to MAX_PKT_DATA bytes read from a host socket, waiting for an
+    /// RX buffer.
+    stash: HashMap<Key, Vec<u8>>,
+    handshakes: HashMap<u32, Handshake>,
+    tokens: HashMap<u32, Owner>,
+    conn_tokens: HashMap<Key, u32>,
+    /// Interest currently registered per token.
+    interest: HashMap<u32, EventSet>,
+    next_token: u32,
+    next_local_port: u32,
+    rx_work: VecDeque<Key>,
+    rx_queued: HashSet<Key>,
+    stray: VecDeque<Route>,
+}
+
+impl Vsock {
+    pub fn new(cfg: &VsockConfig, mem: GuestMem, interrupt: Arc<Interrupt>) -> Result<Self, Error> {
+        if cfg.guest_cid < MIN_GUEST_CID || cfg.guest_cid > u64::from(u32::MAX) {
+            return Err(Error::Cid(cfg.guest_cid));
+        }
+        let listener = UnixListener::bind(&cfg.uds_path).map_err(|source| Error::Listen {
+            path: cfg.uds_path.clone(),
+            source,
+        })?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            core: DeviceCore::new(mem, interrupt, 3)?,
+            cid: cfg.guest_cid,
+            path: cfg.uds_path.clone(),
+            config_space: cfg.guest_cid.to_le_bytes(),
+            listener,
+            conns: HashMap::new(),
+            stash: HashMap::new(),
+            handshakes: HashMap::new(),
+            tokens: HashMap::new(),
+            conn_tokens: HashMap::new(),
+            interest: HashMap::new(),
+            next_token: FIRST_CONN_TOKEN,
+            next_local_port: FIRST_LOCAL_PORT,
+            rx_work: VecDeque::new(),
+            rx_queued: HashSet::new(),
+            stray: VecDeque::new(),
+        })
+    }
+
+    pub fn uds_path(&self) -> &PathBuf {
+        &self.path
+    }
+
+    fn host_route(&self, key: Key) -> Route {
+        Route {
+            src_cid: HOST_CID,
+            src_port: key.0,
+            dst_cid: self.cid,
+            dst_port: key.1,
+        }
+    }
+
+    fn schedule(&mut self, key: Key) {
+        if self.rx_queued.insert(key) {
+            self.rx_work.push_back(key);
+        }
+    }
+
+    fn stray_rst(&mut self, p: &GuestPacket) {
+        if self.stray.len() >= MAX_STRAY {
+            eprintln!("vm: vsock: too many unanswered packets; dropping a reset");
+            return;
+        }
+        self.stray.push_back(Route {
+            src_cid: HOST_CID,
+            src_port: p.dst_port,
+            dst_cid: p.src_cid,
+            dst_port: p.src_port,
+        });
+    }
+
+    // ---- registration with the event loop ----
+
+    fn register(&mut self, fd: i32, owner: Owner, ops: &mut EventOps) -> Option<u32> {
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1).max(FIRST_CONN_TOKEN);
+        if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
+            eprintln!("vm: vsock: cannot watch a socket: {e:?}");
+            return None;
+        }
+        self.tokens.insert(token, owner);
+        self.interest.insert(token, EventSet::IN);
+        Some(token)
+    }
+
+    fn unregister(&mut self, token: u32, fd: i32, ops: &mut EventOps) {
+        if let Some(set) = self.interest.remove(&token) {
+            let _ = ops.remove(Events::with_data_raw(fd, token, set));
+        }
+        self.tokens.remove(&token);
+    }
+
+    /// Watch a connection's socket for exactly what it can use now.
+    pub(super) fn update_interest(&mut self, key: Key, ops: &mut EventOps) {
+        let (Some(c), Some(&token)) = (self.conns.get(&key), self.conn_tokens.get(&key)) else {
+            return;
+        };
+        let mut want = EventSet::empty();
+        if c.wants_host_data() && !self.stash.contains_key(&key) {
+            want |= EventSet::IN;
+        }
+        if c.wants_writable() {
+            want |= EventSet::OUT;
+        }
+        let fd = c.stream.as_raw_fd();
+        if self.interest.get(&token) != Some(&want) {
+            if ops.modify(Events::with_data_raw(fd, token, want)).is_ok() {
+                self.interest.insert(token, want);
+            }
+        }
+    }
+
+    fn add_conn(&mut self, key: Key, conn: Connection, ops: &mut EventOps) {
+        let fd = conn.stream.as_raw_fd();
+        self.conns.insert(key, conn);
+        if let Some(token) = self.register(fd, Owner::Conn(key), ops) {
+            self.conn_tokens.insert(key, token);
+        }
+        self.update_interest(key, ops);
+        self.schedule(key);
+    }
+
+    fn remove_conn(&mut self, key: Key, ops: &mut EventOps) {
+        if let Some(c) = self.conns.remove(&key) {
+            if let Some(token) = self.conn_tokens.remove(&key) {
+                self.unregister(token, c.stream.as_raw_fd(), ops);
+            }
+        }
+        self.stash.remove(&key);
+    }
+
+    /// Abort a connection: the guest gets a RST, the host socket is closed.
+    pub(super) fn kill(&mut self, key: Key, ops: &mut EventOps) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.owed = Default::default();
+            c.owed.rst = true;
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
+        if let (Some(c), Some(token)) = (self.conns.get(&key), self.conn_tokens.remove(&key)) {
+            let fd = c.stream.as_raw_fd();
+            self.unregister(token, fd, ops);
+        }
+        self.stash.remove(&key);
+        self.schedule(key);
+    }
+
+    /// Forget every connection (device reset).
+    pub(super) fn drop_all(&mut self, ops: &mut EventOps) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.remove_conn(k, ops);
+        }
+        let hs: Vec<u32> = self.handshakes.keys().copied().collect();
+        for t in hs {
+            if let Some(h) = self.handshakes.remove(&t) {
+                self.unregister(t, h.stream.as_raw_fd(), ops);
+            }
+        }
+        self.rx_work.clear();
+        self.rx_queued.clear();
+        self.stray.clear();
+    }
+
+    // ---- host side ----
+
+    pub(super) fn accept_host_clients(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() + self.handshakes.len() >= MAX_CONNS {
+                        eprintln!("vm: vsock: too many connections; refusing a host client");
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    if let Some(token) = self.register(fd, Owner::Handshake, ops) {
+                        self.handshakes.insert(token, Handshake { stream, line: Vec::new() });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("vm: vsock: accept on {}: {e}", self.path.display());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read a host client's `CONNECT <port>\n` line.
+    fn handshake_readable(&mut self, token: u32, ops: &mut EventOps) {
+        let Some(h) = self.handshakes.get_mut(&token) else {
+            return;
+        };
+        // Read byte by byte, no further than the end of the line: what
+        // follows is data for the guest.
+        let mut byte = [0u8; 1];
+        let outcome = loop {
+            match h.stream.read(&mut byte) {
+                Ok(0) => break Err("closed before CONNECT"),
+                Ok(_) if byte[0] == b'\n' => break Ok(true),
+                Ok(_) => {
+                    h.line.push(byte[0]);
+                    if h.line.len() >= MAX_HANDSHAKE {
+                        break Err("CONNECT line too long");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break Err("read error"),
+            }
+        };
+        let port = match outcome {
+            Ok(false) => return,
+            Ok(true) => parse_connect(&h.line),
+            Err(why) => Err(why.to_string()),
+        };
+        let Some(h) = self.handshakes.remove(&token) else {
+            return;
+        };
+        self.unregister(token, h.stream.as_raw_fd(), ops);
+        let mut stream = h.stream;
+        let port = match port {
+            Ok(p) => p,
+            Err(why) => {
+                let _ = stream.write_all(format!("ERR {why}\n").as_bytes());
+                return;
+            }
+        };
+        let Some(local) = self.allocate_local_port(port) else {
+            let _ = stream.write_all(b"ERR no free port\n");
+            return;
+        };
+        let mut conn = Connection::new(stream, State::Connecting, local);
+        conn.owed.request = true;
+        self.add_conn((local, port), conn, ops);
+    }
+
+    fn allocate_local_port(&mut self, peer: u32) -> Option<u32> {
+        for _ in 0..MAX_CONNS * 2 {
+            let p = self.next_local_port;
+            self.next_local_port = self.next_local_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
+            if !self.conns.contains_key(&(p, peer)) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Events on a connection's host socket.
+    pub(super) fn conn_event(&mut self, key: Key, set: EventSet, ops: &mut EventOps) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if set.contains(EventSet::OUT) && c.flush_to_host().is_err() {
+            self.kill(key, ops);
+            return;
+        }
+        if set.contains(EventSet::IN) && c.wants_host_data() && !self.stash.contains_key(&key) {
+            let mut buf = vec![0u8; MAX_PKT_DATA as usize];
+            match c.read_host(&mut buf) {
+                Ok(0) => {
+                    c.host_eof = true;
+                    c.owed.shutdown |= SHUTDOWN_SEND;
+                    if c.peer_shutdown & SHUTDOWN_SEND != 0 {
+                        c.owed.rst = true;
+                    }
+                    self.schedule(key);
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    self.stash.insert(key, buf);
+                    self.schedule(key);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.kill(key, ops);
+                    return;
+                }
+            }
+        } else if set.intersects(EventSet::HANG_UP | EventSet::ERROR) && !set.contains(EventSet::IN) {
+            self.kill(key, ops);
+            return;
+        }
+        if let Some(c) = self.conns.get(&key) {
+            if c.owed.any() {
+                self.schedule(key);
+            }
+        }
+        self.update_interest(key, ops);
+    }
+
+    pub(super) fn token_event(&mut self, token: u32, set: EventSet, ops: &mut EventOps) {
+        match self.tokens.get(&token).copied() {
+            Some(Owner::Conn(key)) => self.conn_event(key, set, ops),
+            Some(Owner::Handshake) => self.handshake_readable(token, ops),
+            None => {}
+        }
+    }
+
+    // ---- guest side: TX queue ----
+
+    pub(super) fn process_tx(&mut self, ops: &mut EventOps) {
+        if !self.core.active {
+            return;
+        }
+        let mem = self.core.mem.clone();
+        let mut used_any = false;
+        loop {
+            let Some(queue) = self.core.queues.get_mut(TX) else {
+                return;
+            };
+            let mut chain = match pop_chain(queue, &mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    self.core.fail(&format!("vsock TX queue: {e}"));
+                    return;
+                }
+            };
+            let head = chain.head_index();
+            let parsed = VsockPacket::from_tx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA)
+                .map_err(|e| e.to_string())
+                .and_then(|p| read_packet(&p));
+            if let Err(e) = queue.add_used(&mem, head, 0) {
+                self.core.fail(&format!("vsock TX queue: {e}"));
+                return;
+            }
+            used_any = true;
+            match parsed {
+                Ok(p) => self.guest_packet(p, ops),
+                Err(e) => eprintln!("vm: vsock: dropped a malformed packet from the guest: {e}"),
+            }
+        }
+        if used_any {
+            self.core.notify_used(TX);
+        }
+        self.process_rx(ops);
+    }
+
+    pub(super) fn guest_packet(&mut self, p: GuestPacket, ops: &mut EventOps) {
+        if p.src_cid != self.cid || p.dst_cid != HOST_CID {
+            eprintln!(
+                "vm: vsock: dropped a packet from CID {} to CID {} (guest is {})",
+                p.src_cid, p.dst_cid, self.cid
+            );
+            return;
+        }
+        if p.type_ != TYPE_STREAM {
+            if p.op != OP_RST {
+                self.stray_rst(&p);
+            }
+            return;
+        }
+        let key = (p.dst_port, p.src_port);
+        let Some(c) = self.conns.get_mut(&key) else {
+            match p.op {
+                OP_REQUEST => self.connect_to_host(key, &p, ops),
+                OP_RST => {}
+                _ => self.stray_rst(&p),
+            }
+            return;
+        };
+        c.update_peer_credit(p.buf_alloc, p.fwd_cnt);
+        match p.op {
+            OP_RESPONSE if c.state == State::Connecting => {
+                c.state = State::Established;
+                let line = format!("OK {}\n", c.local_port);
+                if c.stream.write_all(line.as_bytes()).is_err() {
+                    self.kill(key, ops);
+                    return;
+                }
+            }
+            OP_RW if c.state == State::Established => {
+                if let Err(e) = c.guest_data(&p.data) {
+                    eprintln!("vm: vsock: connection {key:?} reset: {e:?}");
+                    self.kill(key, ops);
+                    return;
+                }
+            }
+            OP_CREDIT_UPDATE => {}
+            OP_CREDIT_REQUEST => c.owed.credit_update = true,
+            OP_SHUTDOWN => {
+                c.peer_shutdown |= p.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+                if c.peer_shutdown & SHUTDOWN_SEND != 0 && c.pending_len() == 0 {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                }
+                if c.peer_shutdown == SHUTDOWN_RCV | SHUTDOWN_SEND {
+                    // The guest closed its socket: answer with RST (which
+                    // completes the close on its side) once data is out.
+                    c.owed.rst = true;
+                }
+            }
+            OP_RST => {
+                self.remove_conn(key, ops);
+                return;
+            }
+            _ => {
+                // Unexpected for the connection's state: abort it.
+                self.kill(key, ops);
+                return;
+            }
+        }
+        if self.conns.get(&key).is_some_and(|c| c.owed.any()) {
+            self.schedule(key);
+        }
+        self.update_interest(key, ops);
+    }
+
+    fn connect_to_host(&mut self, key: Key, p: &GuestPacket, ops: &mut EventOps) {
+        if self.conns.len() + self.handshakes.len() >= MAX_CONNS {
+            self.stray_rst(p);
+            return;
+        }
+        let path = format!("{}_{}", self.path.display(), key.0);
+        let stream = match UnixStream::connect(&path) {
+            Ok(s) if s.set_nonblocking(true).is_ok() => s,
+            _ => {
+                self.stray_rst(p);
+                return;
+            }
+        };
+        let mut conn = Connection::new(stream, State::Established, key.0);
+        conn.update_peer_credit(p.buf_alloc, p.fwd_cnt);
+        conn.owed.response = true;
+        self.add_conn(key, conn, ops);
+    }
+
+    // ---- guest side: RX queue ----
+
+    /// Fill the guest's RX buffers with what is owed: resets to stray
+    /// packets, then per connection control packets and data.
+    pub(super) fn process_rx(&mut self, ops: &mut EventOps) {
+        if !self.core.active {
+            return;
+        }
+        let mem = self.core.mem.clone();
+        let mut used_any = false;
+        loop {
+            let item = match self.stray.front() {
+                Some(r) => Some(Err(*r)),
+                None => self.next_conn_with_work().map(Ok),
+            };
+            let Some(item) = item else { break };
+            let Some(queue) = self.core.queues.get_mut(RX) else {
+                return;
+            };
+            let mut chain = match pop_chain(queue, &mem) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    // No buffer: keep the work for the next RX notification.
+                    if let Ok(key) = item {
+                        self.rx_work.push_front(key);
+                        self.rx_queued.insert(key);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.core.fail(&format!("vsock RX queue: {e}"));
+                    return;
+                }
+            };
+            let head = chain.head_index();
+            let written = match VsockPacket::from_rx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA) {
+                Ok(mut pkt) => match item {
+                    Err(route) => {
+                        self.stray.pop_front();
+                        fill(&mut pkt, Control { route, op: OP_RST, flags: 0 }, (0, 0), 0)
+                    }
+                    Ok(key) => self.fill_for_conn(key, &mut pkt, ops),
+                },
+                Err(e) => {
+                    eprintln!("vm: vsock: unusable RX buffer from the guest: {e}");
+                    if let Ok(key) = item {
+                        self.schedule(key);
+                    }
+                    0
+                }
+            };
+            let Some(queue) = self.core.queues.get_mut(RX) else {
+                return;
+            };
+            if let Err(e) = queue.add_used(&mem, head, written) {
+                self.core.fail(&format!("vsock RX queue: {e}"));
+                return;
+            }
+            used_any = true;
+        }
+        if used_any {
+            self.core.notify_used(RX);
+        }
+    }
+
+    fn next_conn_with_work(&mut self) -> Option<Key> {
+        while let Some(key) = self.rx_work.pop_front() {
+            self.rx_queued.remove(&key);
+            let has_work = self.conns.get(&key).is_some_and(|c| c.owed.any())
+                || self.stash.contains_key(&key);
+            if has_work {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Put one packet for connection `key` into `pkt`; returns its length.
+    fn fill_for_conn<B: BitmapSlice>(
+        &mut self,
+        key: Key,
+        pkt: &mut VsockPacket<B>,
+        ops: &mut EventOps,
+    ) -> u32 {
+        let route = self.host_route(key);
+        let Some(c) = self.conns.get_mut(&key) else {
+            return 0;
+        };
+        let credit = c.credit();
+        let o = &mut c.owed;
+        let control = if o.rst {
+            Some((OP_RST, 0))
+        } else if o.response {
+            o.response = false;
+            Some((OP_RESPONSE, 0))
+        } else if o.request {
+            o.request = false;
+            Some((OP_REQUEST, 0))
+        } else {
+            None
+        };
+        let len = if let Some((op, flags)) = control {
+            let n = fill(pkt, Control { route, op, flags }, credit, 0);
+            if op == OP_RST {
+                self.remove_conn(key, ops);
+                return n;
+            }
+            n
+        } else if let Some(mut data) = self.stash.remove(&key) {
+            let room = pkt.data_slice().map_or(0, |s| s.len());
+            let n = data.len().min(room);
+            let written = match pkt.data_slice() {
+                Some(slice) => slice.write_slice(&data[..n], 0).is_ok(),
+                None => false,
+            };
+            if !written {
+                self.stash.insert(key, data);
+                return 0;
+            }
+            if n < data.len() {
+                data.drain(..n);
+                self.stash.insert(key, data);
+            }
+            fill(pkt, Control { route, op: OP_RW, flags: 0 }, credit, n as u32)
+        } else if o.shutdown != 0 {
+            let flags = std::mem::take(&mut o.shutdown);
+            fill(pkt, Control { route, op: OP_SHUTDOWN, flags }, credit, 0)
+        } else if o.credit_update {
+            o.credit_update = false;
+            fill(pkt, Control { route, op: OP_CREDIT_UPDATE, flags: 0 }, credit, 0)
+        } else {
+            return 0;
+        };
+        if self.conns.get(&key).is_some_and(|c| c.owed.any()) || self.stash.contains_key(&key) {
+            self.schedule(key);
+        }
+        self.update_interest(key, ops);
+        len
+    }
+
+    pub(super) fn activated(&mut self, ops: &mut EventOps) {
+        if self.core.active {
+            self.process_rx(ops);
+        } else {
+            self.drop_all(ops);
+        }
+    }
+}
+
+/// Write a header into `pkt`; returns the bytes used (header + data).
+fn fill<B: BitmapSlice>(pkt: &mut VsockPacket<B>, c: Control, credit: (u32, u32), data_len: u32) -> u32 {
+    pkt.set_src_cid(c.route.src_cid)
+        .set_dst_cid(c.route.dst_cid)
+        .set_src_port(c.route.src_port)
+        .set_dst_port(c.route.dst_port)
+        .set_type(TYPE_STREAM)
+        .set_op(c.op)
+        .set_flags(c.flags)
+        .set_buf_alloc(credit.0)
+        .set_fwd_cnt(credit.1)
+        .set_len(data_len);
+    virtio_vsock::packet::PKT_HEADER_SIZE as u32 + data_len
+}
+
+fn read_packet<B: BitmapSlice>(p: &VsockPacket<B>) -> Result<GuestPacket, String> {
+    let len = p.len() as usize;
+    let mut data = vec![0u8; len];
+    if len > 0 {
+        let slice = p.data_slice().ok_or("header says data follows, but there is none")?;
+        if slice.len() < len {
+            return Err(format!("header length {len} exceeds its buffer ({})", slice.len()));
+        }
+        slice.read_slice(&mut data, 0).map_err(|e| e.to_string())?;
+    }
+    Ok(GuestPacket {
+        src_cid: p.src_cid(),
+        dst_cid: p.dst_cid(),
+        src_port: p.src_port(),
+        dst_port: p.dst_port(),
+        type_: p.type_(),
+        op: p.op(),
+        flags: p.flags(),
+        buf_alloc: p.buf_alloc(),
+        fwd_cnt: p.fwd_cnt(),
+        data,
+    })
+}
+
+/// Parse `CONNECT <port>` (the newline already removed).
+pub fn parse_connect(line: &[u8]) -> Result<u32, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not text".to_string())?;
+    let text = text.trim_end_matches('\r');
+    let port = text
+        .strip_prefix("CONNECT ")
+        .ok_or_else(|| format!("expected 'CONNECT <port>', got {text:?}"))?;
+    port.trim()
+        .parse::<u32>()
+        .map_err(|_| format!("bad port {port:?}"))
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE; 3]
+    }
+    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        &self.core.queue_evts
+    }
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+    fn set_acked_features(&mut self, features: u64) {
+        self.core.acked_features = features & VIRTIO_F_VERSION_1;
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::virtio::read_config_bytes(&self.config_space, offset, data);
+    }
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        self.core.activate(queues)
+    }
+    fn reset(&mut self) {
+        self.core.reset();
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
