@@ -14,6 +14,8 @@ pub struct Env {
     pub bzimage: PathBuf,
     pub agent_initrd: PathBuf,
     pub test_initrd: PathBuf,
+    /// The static vsock test peer (also inside the test initramfs).
+    pub vsock_tool: PathBuf,
     /// Guests run inside resources/kvm-host/run.
     pub nested: bool,
 }
@@ -43,9 +45,11 @@ fn script_output_path(repo: &Path, script: &str) -> PathBuf {
     PathBuf::from(last.trim())
 }
 
+/// The VMM under test, built with optimisations: the data-path tests move
+/// gigabytes through the nested host, where a debug build is the bottleneck.
 fn build_vm(repo: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let release = !cfg!(debug_assertions);
+    let release = true;
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo).args(["build", "--quiet", "-p", "vmm", "--bin", "vm"]);
     if release {
@@ -58,14 +62,32 @@ fn build_vm(repo: &Path) -> PathBuf {
         .join("vm")
 }
 
-/// A busybox initramfs whose /init is tests/fixtures/test-init.
-fn build_test_initrd(repo: &Path) -> PathBuf {
+/// The vsock test peer, static so that it runs in the guest too.
+fn build_vsock_tool(repo: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(repo)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args([
+            "build", "--quiet", "--release", "-p", "vm-tests", "--bin", "vsock-tool",
+            "--target", "x86_64-unknown-linux-gnu",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build of vsock-tool failed");
+    target_dir(repo).join("x86_64-unknown-linux-gnu/release/vsock-tool")
+}
+
+/// A busybox initramfs whose /init is tests/fixtures/test-init, with the
+/// vsock test peer in /bin.
+fn build_test_initrd(repo: &Path, vsock_tool: &Path) -> PathBuf {
     let dir = target_dir(repo).join("test-initramfs");
     let stage = dir.join("stage");
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(stage.join("bin")).expect("mkdir");
     std::fs::copy("/bin/busybox", stage.join("bin/busybox"))
         .expect("copy /bin/busybox (install busybox-static)");
+    std::fs::copy(vsock_tool, stage.join("bin/vsock-tool")).expect("copy vsock-tool");
     std::fs::copy(repo.join("tests/fixtures/test-init"), stage.join("init")).expect("copy init");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))
@@ -100,9 +122,11 @@ pub fn env() -> &'static Env {
         let vmlinux = script_output_path(&repo, "resources/guest-kernel/build");
         let bzimage = vmlinux.with_file_name("bzImage");
         let agent_initrd = script_output_path(&repo, "resources/initramfs/build");
+        let vsock_tool = build_vsock_tool(&repo);
         Env {
             vm: build_vm(&repo),
-            test_initrd: build_test_initrd(&repo),
+            test_initrd: build_test_initrd(&repo, &vsock_tool),
+            vsock_tool,
             vmlinux,
             bzimage,
             agent_initrd,
@@ -122,7 +146,8 @@ impl ScriptOutput {
     fn from(out: Output) -> Self {
         Self {
             code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            // Guest console lines end in CRLF; tests compare lines.
+            stdout: String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
     }
@@ -155,6 +180,7 @@ impl Env {
             .env("BZIMAGE", &self.bzimage)
             .env("AGENT_INITRD", &self.agent_initrd)
             .env("TEST_INITRD", &self.test_initrd)
+            .env("VSOCK_TOOL", &self.vsock_tool)
             .stdin(Stdio::null());
         cmd
     }
@@ -190,4 +216,25 @@ pub fn section<'a>(text: &'a str, name: &str) -> &'a str {
         Some(end) => &rest[..end + 1],
         None => rest,
     }
+}
+
+/// A scratch directory for one test, inside the checkout (so the nested
+/// host sees it too), emptied first.
+pub fn work_dir(name: &str) -> PathBuf {
+    let dir = target_dir(&repo_root()).join("test-work").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create work dir");
+    dir
+}
+
+/// Write a guest shell script as a disk image (padded with newlines to
+/// whole 4 KiB blocks) for test-init's `test.mode=script`.
+pub fn script_disk(dir: &Path, script: &str) -> PathBuf {
+    let mut bytes = script.as_bytes().to_vec();
+    bytes.push(b'\n');
+    let padded = bytes.len().div_ceil(4096) * 4096;
+    bytes.resize(padded, b'\n');
+    let path = dir.join("script.disk");
+    std::fs::write(&path, bytes).expect("write script disk");
+    path
 }

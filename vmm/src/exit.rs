@@ -14,7 +14,7 @@ pub enum ExitReason {
     /// The guest kernel panicked; the message is its panic line.
     Panic(String),
     /// A triple fault: KVM reports a shutdown of the vCPU.
-    TripleFault { cpu: u8 },
+    TripleFault { cpu: u8, state: String },
     /// KVM could not run the guest.
     InternalError { cpu: u8, detail: String },
     /// Something in the VMM failed while running the guest.

@@ -140,8 +140,9 @@ fn boot(args: BootArgs) -> ExitCode {
             eprintln!("vm: the guest kernel panicked: {msg}");
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
-        ExitReason::TripleFault { cpu } => {
-            eprintln!("vm: the guest triple-faulted on vCPU {cpu} (a CPU reset it did not ask for); the VM was stopped");
+        ExitReason::TripleFault { cpu, state } => {
+            eprintln!("vm: the guest triple-faulted on vCPU {cpu} (a CPU reset it did not ask for); the VM was stopped ({state})");
+            print_tail(&outcome.console_tail);
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
         ExitReason::InternalError { cpu, detail } => {

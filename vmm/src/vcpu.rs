@@ -199,6 +199,9 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
                     *detail = describe_internal_error(vcpu);
                 }
             }
+            if let ExitReason::TripleFault { state, .. } = &mut reason {
+                *state = describe_cpu(vcpu);
+            }
             ctx.exit.set(reason);
             guard.reported = true;
             return;
@@ -229,7 +232,10 @@ fn handle_exit(exit: VcpuExit, id: u8, ctx: &VcpuContext) -> Option<ExitReason> 
             ctx.mmio.write(addr, data);
             None
         }
-        VcpuExit::Shutdown => Some(ExitReason::TripleFault { cpu: id }),
+        VcpuExit::Shutdown => Some(ExitReason::TripleFault {
+            cpu: id,
+            state: String::new(),
+        }),
         VcpuExit::Hlt => Some(ExitReason::PowerOff),
         VcpuExit::SystemEvent(kind, _) => match kind {
             kvm_bindings::KVM_SYSTEM_EVENT_RESET => Some(ExitReason::Reset),
@@ -250,6 +256,17 @@ fn handle_exit(exit: VcpuExit, id: u8, ctx: &VcpuContext) -> Option<ExitReason> 
         other => Some(ExitReason::VmmError(format!(
             "vCPU {id}: unexpected exit {other:?}"
         ))),
+    }
+}
+
+/// Where the vCPU was, for a crash report.
+fn describe_cpu(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "rip {:#x} rsp {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cs {:#x}",
+            r.rip, r.rsp, s.cr0, s.cr2, s.cr3, s.cs.selector
+        ),
+        _ => "registers unavailable".into(),
     }
 }
 

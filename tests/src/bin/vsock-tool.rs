@@ -15,6 +15,8 @@
 //!   vsock-tool ADDR echo TEXT              half-close round trip
 //!   vsock-tool ADDR abort N SEED           expect a short read, not a hang
 //!   vsock-tool ADDR put-and-vanish N SEED  send half of N bytes, then exit
+//!   vsock-tool ADDR ping                   connect, then close
+//!   vsock-tool wait-vsock PORT             guest: wait for one connection
 //! where ADDR is `vsock:CID:PORT` or `unix:PATH:PORT` (the hybrid-vsock
 //! handshake `CONNECT PORT`).
 
@@ -242,6 +244,7 @@ fn client(addr: &str, op: &str, n: u64, seed: u64, text: &str) -> Result<(), Str
                 return Err(format!("got all {got} bytes from an aborted stream"));
             }
         }
+        "ping" => {}
         "put-and-vanish" => {
             writeln!(s, "put {n}").map_err(|e| e.to_string())?;
             let _ = send_stream(&mut *s, n / 2, seed);
@@ -268,6 +271,16 @@ fn main() {
             for s in l.incoming().flatten() {
                 std::thread::spawn(move || serve_one(Box::new(s)));
             }
+        }
+        "wait-vsock" => {
+            // Accept one connection on vsock PORT, then exit: a barrier.
+            let port: u32 = a(1).parse().expect("port");
+            let l = VsockListener::bind(&VsockAddr::new(libc_vmaddr_cid_any(), port))
+                .unwrap_or_else(|e| {
+                    eprintln!("vsock-tool: listen on vsock port {port}: {e}");
+                    exit(2)
+                });
+            let _ = l.accept();
         }
         "serve-unix" => {
             let _ = std::fs::remove_file(a(1));

@@ -51,6 +51,9 @@ pub struct Connection {
     pub peer_shutdown: u32,
     /// The host side will send no more (EOF read).
     pub host_eof: bool,
+    /// The host socket hung up; it is no longer polled, and what is left
+    /// in it is read as RX buffers allow.
+    pub hung_up: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -76,6 +79,7 @@ impl Connection {
             pending: VecDeque::new(),
             peer_shutdown: 0,
             host_eof: false,
+            hung_up: false,
         }
     }
 

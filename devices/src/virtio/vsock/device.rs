@@ -203,10 +203,10 @@ impl Vsock {
             want |= EventSet::OUT;
         }
         let fd = c.stream.as_raw_fd();
-        if self.interest.get(&token) != Some(&want) {
-            if ops.modify(Events::with_data_raw(fd, token, want)).is_ok() {
-                self.interest.insert(token, want);
-            }
+        if self.interest.get(&token) != Some(&want)
+            && ops.modify(Events::with_data_raw(fd, token, want)).is_ok()
+        {
+            self.interest.insert(token, want);
         }
     }
 
@@ -349,45 +349,68 @@ impl Vsock {
         None
     }
 
+    /// Read what the host sent into the connection's stash (one packet's
+    /// worth). Handles EOF; a read error aborts the connection.
+    fn read_into_stash(&mut self, key: Key, ops: &mut EventOps) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if !c.wants_host_data() || self.stash.contains_key(&key) {
+            return;
+        }
+        let mut buf = vec![0u8; MAX_PKT_DATA as usize];
+        match c.read_host(&mut buf) {
+            Ok(0) => {
+                c.host_eof = true;
+                c.owed.shutdown |= SHUTDOWN_SEND;
+                if c.peer_shutdown & SHUTDOWN_SEND != 0 {
+                    c.owed.rst = true;
+                }
+                self.schedule(key);
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                self.stash.insert(key, buf);
+                self.schedule(key);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.kill(key, ops),
+        }
+    }
+
     /// Events on a connection's host socket.
     pub(super) fn conn_event(&mut self, key: Key, set: EventSet, ops: &mut EventOps) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
+        if set.contains(EventSet::ERROR) {
+            self.kill(key, ops);
+            return;
+        }
         if set.contains(EventSet::OUT) && c.flush_to_host().is_err() {
             self.kill(key, ops);
             return;
         }
-        if set.contains(EventSet::IN) && c.wants_host_data() && !self.stash.contains_key(&key) {
-            let mut buf = vec![0u8; MAX_PKT_DATA as usize];
-            match c.read_host(&mut buf) {
-                Ok(0) => {
-                    c.host_eof = true;
-                    c.owed.shutdown |= SHUTDOWN_SEND;
-                    if c.peer_shutdown & SHUTDOWN_SEND != 0 {
-                        c.owed.rst = true;
-                    }
-                    self.schedule(key);
-                }
-                Ok(n) => {
-                    buf.truncate(n);
-                    self.stash.insert(key, buf);
-                    self.schedule(key);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    self.kill(key, ops);
-                    return;
-                }
+        if set.contains(EventSet::IN) {
+            self.read_into_stash(key, ops);
+        } else if set.contains(EventSet::HANG_UP) {
+            // The host closed both directions. Guest data still waiting for
+            // it cannot be delivered: abort. Otherwise stop polling (a hang
+            // up is reported forever) and drain what the host left behind.
+            if c.pending_len() > 0 {
+                self.kill(key, ops);
+                return;
             }
-        } else if set.intersects(EventSet::HANG_UP | EventSet::ERROR) && !set.contains(EventSet::IN) {
-            self.kill(key, ops);
+            c.hung_up = true;
+            if let Some(token) = self.conn_tokens.remove(&key) {
+                let fd = c.stream.as_raw_fd();
+                self.unregister(token, fd, ops);
+            }
+            self.schedule(key);
             return;
         }
-        if let Some(c) = self.conns.get(&key) {
-            if c.owed.any() {
-                self.schedule(key);
-            }
+        if self.conns.get(&key).is_some_and(|c| c.owed.any()) {
+            self.schedule(key);
         }
         self.update_interest(key, ops);
     }
@@ -463,6 +486,13 @@ impl Vsock {
             }
             return;
         };
+        if c.owed.rst {
+            // Being aborted: only the guest's own reset matters now.
+            if p.op == OP_RST {
+                self.remove_conn(key, ops);
+            }
+            return;
+        }
         c.update_peer_credit(p.buf_alloc, p.fwd_cnt);
         match p.op {
             OP_RESPONSE if c.state == State::Connecting => {
@@ -503,7 +533,11 @@ impl Vsock {
                 return;
             }
         }
-        if self.conns.get(&key).is_some_and(|c| c.owed.any()) {
+        if self
+            .conns
+            .get(&key)
+            .is_some_and(|c| c.owed.any() || (c.hung_up && c.wants_host_data()))
+        {
             self.schedule(key);
         }
         self.update_interest(key, ops);
@@ -596,7 +630,10 @@ impl Vsock {
     fn next_conn_with_work(&mut self) -> Option<Key> {
         while let Some(key) = self.rx_work.pop_front() {
             self.rx_queued.remove(&key);
-            let has_work = self.conns.get(&key).is_some_and(|c| c.owed.any())
+            let has_work = self
+                .conns
+                .get(&key)
+                .is_some_and(|c| c.owed.any() || (c.hung_up && c.wants_host_data()))
                 || self.stash.contains_key(&key);
             if has_work {
                 return Some(key);
@@ -613,6 +650,10 @@ impl Vsock {
         ops: &mut EventOps,
     ) -> u32 {
         let route = self.host_route(key);
+        if self.conns.get(&key).is_some_and(|c| c.hung_up) {
+            // Nobody polls this socket any more: read it here.
+            self.read_into_stash(key, ops);
+        }
         let Some(c) = self.conns.get_mut(&key) else {
             return 0;
         };
@@ -661,7 +702,12 @@ impl Vsock {
         } else {
             return 0;
         };
-        if self.conns.get(&key).is_some_and(|c| c.owed.any()) || self.stash.contains_key(&key) {
+        if self.stash.contains_key(&key)
+            || self
+                .conns
+                .get(&key)
+                .is_some_and(|c| c.owed.any() || (c.hung_up && c.wants_host_data()))
+        {
             self.schedule(key);
         }
         self.update_interest(key, ops);
