@@ -284,3 +284,178 @@ impl BusDevice for MmioTransport {
         self.write_reg(offset, v);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testutil::{interrupt, memory, MEM_SIZE};
+    use crate::virtio::ActivateError;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    #[derive(Default)]
+    struct Dummy {
+        acked: u64,
+        activated: usize,
+        resets: usize,
+        evts: Vec<EventFd>,
+    }
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn queue_evts(&self) -> &[EventFd] {
+            &self.evts
+        }
+        fn avail_features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 0b101
+        }
+        fn set_acked_features(&mut self, f: u64) {
+            self.acked = f;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            crate::virtio::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn activate(&mut self, _q: Vec<Queue>) -> Result<(), ActivateError> {
+            self.activated += 1;
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+        }
+    }
+
+    struct Rig {
+        t: MmioTransport,
+        dev: Arc<Mutex<Dummy>>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+            let dev = Arc::new(Mutex::new(Dummy {
+                evts: vec![evt.try_clone().expect("clone")],
+                ..Default::default()
+            }));
+            let (irq, _) = interrupt();
+            let t = MmioTransport::new(dev.clone(), irq, memory(), vec![evt]);
+            Self { t, dev }
+        }
+        fn r(&mut self, off: u64) -> u32 {
+            let mut b = [0u8; 4];
+            self.t.read(off, &mut b);
+            u32::from_le_bytes(b)
+        }
+        fn w(&mut self, off: u64, v: u32) {
+            self.t.write(off, &v.to_le_bytes());
+        }
+        /// Walk the driver through ACK, DRIVER and the feature handshake.
+        fn negotiate(&mut self, features_hi: u32) {
+            self.w(0x70, STATUS_ACKNOWLEDGE);
+            self.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+            self.w(0x24, 1);
+            self.w(0x20, features_hi);
+            self.w(0x24, 0);
+            self.w(0x20, 0xffff_ffff);
+            self.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        }
+        fn setup_queue(&mut self, desc: u64) {
+            self.w(0x30, 0);
+            self.w(0x38, 16);
+            self.w(0x80, desc as u32);
+            self.w(0x84, (desc >> 32) as u32);
+            self.w(0x90, 0x1000);
+            self.w(0xa0, 0x2000);
+            self.w(0x44, 1);
+        }
+    }
+
+    #[test]
+    fn identifies_itself() {
+        let mut rig = Rig::new();
+        assert_eq!(rig.r(0x00), 0x7472_6976);
+        assert_eq!(rig.r(0x04), 2);
+        assert_eq!(rig.r(0x08), 42);
+        assert_eq!(rig.r(0x34), 16);
+        rig.w(0x14, 1);
+        assert_eq!(rig.r(0x10), 1, "VERSION_1 is bit 32");
+        rig.w(0x14, 0);
+        assert_eq!(rig.r(0x10), 0b101);
+        let mut b = [0u8; 2];
+        rig.t.read(0x101, &mut b);
+        assert_eq!(b, [2, 3]);
+    }
+
+    #[test]
+    fn features_ok_requires_version_1_and_keeps_only_offered_bits() {
+        let mut rig = Rig::new();
+        rig.negotiate(0);
+        assert_eq!(rig.r(0x70) & STATUS_FEATURES_OK, 0, "legacy driver refused");
+        let mut rig = Rig::new();
+        rig.negotiate(1);
+        assert_ne!(rig.r(0x70) & STATUS_FEATURES_OK, 0);
+        assert_eq!(rig.dev.lock().expect("lock").acked, VIRTIO_F_VERSION_1 | 0b101);
+    }
+
+    #[test]
+    fn out_of_order_status_is_ignored() {
+        let mut rig = Rig::new();
+        rig.w(0x70, STATUS_DRIVER_OK);
+        assert_eq!(rig.r(0x70), 0);
+        rig.w(0x70, STATUS_ACKNOWLEDGE);
+        rig.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
+        assert_eq!(rig.r(0x70), STATUS_ACKNOWLEDGE);
+        assert_eq!(rig.dev.lock().expect("lock").activated, 0);
+    }
+
+    #[test]
+    fn queue_registers_only_between_features_ok_and_driver_ok() {
+        let mut rig = Rig::new();
+        rig.setup_queue(0x3000);
+        assert_eq!(rig.r(0x44), 0, "queue set up before FEATURES_OK was ignored");
+        rig.negotiate(1);
+        rig.setup_queue(0x3000);
+        assert_eq!(rig.r(0x44), 1);
+        rig.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(rig.dev.lock().expect("lock").activated, 1);
+        rig.w(0x44, 0);
+        assert_eq!(rig.r(0x44), 1, "live queue cannot be changed");
+    }
+
+    #[test]
+    fn invalid_queue_sets_needs_reset_instead_of_activating() {
+        let mut rig = Rig::new();
+        rig.negotiate(1);
+        rig.setup_queue(MEM_SIZE as u64 + 0x1000);
+        rig.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(rig.dev.lock().expect("lock").activated, 0);
+        assert_ne!(rig.r(0x70) & STATUS_NEEDS_RESET, 0);
+        assert_ne!(rig.r(0x60) & 2, 0, "config interrupt raised");
+        // Reset clears everything and reaches the device.
+        rig.w(0x70, 0);
+        assert_eq!(rig.r(0x70), 0);
+        assert_eq!(rig.r(0x60), 0);
+        assert_eq!(rig.dev.lock().expect("lock").resets, 1);
+    }
+
+    #[test]
+    fn interrupt_ack_and_odd_sized_accesses() {
+        let mut rig = Rig::new();
+        rig.t.interrupt.signal_used_queue();
+        assert_eq!(rig.r(0x60), 1);
+        rig.w(0x64, 1);
+        assert_eq!(rig.r(0x60), 0);
+        rig.t.write(0x70, &[1, 0]);
+        assert_eq!(rig.r(0x70), 0, "2-byte register write ignored");
+        let mut b = [0xaau8; 2];
+        rig.t.read(0x00, &mut b);
+        assert_eq!(b, [0, 0]);
+        // A notification that missed the ioeventfd still reaches the device.
+        rig.w(0x50, 0);
+        assert_eq!(rig.dev.lock().expect("lock").evts[0].read().expect("notified"), 1);
+        rig.w(0x50, 7); // no such queue: ignored
+    }
+}

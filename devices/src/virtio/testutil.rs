@@ -40,8 +40,13 @@ pub struct Driver<'a> {
 
 impl<'a> Driver<'a> {
     pub fn new(mem: &'a GuestMem, size: u16) -> Self {
+        Self::at(mem, 0, size)
+    }
+
+    /// A queue whose rings start at guest address `addr`.
+    pub fn at(mem: &'a GuestMem, addr: u64, size: u16) -> Self {
         Self {
-            vq: MockSplitQueue::new(mem, size),
+            vq: MockSplitQueue::create(mem, GuestAddress(addr), size),
             size,
             avail: 0,
         }

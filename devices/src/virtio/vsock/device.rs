@@ -141,6 +141,18 @@ impl Vsock {
         &self.path
     }
 
+    /// Guest and host data held by the device right now (for tests and
+    /// diagnostics): it must stay bounded whatever either side does.
+    pub fn buffered_bytes(&self) -> usize {
+        self.stash.values().map(Vec::len).sum::<usize>()
+            + self.conns.values().map(Connection::pending_len).sum::<usize>()
+    }
+
+    /// Resets owed to the guest for packets that matched no connection.
+    pub fn owed_resets(&self) -> usize {
+        self.stray.len()
+    }
+
     fn host_route(&self, key: Key) -> Route {
         Route {
             src_cid: HOST_CID,
