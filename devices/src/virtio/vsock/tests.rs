@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use event_manager::{EventManager, EventOps, SubscriberOps};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::device::{parse_connect, Vsock, VsockConfig, RX, TX};
+use super::device::{parse_connect, Vsock, VsockConfig};
 use super::proto::*;
 use crate::virtio::testutil::{desc, interrupt, memory, Driver, DATA, F_NEXT, F_WRITE};
 use crate::virtio::{GuestMem, VirtioDevice, VIRTIO_F_VERSION_1};
