@@ -103,7 +103,7 @@ impl Block {
 
     /// Serve every request the driver has made available, with the
     /// disable-notification / drain / re-enable loop.
-    pub(super) fn process_queue(&mut self) {
+    pub fn process_queue(&mut self) {
         if !self.core.active {
             return;
         }

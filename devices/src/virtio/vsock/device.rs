@@ -437,7 +437,7 @@ impl Vsock {
 
     // ---- guest side: TX queue ----
 
-    pub(super) fn process_tx(&mut self, ops: &mut EventOps) {
+    pub fn process_tx(&mut self, ops: &mut EventOps) {
         if !self.core.active {
             return;
         }
@@ -578,7 +578,7 @@ impl Vsock {
 
     /// Fill the guest's RX buffers with what is owed: resets to stray
     /// packets, then per connection control packets and data.
-    pub(super) fn process_rx(&mut self, ops: &mut EventOps) {
+    pub fn process_rx(&mut self, ops: &mut EventOps) {
         if !self.core.active {
             return;
         }
