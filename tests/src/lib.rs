@@ -62,50 +62,6 @@ fn build_vm(repo: &Path) -> PathBuf {
         .join("vm")
 }
 
-/// The vsock test peer, static so that it runs in the guest too.
-fn build_vsock_tool(repo: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(repo)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args([
-            "build", "--quiet", "--release", "-p", "vm-tests", "--bin", "vsock-tool",
-            "--target", "x86_64-unknown-linux-gnu",
-        ])
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build of vsock-tool failed");
-    target_dir(repo).join("x86_64-unknown-linux-gnu/release/vsock-tool")
-}
-
-/// A busybox initramfs whose /init is tests/fixtures/test-init, with the
-/// vsock test peer in /bin.
-fn build_test_initrd(repo: &Path, vsock_tool: &Path) -> PathBuf {
-    let dir = target_dir(repo).join("test-initramfs");
-    let stage = dir.join("stage");
-    let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(stage.join("bin")).expect("mkdir");
-    std::fs::copy("/bin/busybox", stage.join("bin/busybox"))
-        .expect("copy /bin/busybox (install busybox-static)");
-    std::fs::copy(vsock_tool, stage.join("bin/vsock-tool")).expect("copy vsock-tool");
-    std::fs::copy(repo.join("tests/fixtures/test-init"), stage.join("init")).expect("copy init");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))
-        .expect("chmod init");
-    let out = dir.join("busybox.cpio");
-    let status = Command::new("sh")
-        .current_dir(&stage)
-        .arg("-c")
-        .arg(format!(
-            "find . -mindepth 1 | cpio -o -H newc -R 0:0 --quiet > '{}'",
-            out.display()
-        ))
-        .status()
-        .expect("run cpio");
-    assert!(status.success(), "cpio failed");
-    out
-}
-
 fn host_kvm_can_boot() -> bool {
     match std::env::var("VM_TEST_HOST").as_deref() {
         Ok("native") => return true,
@@ -122,10 +78,11 @@ pub fn env() -> &'static Env {
         let vmlinux = script_output_path(&repo, "resources/guest-kernel/build");
         let bzimage = vmlinux.with_file_name("bzImage");
         let agent_initrd = script_output_path(&repo, "resources/initramfs/build");
-        let vsock_tool = build_vsock_tool(&repo);
+        let test_initrd = script_output_path(&repo, "tests/fixtures/build-initramfs");
+        let vsock_tool = target_dir(&repo).join("x86_64-unknown-linux-gnu/release/vsock-tool");
         Env {
             vm: build_vm(&repo),
-            test_initrd: build_test_initrd(&repo, &vsock_tool),
+            test_initrd,
             vsock_tool,
             vmlinux,
             bzimage,
