@@ -1,13 +1,16 @@
-//! One block request: parse it from a descriptor chain, do the I/O on the
-//! backing file, and write the status byte. Everything the guest hands in
-//! is checked here: lengths, sector ranges, request types.
+//! One block request: parse it from a descriptor chain, do the I/O between
+//! the backing file and guest memory directly (no bounce buffer), and
+//! write the status byte. Everything the guest hands in is checked here:
+//! descriptor order, lengths, addresses, sector ranges, request types.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
 
-use virtio_queue::{Reader, Writer};
 use virtio_queue::DescriptorChain;
-use vm_memory::ByteValued;
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileSlice,
+    WriteVolatile,
+};
 
 use crate::virtio::GuestMem;
 
@@ -23,8 +26,7 @@ pub const S_OK: u8 = 0;
 pub const S_IOERR: u8 = 1;
 pub const S_UNSUPP: u8 = 2;
 
-/// Bounce buffer size for file I/O.
-const CHUNK: usize = 128 * 1024;
+const HEADER_LEN: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
@@ -36,25 +38,6 @@ pub struct RequestHeader {
 
 // SAFETY: plain integers, no padding (4 + 4 + 8 bytes), any bit pattern valid.
 unsafe impl ByteValued for RequestHeader {}
-
-/// The storage behind a disk.
-pub trait Disk {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<usize>;
-    fn flush(&self) -> std::io::Result<()>;
-}
-
-impl Disk for std::fs::File {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        FileExt::read_at(self, buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<usize> {
-        FileExt::write_at(self, buf, offset)
-    }
-    fn flush(&self) -> std::io::Result<()> {
-        self.sync_data()
-    }
-}
 
 pub struct DiskInfo<'a> {
     pub capacity_sectors: u64,
@@ -72,165 +55,209 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-fn range_ok(sector: u64, bytes: u64, capacity: u64) -> bool {
-    if !bytes.is_multiple_of(SECTOR_SIZE) {
-        return false;
+/// A run of guest memory named by one descriptor (or part of one).
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    addr: u64,
+    len: u64,
+}
+
+/// The chain split the way virtio-blk lays it out: device-readable
+/// buffers (header, then data for writes), then device-writable buffers
+/// (data for reads, then the status byte).
+struct Layout {
+    readable: Vec<Seg>,
+    writable: Vec<Seg>,
+}
+
+fn layout(chain: DescriptorChain<&GuestMem>) -> Result<Layout, String> {
+    let mut l = Layout {
+        readable: Vec::new(),
+        writable: Vec::new(),
+    };
+    for d in chain {
+        let seg = Seg {
+            addr: d.addr().0,
+            len: u64::from(d.len()),
+        };
+        if d.is_write_only() {
+            l.writable.push(seg);
+        } else if l.writable.is_empty() {
+            l.readable.push(seg);
+        } else {
+            return Err("a device-readable buffer follows a writable one".into());
+        }
     }
-    sector
-        .checked_add(bytes / SECTOR_SIZE)
-        .is_some_and(|end| end <= capacity)
+    Ok(l)
+}
+
+/// Drop the first `n` bytes of a list of segments; None if shorter.
+fn skip(segs: &[Seg], mut n: u64) -> Option<Vec<Seg>> {
+    let mut out = Vec::with_capacity(segs.len());
+    for s in segs {
+        if n >= s.len {
+            n -= s.len;
+            continue;
+        }
+        out.push(Seg {
+            addr: s.addr.checked_add(n)?,
+            len: s.len - n,
+        });
+        n = 0;
+    }
+    (n == 0).then_some(out)
+}
+
+fn total(segs: &[Seg]) -> u64 {
+    segs.iter().map(|s| s.len).sum()
+}
+
+fn slice<'m>(mem: &'m GuestMem, s: Seg) -> Result<VolatileSlice<'m, ()>, String> {
+    let len = usize::try_from(s.len).map_err(|_| "buffer too long".to_string())?;
+    mem.get_slice(GuestAddress(s.addr), len)
+        .map_err(|e| format!("buffer {:#x}+{:#x} is not in guest memory: {e}", s.addr, s.len))
+}
+
+fn range_ok(sector: u64, bytes: u64, capacity: u64) -> bool {
+    bytes.is_multiple_of(SECTOR_SIZE)
+        && sector
+            .checked_add(bytes / SECTOR_SIZE)
+            .is_some_and(|end| end <= capacity)
 }
 
 /// Execute the request in `chain`.
-pub fn execute<D: Disk>(
-    chain: DescriptorChain<&GuestMem>,
-    mem: &GuestMem,
-    disk: &D,
-    info: &DiskInfo,
-) -> Outcome {
+pub fn execute(chain: DescriptorChain<&GuestMem>, mem: &GuestMem, disk: &File, info: &DiskInfo) -> Outcome {
     let fail = |why: String| Outcome {
         used_len: 0,
         status: None,
         error: Some(why),
     };
-    let mut reader = match Reader::new(mem, chain.clone()) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("bad descriptor chain: {e}")),
+    let l = match layout(chain) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
     };
-    let mut writer = match Writer::new(mem, chain) {
-        Ok(w) => w,
-        Err(e) => return fail(format!("bad descriptor chain: {e}")),
-    };
-    let writable = writer.available_bytes();
-    if writable == 0 {
+    // The status byte is the last byte of the last writable buffer.
+    let Some(last) = l.writable.iter().rev().find(|s| s.len > 0).copied() else {
         return fail("no writable byte for the status".into());
-    }
-    let mut status_writer = match writer.split_at(writable - 1) {
-        Ok(w) => w,
-        Err(e) => return fail(format!("bad descriptor chain: {e}")),
     };
-    let header: RequestHeader = match reader.read_obj() {
-        Ok(h) => h,
-        Err(_) => {
-            return finish(
-                &mut status_writer,
-                0,
-                S_IOERR,
-                Some("request header shorter than 16 bytes".into()),
-            )
-        }
-    };
-    let (data_len, status, error) = match header.type_ {
-        T_IN => read_data(&mut writer, disk, header.sector, info),
-        T_OUT => write_data(&mut reader, disk, header.sector, info),
-        T_FLUSH => match disk.flush() {
-            Ok(()) => (0, S_OK, None),
-            Err(e) => (0, S_IOERR, Some(format!("flush: {e}"))),
-        },
-        T_GET_ID => {
-            let n = writer.available_bytes().min(ID_BYTES);
-            match writer.write_all(&info.id[..n]) {
-                Ok(()) => (n, S_OK, None),
-                Err(e) => (0, S_IOERR, Some(format!("get-id: {e}"))),
+    let status_addr = last.addr.saturating_add(last.len - 1);
+    let mut data_out = l.writable.clone();
+    // Trim the status byte off the writable data.
+    let mut left = total(&data_out) - 1;
+    data_out.retain_mut(|s| {
+        let keep = s.len.min(left);
+        s.len = keep;
+        left -= keep;
+        keep > 0
+    });
+
+    let (data_len, status, error) = match read_header(mem, &l.readable) {
+        Err(e) => (0, S_IOERR, Some(e)),
+        Ok(h) => {
+            let data_in = skip(&l.readable, HEADER_LEN as u64).unwrap_or_default();
+            match h.type_ {
+                T_IN => read_data(mem, &data_out, disk, h.sector, info),
+                T_OUT => write_data(mem, &data_in, disk, h.sector, info),
+                T_FLUSH => match disk.sync_data() {
+                    Ok(()) => (0, S_OK, None),
+                    Err(e) => (0, S_IOERR, Some(format!("flush: {e}"))),
+                },
+                T_GET_ID => get_id(mem, &data_out, info),
+                other => (0, S_UNSUPP, Some(format!("unsupported request type {other}"))),
             }
         }
-        other => (0, S_UNSUPP, Some(format!("unsupported request type {other}"))),
     };
-    finish(&mut status_writer, data_len, status, error)
-}
-
-fn finish(status_writer: &mut Writer, data_len: usize, status: u8, error: Option<String>) -> Outcome {
-    match status_writer.write_all(&[status]) {
+    match mem.write_obj(status, GuestAddress(status_addr)) {
         Ok(()) => Outcome {
             used_len: u32::try_from(data_len + 1).unwrap_or(u32::MAX),
             status: Some(status),
             error,
         },
-        Err(e) => Outcome {
-            used_len: 0,
-            status: None,
-            error: Some(format!("cannot write the status byte: {e}")),
-        },
+        Err(e) => fail(format!("cannot write the status byte: {e}")),
     }
 }
 
-fn read_data<D: Disk>(
-    writer: &mut Writer,
-    disk: &D,
-    sector: u64,
-    info: &DiskInfo,
-) -> (usize, u8, Option<String>) {
-    let len = writer.available_bytes();
-    if !range_ok(sector, len as u64, info.capacity_sectors) {
+fn read_header(mem: &GuestMem, readable: &[Seg]) -> Result<RequestHeader, String> {
+    if total(readable) < HEADER_LEN as u64 {
+        return Err("request header shorter than 16 bytes".into());
+    }
+    let mut h = RequestHeader::default();
+    let bytes = h.as_mut_slice();
+    let mut done = 0;
+    for s in readable {
+        if done == HEADER_LEN {
+            break;
+        }
+        let n = (HEADER_LEN - done).min(s.len as usize);
+        mem.read_slice(&mut bytes[done..done + n], GuestAddress(s.addr))
+            .map_err(|e| format!("request header not in guest memory: {e}"))?;
+        done += n;
+    }
+    Ok(h)
+}
+
+fn read_data(mem: &GuestMem, segs: &[Seg], disk: &File, sector: u64, info: &DiskInfo) -> (u64, u8, Option<String>) {
+    let len = total(segs);
+    if !range_ok(sector, len, info.capacity_sectors) {
         return (0, S_IOERR, Some(format!("read of {len} bytes at sector {sector} is outside the disk")));
     }
-    let mut buf = vec![0u8; CHUNK.min(len)];
-    let mut done = 0usize;
-    while done < len {
-        let n = (len - done).min(CHUNK);
-        let offset = sector * SECTOR_SIZE + done as u64;
-        if let Err(e) = read_exact_at(disk, &mut buf[..n], offset) {
-            return (done, S_IOERR, Some(format!("read at {offset}: {e}")));
+    let mut f = disk;
+    if let Err(e) = f.seek(SeekFrom::Start(sector * SECTOR_SIZE)) {
+        return (0, S_IOERR, Some(format!("seek: {e}")));
+    }
+    let mut done = 0;
+    for &s in segs {
+        let mut dst = match slice(mem, s) {
+            Ok(v) => v,
+            Err(e) => return (done, S_IOERR, Some(e)),
+        };
+        if let Err(e) = f.read_exact_volatile(&mut dst) {
+            return (done, S_IOERR, Some(format!("read at sector {sector}: {e}")));
         }
-        if let Err(e) = writer.write_all(&buf[..n]) {
-            return (done, S_IOERR, Some(format!("copy to guest: {e}")));
-        }
-        done += n;
+        done += s.len;
     }
     (done, S_OK, None)
 }
 
-fn write_data<D: Disk>(
-    reader: &mut Reader,
-    disk: &D,
-    sector: u64,
-    info: &DiskInfo,
-) -> (usize, u8, Option<String>) {
+fn write_data(mem: &GuestMem, segs: &[Seg], disk: &File, sector: u64, info: &DiskInfo) -> (u64, u8, Option<String>) {
     if info.read_only {
         return (0, S_IOERR, Some("write to a read-only disk refused".into()));
     }
-    let len = reader.available_bytes();
-    if !range_ok(sector, len as u64, info.capacity_sectors) {
+    let len = total(segs);
+    if !range_ok(sector, len, info.capacity_sectors) {
         return (0, S_IOERR, Some(format!("write of {len} bytes at sector {sector} is outside the disk")));
     }
-    let mut buf = vec![0u8; CHUNK.min(len)];
-    let mut done = 0usize;
-    while done < len {
-        let n = (len - done).min(CHUNK);
-        if let Err(e) = reader.read_exact(&mut buf[..n]) {
-            return (0, S_IOERR, Some(format!("copy from guest: {e}")));
+    // Check every buffer before writing any, so a bad one writes nothing.
+    let mut slices = Vec::with_capacity(segs.len());
+    for &s in segs {
+        match slice(mem, s) {
+            Ok(v) => slices.push(v),
+            Err(e) => return (0, S_IOERR, Some(e)),
         }
-        let offset = sector * SECTOR_SIZE + done as u64;
-        if let Err(e) = write_all_at(disk, &buf[..n], offset) {
-            return (0, S_IOERR, Some(format!("write at {offset}: {e}")));
+    }
+    let mut f = disk;
+    if let Err(e) = f.seek(SeekFrom::Start(sector * SECTOR_SIZE)) {
+        return (0, S_IOERR, Some(format!("seek: {e}")));
+    }
+    for src in &slices {
+        if let Err(e) = f.write_all_volatile(src) {
+            return (0, S_IOERR, Some(format!("write at sector {sector}: {e}")));
         }
-        done += n;
     }
     (0, S_OK, None)
 }
 
-fn read_exact_at<D: Disk>(disk: &D, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match disk.read_at(buf, offset)? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
+fn get_id(mem: &GuestMem, segs: &[Seg], info: &DiskInfo) -> (u64, u8, Option<String>) {
+    let mut done = 0usize;
+    for s in segs {
+        if done == ID_BYTES {
+            break;
         }
-    }
-    Ok(())
-}
-
-fn write_all_at<D: Disk>(disk: &D, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match disk.write_at(buf, offset)? {
-            0 => return Err(std::io::ErrorKind::WriteZero.into()),
-            n => {
-                buf = &buf[n..];
-                offset += n as u64;
-            }
+        let n = (ID_BYTES - done).min(s.len as usize);
+        if let Err(e) = mem.write_slice(&info.id[done..done + n], GuestAddress(s.addr)) {
+            return (done as u64, S_IOERR, Some(format!("get-id: {e}")));
         }
+        done += n;
     }
-    Ok(())
+    (done as u64, S_OK, None)
 }

@@ -205,12 +205,70 @@ fn buffers_outside_guest_memory_are_refused() {
     );
     driver.offer(0);
     dev.process_queue();
-    assert_eq!(driver.used(0), (0, 0));
+    // The request fails with an I/O error; nothing was written anywhere.
+    assert_eq!(driver.used(0), (0, 1));
+    assert_eq!(status(&mem), S_IOERR);
     // A buffer that starts inside memory and runs past its end.
+    header(&mem, T_IN, 0);
     driver.store(1, &[desc(crate::virtio::testutil::MEM_SIZE as u64 - 256, 512, F_WRITE | F_NEXT, 2)]);
     driver.offer(0);
     dev.process_queue();
-    assert_eq!(driver.used(1), (0, 0));
+    assert_eq!(driver.used(1), (0, 1));
+    assert_eq!(status(&mem), S_IOERR);
+    // A write whose data lies outside memory writes nothing to the disk.
+    header(&mem, T_OUT, 0);
+    driver.store(1, &[desc(0xffff_ffff_0000, 512, F_NEXT, 2)]);
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(status(&mem), S_IOERR);
+    assert!(disk.bytes().iter().all(|b| *b == 5));
+}
+
+#[test]
+fn readable_after_writable_is_refused() {
+    let mem = memory();
+    let disk = Disk::new("order", 4, 0);
+    let mut driver = Driver::new(&mem, 16);
+    let mut dev = device(&mem, &disk, false, &driver);
+    header(&mem, T_IN, 0);
+    driver.store(
+        0,
+        &[
+            desc(HDR, 16, F_NEXT, 1),
+            desc(STATUS, 1, F_WRITE | F_NEXT, 2),
+            desc(BUF, 512, F_NEXT, 3),
+            desc(STATUS, 1, F_WRITE, 0),
+        ],
+    );
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(driver.used(0), (0, 0));
+    assert_eq!(status(&mem), 0xff);
+}
+
+#[test]
+fn header_split_over_descriptors_and_status_in_data_descriptor() {
+    let mem = memory();
+    let disk = Disk::new("split", 4, 0x5a);
+    let mut driver = Driver::new(&mem, 16);
+    let mut dev = device(&mem, &disk, false, &driver);
+    header(&mem, T_IN, 1);
+    // Header in two pieces; data and status share one writable buffer.
+    driver.store(
+        0,
+        &[
+            desc(HDR, 8, F_NEXT, 1),
+            desc(HDR + 8, 8, F_NEXT, 2),
+            desc(BUF, 513, F_WRITE, 0),
+        ],
+    );
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(driver.used(0), (0, 513));
+    let mut buf = [0u8; 513];
+    mem.read_slice(&mut buf, GuestAddress(BUF)).expect("read");
+    assert!(buf[..512].iter().all(|b| *b == 0x5a));
+    assert_eq!(buf[512], S_OK);
 }
 
 #[test]
