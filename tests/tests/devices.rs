@@ -191,7 +191,7 @@ vsock-tool wait-vsock 5001"
     let host = format!(
         r##"S=/tmp/vsock-test.sock
 "$VSOCK_TOOL" serve-unix ${{S}}_6000 &
-"$VM" boot --kernel "$VMLINUX" --initrd "$TEST_INITRD" --memory 512 --cpus 2 --vsock 3,$S \
+"$VM" boot --kernel "$VMLINUX" --initrd "$TEST_INITRD" --memory 512 --cpus {cpus} --vsock 3,$S \
    --disk {script},ro --cmdline 'console=ttyS0 quiet test.mode=script test.disk=vda' > {dir}/guest.log 2> {dir}/vm.err &
 VMPID=$!
 for i in $(seq 100); do "$VSOCK_TOOL" unix:$S:5000 ping 2>/dev/null && break; sleep 0.2; done
@@ -202,14 +202,15 @@ echo "== h2g-abort"; "$VSOCK_TOOL" unix:$S:5000 abort {mib8} 3
 echo "== h2g-vanish"; "$VSOCK_TOOL" unix:$S:5000 put-and-vanish {mib8} 4; "$VSOCK_TOOL" unix:$S:5000 echo after-vanish
 echo "== refused"; "$VSOCK_TOOL" unix:$S:5999 ping; echo "refused-rc=$?"
 # Wait for the guest's own transfers, then let it power off.
-for i in $(seq 600); do grep -q "== guest-done" {dir}/guest.log && break; sleep 0.5; done
+for i in $(seq 600); do grep -q "== guest-done" {dir}/guest.log && break; kill -0 $VMPID 2>/dev/null || break; sleep 0.5; done
 "$VSOCK_TOOL" unix:$S:5001 ping
 wait $VMPID; echo "vm-rc=$?"
 echo "@@@ guest"; cat {dir}/guest.log
 echo "@@@ vmm-stderr"; cat {dir}/vm.err
 "##,
         script = script.display(),
-        dir = dir.display()
+        dir = dir.display(),
+        cpus = std::env::var("VSOCK_TEST_CPUS").unwrap_or_else(|_| "2".into()),
     );
     let out = env.run_with_kvm(&host);
     let ok = |name: &str, op: &str, streams: u32| {
