@@ -135,3 +135,24 @@ impl DeviceCore {
         self.registered = self.active;
     }
 }
+
+impl DeviceCore {
+    /// Event handling shared by devices with one queue: returns true when
+    /// that queue was notified and should be processed.
+    pub fn single_queue_event(&mut self, events: &event_manager::Events, ops: &mut event_manager::EventOps, name: &str) -> bool {
+        match events.data() {
+            TOKEN_ACTIVATE => {
+                self.sync_registrations(ops);
+                false
+            }
+            0 => {
+                let _ = self.queue_evts[0].read();
+                true
+            }
+            other => {
+                eprintln!("vm: {name}: unexpected event {other}");
+                false
+            }
+        }
+    }
+}

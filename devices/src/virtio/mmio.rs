@@ -292,12 +292,12 @@ mod tests {
     use crate::virtio::ActivateError;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-    #[derive(Default)]
     struct Dummy {
         acked: u64,
         activated: usize,
         resets: usize,
         evts: Vec<EventFd>,
+        core: crate::virtio::DeviceCore,
     }
 
     impl VirtioDevice for Dummy {
@@ -326,6 +326,12 @@ mod tests {
         fn reset(&mut self) {
             self.resets += 1;
         }
+        fn core(&self) -> &crate::virtio::DeviceCore {
+            &self.core
+        }
+        fn core_mut(&mut self) -> &mut crate::virtio::DeviceCore {
+            &mut self.core
+        }
     }
 
     struct Rig {
@@ -336,11 +342,14 @@ mod tests {
     impl Rig {
         fn new() -> Self {
             let evt = EventFd::new(EFD_NONBLOCK).expect("eventfd");
-            let dev = Arc::new(Mutex::new(Dummy {
-                evts: vec![evt.try_clone().expect("clone")],
-                ..Default::default()
-            }));
             let (irq, _) = interrupt();
+            let dev = Arc::new(Mutex::new(Dummy {
+                acked: 0,
+                activated: 0,
+                resets: 0,
+                evts: vec![evt.try_clone().expect("clone")],
+                core: crate::virtio::DeviceCore::new(memory(), irq.clone(), 1).expect("core"),
+            }));
             let t = MmioTransport::new(dev.clone(), irq, memory(), vec![evt]);
             Self { t, dev }
         }

@@ -37,16 +37,29 @@ pub trait VirtioDevice: Send {
     /// Maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
     fn avail_features(&self) -> u64;
-    /// One eventfd per queue, signalled when the driver notifies it.
-    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd];
-    /// Features the driver accepted (a subset of `avail_features`).
-    fn set_acked_features(&mut self, features: u64);
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The state every device keeps (memory, interrupt, queues).
+    fn core(&self) -> &DeviceCore;
+    fn core_mut(&mut self) -> &mut DeviceCore;
+
+    /// One eventfd per queue, signalled when the driver notifies it.
+    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        &self.core().queue_evts
+    }
+    /// Features the driver accepted (kept to what was offered).
+    fn set_acked_features(&mut self, features: u64) {
+        let offered = self.avail_features();
+        self.core_mut().acked_features = features & offered;
+    }
     /// The driver set DRIVER_OK: start processing these queues.
-    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError>;
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        self.core_mut().activate(queues)
+    }
     /// The driver wrote 0 to the status: stop and forget the queues.
-    fn reset(&mut self);
+    fn reset(&mut self) {
+        self.core_mut().reset();
+    }
 }
 
 /// Copy `data.len()` bytes of a config space at `offset`, zero past its end.

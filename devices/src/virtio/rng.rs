@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Writer;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 
-use super::core::TOKEN_ACTIVATE;
-use super::{pop_chain, ActivateError, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 
 const QUEUE_SIZE: u16 = 64;
 /// Most bytes handed out per request, whatever the buffer size.
@@ -101,36 +100,25 @@ impl VirtioDevice for Rng {
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
-    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd] {
-        &self.core.queue_evts
-    }
 
     fn avail_features(&self) -> u64 {
         VIRTIO_F_VERSION_1
     }
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.acked_features = features & VIRTIO_F_VERSION_1;
-    }
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        self.core.activate(queues)
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
-    fn reset(&mut self) {
-        self.core.reset();
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
 }
 
 impl MutEventSubscriber for Rng {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        match events.data() {
-            TOKEN_ACTIVATE => self.core.sync_registrations(ops),
-            0 => {
-                let _ = self.core.queue_evts[0].read();
-                self.process_queue();
-            }
-            other => eprintln!("vm: virtio-rng: unexpected event {other}"),
+        if self.core.single_queue_event(&events, ops, "virtio-rng") {
+            self.process_queue();
         }
     }
 

@@ -4,11 +4,11 @@ use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 
 use super::request::{self, DiskInfo, ID_BYTES, SECTOR_SIZE};
 use crate::virtio::{
-    pop_chain, ActivateError, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK,
+    pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -171,27 +171,23 @@ impl VirtioDevice for Block {
         &[QUEUE_SIZE]
     }
 
-    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd] {
-        &self.core.queue_evts
-    }
 
     fn avail_features(&self) -> u64 {
         self.avail_features
     }
 
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.acked_features = features & self.avail_features;
-    }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         crate::virtio::read_config_bytes(&self.config_space, offset, data);
     }
 
-    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        self.core.activate(queues)
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
 
-    fn reset(&mut self) {
-        self.core.reset();
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
+
+
 }

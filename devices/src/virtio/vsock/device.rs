@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::Bytes;
@@ -19,7 +19,7 @@ use super::connection::{Connection, State};
 use super::proto::*;
 use crate::virtio::core::TOKEN_BACKEND;
 use crate::virtio::{
-    pop_chain, ActivateError, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK,
+    pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
 };
 
@@ -793,23 +793,17 @@ impl VirtioDevice for Vsock {
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; 3]
     }
-    fn queue_evts(&self) -> &[vmm_sys_util::eventfd::EventFd] {
-        &self.core.queue_evts
-    }
     fn avail_features(&self) -> u64 {
         VIRTIO_F_VERSION_1
-    }
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.acked_features = features & VIRTIO_F_VERSION_1;
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         crate::virtio::read_config_bytes(&self.config_space, offset, data);
     }
-    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        self.core.activate(queues)
+    fn core(&self) -> &DeviceCore {
+        &self.core
     }
-    fn reset(&mut self) {
-        self.core.reset();
+    fn core_mut(&mut self) -> &mut DeviceCore {
+        &mut self.core
     }
 }
 
