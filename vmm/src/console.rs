@@ -18,9 +18,15 @@ pub enum Verdict {
 }
 
 /// Recognise the kernel's panic and power-off messages in one console line.
+/// Userspace output can interleave with the kernel's, byte by byte, so the
+/// panic line is also recognised by its first words alone, and by the
+/// "Kernel Offset:" line that x86 prints on every panic.
 pub fn classify(line: &str) -> Option<Verdict> {
-    if let Some(i) = line.find("Kernel panic - not syncing") {
+    if let Some(i) = line.find("Kernel panic") {
         return Some(Verdict::Panic(line[i..].trim_end().to_string()));
+    }
+    if line.starts_with("Kernel Offset:") {
+        return Some(Verdict::Panic("Kernel panic (message garbled on the console)".into()));
     }
     if line.contains("reboot: Power down") || line.contains("reboot: System halted") {
         return Some(Verdict::PowerOff);
@@ -118,6 +124,11 @@ mod tests {
                 "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000".into()
             ))
         );
+        assert!(matches!(
+            classify("test-iniKernel panic - not syncintg: Attempt: ed"),
+            Some(Verdict::Panic(m)) if m.starts_with("Kernel panic - not sync")
+        ));
+        assert!(matches!(classify("Kernel Offset: disabled"), Some(Verdict::Panic(_))));
         assert_eq!(classify("reboot: Power down"), Some(Verdict::PowerOff));
         assert_eq!(classify("[ 0.5] reboot: System halted"), Some(Verdict::PowerOff));
         assert_eq!(classify("hello"), None);
