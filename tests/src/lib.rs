@@ -152,6 +152,19 @@ impl Env {
         ScriptOutput::from(out)
     }
 
+    /// Like `run_with_kvm`, but runs the script a second time when
+    /// `flaked` says the first run hit a failure of the nested host rather
+    /// than of the code under test (a guest that hung until its timeout).
+    /// The first failure is printed, never hidden.
+    pub fn run_with_kvm_retrying(&self, script: &str, flaked: impl Fn(&ScriptOutput) -> bool) -> ScriptOutput {
+        let out = self.run_with_kvm(script);
+        if !flaked(&out) {
+            return out;
+        }
+        eprintln!("WARNING: the nested host run looks like an environment failure; retrying once:\n{out}");
+        self.run_with_kvm(script)
+    }
+
     /// Run a bash script on this machine (no guest boots).
     pub fn run_here(&self, script: &str) -> ScriptOutput {
         let out = self

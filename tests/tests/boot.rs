@@ -5,13 +5,21 @@ use vm_tests::{env, section};
 
 /// Shell function used by the scripts: boot, then print the exit status
 /// and the VMM's stderr lines prefixed with "stderr: ".
+/// Each boot gets 120 s (a healthy one takes a few): a guest that hangs
+/// in the nested host shows up as rc=124 instead of stalling the suite.
 const BOOT_FN: &str = r#"
 boot() {
-    "$VM" boot "$@" 2>/tmp/vm-stderr
+    timeout 120 "$VM" boot "$@" 2>/tmp/vm-stderr
     echo "rc=$?"
     sed 's/^/stderr: /' /tmp/vm-stderr
 }
 "#;
+
+/// A boot that hit the 120 s limit: the nested host, not our VMM (every
+/// boot here takes seconds); worth one more try.
+fn timed_out(out: &vm_tests::ScriptOutput) -> bool {
+    out.stdout.lines().any(|l| l == "rc=124")
+}
 
 fn rc_of(section: &str) -> Option<i32> {
     section
@@ -47,7 +55,7 @@ fn boot_each_size(initrd_var: &str, extra: &str) -> Vec<(u32, u64, String)> {
             "echo '== {cpus}x{mib}'\nboot --kernel \"$VMLINUX\" --initrd \"${initrd_var}\" --cpus {cpus} --memory {mib} {extra}\n"
         ));
     }
-    let out = env.run_with_kvm(&script);
+    let out = env.run_with_kvm_retrying(&script, timed_out);
     assert_eq!(out.code, Some(0), "{out}");
     SIZES
         .iter()
@@ -102,7 +110,7 @@ echo '== bzImage'
 boot --kernel \"$BZIMAGE\" --initrd \"$AGENT_INITRD\" --boot-time
 "
     );
-    let out = env.run_with_kvm(&script);
+    let out = env.run_with_kvm_retrying(&script, timed_out);
     for name in ["vmlinux", "bzImage"] {
         let s = section(&out.stdout, name);
         assert_eq!(rc_of(s), Some(0), "{name}:\n{out}");
@@ -126,7 +134,7 @@ echo '== reboot'
 boot --kernel \"$VMLINUX\" --initrd \"$TEST_INITRD\" --cmdline 'console=ttyS0 quiet test.mode=reboot'
 "
     );
-    let out = env.run_with_kvm(&script);
+    let out = env.run_with_kvm_retrying(&script, timed_out);
     for name in ["poweroff", "reboot"] {
         let s = section(&out.stdout, name);
         assert_eq!(rc_of(s), Some(0), "{name}:\n{out}");
@@ -147,7 +155,7 @@ boot --kernel \"$VMLINUX\" --initrd \"$TEST_INITRD\" --cpus 2 --cmdline 'console
 echo \"left=$(pgrep -c -x vm || true)\"
 "
     );
-    let out = env.run_with_kvm(&script);
+    let out = env.run_with_kvm_retrying(&script, timed_out);
     let panic = section(&out.stdout, "panic");
     assert_eq!(rc_of(panic), Some(1), "{out}");
     assert!(

@@ -50,11 +50,12 @@ fn run_guest(name: &str, disks: &[String], guest_script: &str, extra_vm_args: &s
     for d in disks {
         disk_args.push_str(&format!(" --disk {d}"));
     }
-    env.run_with_kvm(&format!(
-        "\"$VM\" boot --kernel \"$VMLINUX\" --initrd \"$TEST_INITRD\" --memory 256 {disk_args} --disk {},ro {extra_vm_args} \
+    let flaked = |o: &ScriptOutput| o.stdout.contains("vm-rc=124");
+    env.run_with_kvm_retrying(&format!(
+        "timeout 300 \"$VM\" boot --kernel \"$VMLINUX\" --initrd \"$TEST_INITRD\" --memory 256 {disk_args} --disk {},ro {extra_vm_args} \
          --cmdline 'console=ttyS0 quiet test.mode=script test.disk=vd{letter}'\necho \"vm-rc=$?\"\n",
         script.display()
-    ))
+    ), flaked)
 }
 
 #[test]
@@ -191,7 +192,7 @@ vsock-tool wait-vsock 5001"
     let host = format!(
         r##"S=/tmp/vsock-test.sock
 "$VSOCK_TOOL" serve-unix ${{S}}_6000 &
-"$VM" boot --kernel "$VMLINUX" --initrd "$TEST_INITRD" --memory 512 --cpus {cpus} --vsock 3,$S \
+timeout 400 "$VM" boot --kernel "$VMLINUX" --initrd "$TEST_INITRD" --memory 512 --cpus {cpus} --vsock 3,$S \
    --disk {script},ro --cmdline 'console=ttyS0 quiet test.mode=script test.disk=vda' > {dir}/guest.log 2> {dir}/vm.err &
 VMPID=$!
 for i in $(seq 100); do "$VSOCK_TOOL" unix:$S:5000 ping 2>/dev/null && break; sleep 0.2; done
@@ -212,14 +213,12 @@ echo "@@@ vmm-stderr"; cat {dir}/vm.err
         dir = dir.display(),
         cpus = std::env::var("VSOCK_TEST_CPUS").unwrap_or_else(|_| "2".into()),
     );
-    let mut out = env.run_with_kvm(&host);
-    if out.stdout.contains("the guest triple-faulted") {
-        // Seen a few times in the nested KVM host (QEMU's emulated SVM)
-        // under this load, never on the rest of the suite; not understood
-        // yet. Say so loudly and try once more rather than hide it.
-        eprintln!("WARNING: the guest triple-faulted during the vsock test; retrying once:\n{out}");
-        out = env.run_with_kvm(&host);
-    }
+    // A guest triple fault or hang has been seen a few times in the nested
+    // KVM host (QEMU's emulated SVM) under this load, never understood;
+    // it is reported loudly and the run repeated once.
+    let out = env.run_with_kvm_retrying(&host, |o| {
+        o.stdout.contains("the guest triple-faulted") || o.stdout.contains("vm-rc=124")
+    });
     let ok = |name: &str, op: &str, streams: u32| {
         let s = section(&out.stdout, name);
         assert!(
