@@ -124,7 +124,9 @@ impl Env {
     fn script_command(&self, script: &str, in_kvm_host: bool) -> Command {
         let mut cmd = if in_kvm_host && self.nested {
             let mut c = Command::new(self.repo.join("resources/kvm-host/run"));
-            c.args(["--timeout", "600", "bash", "-c", script]);
+            // A nested host that has not finished in 5 minutes is stuck
+            // (none of our scripts takes more than 2).
+            c.args(["--timeout", "300", "bash", "-c", script]);
             c
         } else {
             let mut c = Command::new("bash");
@@ -152,13 +154,15 @@ impl Env {
         ScriptOutput::from(out)
     }
 
-    /// Like `run_with_kvm`, but runs the script a second time when
-    /// `flaked` says the first run hit a failure of the nested host rather
-    /// than of the code under test (a guest that hung until its timeout).
+    /// Like `run_with_kvm`, but runs the script a second time when the
+    /// first run hit a failure of the nested host rather than of the code
+    /// under test: the nested host itself stuck until its time limit, or
+    /// what `flaked` recognises (a guest that hung until its own limit).
     /// The first failure is printed, never hidden.
     pub fn run_with_kvm_retrying(&self, script: &str, flaked: impl Fn(&ScriptOutput) -> bool) -> ScriptOutput {
         let out = self.run_with_kvm(script);
-        if !flaked(&out) {
+        let host_stuck = self.nested && out.code == Some(124);
+        if !host_stuck && !flaked(&out) {
             return out;
         }
         eprintln!("WARNING: the nested host run looks like an environment failure; retrying once:\n{out}");
