@@ -1,0 +1,270 @@
+//! Applying one layer: decompress, walk the tar entries, and create each
+//! one inside the root.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Timestamps, Timespec};
+
+use crate::path::components;
+use crate::tree::{children, kind_at, open_dir, remove_all};
+use crate::{Error, Result};
+
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most bytes the decompressed stream may have.
+    pub max_bytes: u64,
+    /// Most entries in the layer.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 30,
+            max_entries: 4 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Set owners from the layer (needs privilege; off in unprivileged tests).
+    pub set_owner: bool,
+    /// Create character and block devices (skipped by default).
+    pub allow_devices: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub skipped_devices: u64,
+    pub whiteouts: u64,
+}
+
+/// Counts what flows out of the decompressor and stops at the limit.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One byte more would pass the limit: is there one?
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other(format!("decompressed size over {} bytes", self.limit))),
+            };
+        }
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(e.to_string())
+}
+
+/// Apply a layer read from `src` to the directory `root` (an fd opened on
+/// the root directory).
+pub fn apply_layer<R: Read>(
+    root: &OwnedFd,
+    src: R,
+    compression: Compression,
+    limits: Limits,
+    opts: Options,
+) -> Result<Stats> {
+    let reader: Box<dyn Read> = match compression {
+        Compression::None => Box::new(src),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(src).map_err(corrupt)?),
+    };
+    let capped = Capped {
+        inner: reader,
+        left: limits.max_bytes,
+        limit: limits.max_bytes,
+    };
+    let mut archive = tar::Archive::new(capped);
+    let mut stats = Stats::default();
+    // Paths this layer created: an opaque directory keeps them.
+    let mut created: HashSet<Vec<String>> = HashSet::new();
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(|e| limit_or_corrupt(e, limits))?;
+        stats.entries += 1;
+        if stats.entries > limits.max_entries {
+            return Err(Error::Limit {
+                what: "entries",
+                limit: limits.max_entries,
+            });
+        }
+        let raw = entry.path_bytes().into_owned();
+        let comps = components(&raw)?;
+        let Some((name, parent)) = comps.split_last() else {
+            continue; // the root itself
+        };
+        let path = comps.join("/");
+        let dir = open_dir(root, parent)?;
+        if name == OPAQUE {
+            stats.whiteouts += 1;
+            let parent_path = parent.join("/");
+            let sub = fs::openat(&dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                .map_err(|e| fs_err("open", &parent_path, e))?;
+            for child in children(&sub, &parent_path)? {
+                let mut p = parent.to_vec();
+                p.push(child.clone());
+                if !created.contains(&p) {
+                    remove_all(&dir, &child, &p.join("/"))?;
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            stats.whiteouts += 1;
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                return Err(Error::UnsafePath { path, why: "bad whiteout" });
+            }
+            remove_all(&dir, hidden, &path)?;
+            continue;
+        }
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let mode = header.mode().map_err(corrupt)? & 0o7777;
+        let existing = kind_at(&dir, name);
+        // Anything but a directory replacing a directory (or vice versa)
+        // removes what was there; a directory over a directory merges.
+        let keep_dir = kind.is_dir() && existing == Some(FileType::Directory);
+        if existing.is_some() && !keep_dir {
+            remove_all(&dir, name, &path)?;
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                if !keep_dir {
+                    fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o700))
+                        .map_err(|e| fs_err("mkdir", &path, e))?;
+                }
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let fd = fs::openat(
+                    &dir,
+                    name.as_str(),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| fs_err("create", &path, e))?;
+                let mut file = std::fs::File::from(fd);
+                let n = io::copy(&mut entry, &mut file).map_err(|e| limit_or_corrupt(e, limits))?;
+                stats.bytes += n;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| corrupt(format!("symlink {path} without a target")))?;
+                let target = String::from_utf8_lossy(&target).into_owned();
+                fs::symlinkat(target.as_str(), &dir, name.as_str()).map_err(|e| fs_err("symlink", &path, e))?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| corrupt(format!("hardlink {path} without a target")))?;
+                let tcomps = components(&target)?;
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(Error::UnsafePath { path, why: "hardlink to the root" });
+                };
+                let tdir = open_dir(root, tparent)?;
+                fs::linkat(&tdir, tname.as_str(), &dir, name.as_str(), AtFlags::empty())
+                    .map_err(|e| fs_err("link", &path, e))?;
+                // A hard link shares its target's metadata: nothing to set.
+                created.insert(comps);
+                continue;
+            }
+            tar::EntryType::Fifo => {
+                fs::mknodat(&dir, name.as_str(), FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                    .map_err(|e| fs_err("mkfifo", &path, e))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                if !opts.allow_devices {
+                    stats.skipped_devices += 1;
+                    continue;
+                }
+                let ft = if kind == tar::EntryType::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                fs::mknodat(&dir, name.as_str(), ft, Mode::from_raw_mode(0o600), fs::makedev(major, minor))
+                    .map_err(|e| fs_err("mknod", &path, e))?;
+            }
+            // PAX and GNU long-name headers are consumed by the tar crate;
+            // anything else is ignored.
+            _ => continue,
+        }
+        set_metadata(&dir, name, &path, &header, mode, kind, opts)?;
+        created.insert(comps);
+    }
+    Ok(stats)
+}
+
+fn set_metadata(
+    dir: &OwnedFd,
+    name: &str,
+    path: &str,
+    header: &tar::Header,
+    mode: u32,
+    kind: tar::EntryType,
+    opts: Options,
+) -> Result<()> {
+    let is_link = kind == tar::EntryType::Symlink;
+    if opts.set_owner {
+        let uid = header.uid().map_err(corrupt)?;
+        let gid = header.gid().map_err(corrupt)?;
+        let (uid, gid) = (u32::try_from(uid).map_err(corrupt)?, u32::try_from(gid).map_err(corrupt)?);
+        let (u, g) = (fs::Uid::from_raw(uid), fs::Gid::from_raw(gid));
+        fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| fs_err("chown", path, e))?;
+    }
+    // After chown, which clears setuid/setgid.
+    if !is_link {
+        fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty()).map_err(|e| fs_err("chmod", path, e))?;
+    }
+    let mtime = header.mtime().unwrap_or(0);
+    let t = Timespec {
+        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+        tv_nsec: 0,
+    };
+    fs::utimensat(dir, name, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| fs_err("utimes", path, e))?;
+    Ok(())
+}
+
+fn fs_err(op: &'static str, path: &str, e: rustix::io::Errno) -> Error {
+    Error::Fs {
+        op,
+        path: path.to_string(),
+        source: e.into(),
+    }
+}
+
+fn limit_or_corrupt(e: io::Error, limits: Limits) -> Error {
+    if e.to_string().contains("decompressed size over") {
+        Error::Limit {
+            what: "decompressed bytes",
+            limit: limits.max_bytes,
+        }
+    } else {
+        Error::Corrupt(e.to_string())
+    }
+}

@@ -1,0 +1,266 @@
+//! Layers built in memory, applied to a scratch root; hostile ones too.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::{apply_layer, Compression, Error, Limits, Options};
+
+struct Scratch {
+    base: PathBuf,
+}
+
+impl Scratch {
+    /// `base/root` is the root; `base` itself plays "outside the root".
+    fn new(name: &str) -> Self {
+        let base = std::env::temp_dir().join(format!("image-unpack-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("root")).expect("mkdir");
+        Self { base }
+    }
+    fn root(&self) -> PathBuf {
+        self.base.join("root")
+    }
+    fn fd(&self) -> OwnedFd {
+        rustix::fs::open(self.root(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .expect("open root")
+    }
+    fn apply(&self, layer: &[u8]) -> crate::Result<crate::Stats> {
+        apply_layer(&self.fd(), layer, Compression::None, Limits::default(), Options::default())
+    }
+    /// Everything in `base` but the root: what escaped.
+    fn outside(&self) -> Vec<String> {
+        std::fs::read_dir(&self.base)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "root")
+            .collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// A tar stream from (path, type, data-or-link-target, mode) entries,
+/// written byte by byte so that hostile paths survive.
+fn layer(entries: &[(&str, tar::EntryType, &[u8], u32)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (path, kind, payload, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        {
+            let name = &mut h.as_old_mut().name;
+            name.fill(0);
+            name[..path.len()].copy_from_slice(path.as_bytes());
+        }
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_mtime(1_000_000);
+        let is_link = matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link);
+        if is_link {
+            let link = &mut h.as_old_mut().linkname;
+            link.fill(0);
+            link[..payload.len()].copy_from_slice(payload);
+            h.set_size(0);
+        } else {
+            h.set_size(payload.len() as u64);
+        }
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        if !is_link {
+            out.extend_from_slice(payload);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+use tar::EntryType::{Block, Char, Directory as Dir, Fifo, Link, Regular as File, Symlink};
+
+#[test]
+fn creates_every_kind_with_modes_and_times() {
+    let s = Scratch::new("kinds");
+    let stats = s
+        .apply(&layer(&[
+            ("bin/", Dir, b"", 0o755),
+            ("bin/tool", File, b"#!/bin/sh\n", 0o4755),
+            ("bin/alias", Symlink, b"tool", 0o777),
+            ("bin/hard", Link, b"bin/tool", 0o755),
+            ("run/pipe", Fifo, b"", 0o644),
+            ("dev/null", Char, b"", 0o666),
+            ("dev/sda", Block, b"", 0o660),
+        ]))
+        .expect("apply");
+    let r = s.root();
+    assert_eq!(std::fs::read(r.join("bin/tool")).expect("read"), b"#!/bin/sh\n");
+    let m = std::fs::metadata(r.join("bin/tool")).expect("stat");
+    assert_eq!(m.permissions().mode() & 0o7777, 0o4755, "setuid kept");
+    assert_eq!(m.mtime(), 1_000_000);
+    assert_eq!(std::fs::read_link(r.join("bin/alias")).expect("link"), Path::new("tool"));
+    assert_eq!(std::fs::metadata(r.join("bin/hard")).expect("stat").ino(), m.ino());
+    assert!(std::fs::symlink_metadata(r.join("run/pipe")).expect("fifo").file_type().is_fifo());
+    assert!(!r.join("dev/null").exists() && !r.join("dev/sda").exists(), "devices skipped");
+    assert_eq!(stats.skipped_devices, 2);
+    assert_eq!(stats.bytes, 10);
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+#[test]
+fn whiteouts_and_opaque_directories() {
+    let s = Scratch::new("whiteout");
+    s.apply(&layer(&[
+        ("etc/keep", File, b"k", 0o644),
+        ("etc/gone", File, b"g", 0o644),
+        ("var/lib/", Dir, b"", 0o755),
+        ("var/lib/a", File, b"a", 0o644),
+        ("var/lib/sub/b", File, b"b", 0o644),
+    ]))
+    .expect("lower");
+    let stats = s
+        .apply(&layer(&[
+            ("etc/.wh.gone", File, b"", 0o644),
+            ("var/lib/new", File, b"n", 0o644),
+            ("var/lib/.wh..wh..opq", File, b"", 0o644),
+        ]))
+        .expect("upper");
+    let r = s.root();
+    assert!(r.join("etc/keep").exists());
+    assert!(!r.join("etc/gone").exists());
+    assert!(!r.join("etc/.wh.gone").exists(), "markers are not files");
+    assert!(!r.join("var/lib/a").exists() && !r.join("var/lib/sub").exists(), "lower contents hidden");
+    assert!(r.join("var/lib/new").exists(), "same-layer entries kept");
+    assert_eq!(stats.whiteouts, 2);
+}
+
+#[test]
+fn dot_dot_is_refused_and_nothing_escapes() {
+    let s = Scratch::new("dotdot");
+    let err = s.apply(&layer(&[("../escaped", File, b"x", 0o644)])).expect_err("refused");
+    assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+    let err = s.apply(&layer(&[("a/../../escaped", File, b"x", 0o644)])).expect_err("refused");
+    assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+    assert!(s.outside().is_empty(), "{:?}", s.outside());
+}
+
+#[test]
+fn absolute_paths_land_inside_the_root() {
+    let s = Scratch::new("abs");
+    s.apply(&layer(&[("/etc/hostname", File, b"box", 0o644)])).expect("apply");
+    assert_eq!(std::fs::read(s.root().join("etc/hostname")).expect("read"), b"box");
+}
+
+#[test]
+fn writing_through_symlinks_stays_inside() {
+    let s = Scratch::new("symlink");
+    s.apply(&layer(&[
+        ("up", Symlink, b"../..", 0o777),
+        ("abs", Symlink, b"/", 0o777),
+        ("up/escaped-1", File, b"x", 0o644),
+        ("abs/escaped-2", File, b"x", 0o644),
+    ]))
+    .expect("apply");
+    assert!(s.outside().is_empty(), "escaped: {:?}", s.outside());
+    // The symlinks resolve to the root itself.
+    assert!(s.root().join("escaped-1").exists() && s.root().join("escaped-2").exists());
+    // A final-component symlink is replaced, not written through.
+    std::fs::write(s.base.join("victim"), b"safe").expect("victim");
+    s.apply(&layer(&[
+        ("v", Symlink, b"../victim", 0o777),
+        ("v", File, b"overwritten", 0o644),
+    ]))
+    .expect("apply");
+    assert_eq!(std::fs::read(s.base.join("victim")).expect("read"), b"safe");
+    assert_eq!(std::fs::read(s.root().join("v")).expect("read"), b"overwritten");
+}
+
+#[test]
+fn hardlinks_cannot_reach_outside() {
+    let s = Scratch::new("hardlink");
+    std::fs::write(s.base.join("secret"), b"host data").expect("secret");
+    let err = s.apply(&layer(&[("h", Link, b"../secret", 0o644)])).expect_err("refused");
+    assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+    // An absolute target is looked up inside the root, where it is missing.
+    let secret = s.base.join("secret");
+    let target = secret.to_string_lossy().into_owned();
+    assert!(s.apply(&layer(&[("h2", Link, target.as_bytes(), 0o644)])).is_err());
+    // Through a symlink that points out: still inside the root.
+    assert!(s
+        .apply(&layer(&[("out", Symlink, b"..", 0o777), ("h3", Link, b"out/secret", 0o644)]))
+        .is_err());
+    assert!(!s.root().join("h").exists() && !s.root().join("h2").exists() && !s.root().join("h3").exists());
+}
+
+#[test]
+fn symlink_replacing_a_directory_mid_layer() {
+    let s = Scratch::new("replace");
+    s.apply(&layer(&[
+        ("e/", Dir, b"", 0o755),
+        ("d/", Dir, b"", 0o755),
+        ("d/f", File, b"1", 0o644),
+        ("d", Symlink, b"/e", 0o777),
+        ("d/g", File, b"2", 0o644),
+    ]))
+    .expect("apply");
+    assert!(s.outside().is_empty());
+    assert!(std::fs::symlink_metadata(s.root().join("d")).expect("d").file_type().is_symlink());
+    // The old directory is gone; writes through the new link land in /e.
+    assert_eq!(std::fs::read(s.root().join("e/g")).expect("read"), b"2");
+    assert!(!s.root().join("e/f").exists());
+    // A dangling link cannot be written through, and nothing escapes.
+    assert!(s
+        .apply(&layer(&[("x", Symlink, b"/nowhere", 0o777), ("x/y", File, b"3", 0o644)]))
+        .is_err());
+    assert!(s.outside().is_empty());
+}
+
+#[test]
+fn gzip_bomb_stops_at_the_limit() {
+    let s = Scratch::new("bomb");
+    let big = layer(&[("zeros", File, &vec![0u8; 32 << 20], 0o644)]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&big).expect("gzip");
+    let bomb = gz.finish().expect("gzip");
+    assert!(bomb.len() < 1 << 20);
+    let limits = Limits { max_bytes: 4 << 20, max_entries: 100 };
+    let err = apply_layer(&s.fd(), bomb.as_slice(), Compression::Gzip, limits, Options::default())
+        .expect_err("capped");
+    assert!(matches!(err, Error::Limit { .. }), "{err}");
+}
+
+#[test]
+fn corrupt_gzip_and_too_many_entries() {
+    let s = Scratch::new("corrupt");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer(&[("a", File, b"hello", 0o644)])).expect("gzip");
+    let mut bytes = gz.finish().expect("gzip");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    bytes.truncate(bytes.len() - 4);
+    let err = apply_layer(&s.fd(), bytes.as_slice(), Compression::Gzip, Limits::default(), Options::default())
+        .expect_err("corrupt");
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+
+    let many: Vec<(String, tar::EntryType, &[u8], u32)> =
+        (0..20).map(|i| (format!("f{i}"), File, &b""[..], 0o644)).collect();
+    let refs: Vec<(&str, tar::EntryType, &[u8], u32)> =
+        many.iter().map(|(p, k, d, m)| (p.as_str(), *k, *d, *m)).collect();
+    let limits = Limits { max_bytes: 1 << 30, max_entries: 10 };
+    let err = apply_layer(&s.fd(), layer(&refs).as_slice(), Compression::None, limits, Options::default())
+        .expect_err("capped");
+    assert!(matches!(err, Error::Limit { what: "entries", .. }), "{err}");
+}
+
+#[test]
+fn zstd_layers() {
+    let s = Scratch::new("zstd");
+    let z = zstd::encode_all(layer(&[("z", File, b"zstd!", 0o600)]).as_slice(), 3).expect("zstd");
+    apply_layer(&s.fd(), z.as_slice(), Compression::Zstd, Limits::default(), Options::default()).expect("apply");
+    assert_eq!(std::fs::read(s.root().join("z")).expect("read"), b"zstd!");
+}
