@@ -124,9 +124,11 @@ impl Env {
     fn script_command(&self, script: &str, in_kvm_host: bool) -> Command {
         let mut cmd = if in_kvm_host && self.nested {
             let mut c = Command::new(self.repo.join("resources/kvm-host/run"));
-            // A nested host that has not finished in 5 minutes is stuck
-            // (none of our scripts takes more than 2).
-            c.args(["--timeout", "300", "bash", "-c", script]);
+            // A nested host that has not finished in 3 minutes is stuck
+            // (no script here takes more than about one). It happens: the
+            // emulated host has wedged at the start of a guest boot, where
+            // even `timeout` inside it stopped working.
+            c.args(["--timeout", "180", "bash", "-c", script]);
             c
         } else {
             let mut c = Command::new("bash");
