@@ -163,7 +163,11 @@ impl Env {
     /// The first failure is printed, never hidden.
     pub fn run_with_kvm_retrying(&self, script: &str, flaked: impl Fn(&ScriptOutput) -> bool) -> ScriptOutput {
         let out = self.run_with_kvm(script);
-        let host_stuck = self.nested && out.code == Some(124);
+        // The nested host stuck until its time limit (124), or gone without
+        // running the script to its end (it crashed: 125 and this message).
+        let host_stuck = self.nested
+            && (out.code == Some(124)
+                || (out.code == Some(125) && out.stderr.contains("the nested host ended without")));
         if !host_stuck && !flaked(&out) {
             return out;
         }

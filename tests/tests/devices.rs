@@ -176,10 +176,13 @@ fn vsock_streams_both_ways_with_half_close_and_aborts() {
     let dir = work_dir("vsock");
     let mib32 = 32u64 << 20;
     let mib8 = 8u64 << 20;
-    // The guest serves port 5000 and, meanwhile, runs its own transfers
-    // to the host's server on port 6000; it then waits on port 5001.
+    // The guest serves port 5000 while the host's transfers run, then
+    // (told so on port 5002) runs its own to the host's server on port
+    // 6000, and waits on port 5001. One direction at a time keeps the load
+    // on the emulated nested host bounded.
     let guest = format!(
         "vsock-tool serve-vsock 5000 &
+vsock-tool wait-vsock 5002
 echo \"== g2h-put\"; vsock-tool vsock:2:6000 put {mib32} 50 16
 echo \"== g2h-get\"; vsock-tool vsock:2:6000 get {mib8} 60 4
 echo \"== g2h-echo\"; vsock-tool vsock:2:6000 echo guest-half-close
@@ -202,6 +205,8 @@ echo "== h2g-echo"; "$VSOCK_TOOL" unix:$S:5000 echo host-half-close
 echo "== h2g-abort"; "$VSOCK_TOOL" unix:$S:5000 abort {mib8} 3
 echo "== h2g-vanish"; "$VSOCK_TOOL" unix:$S:5000 put-and-vanish {mib8} 4; "$VSOCK_TOOL" unix:$S:5000 echo after-vanish
 echo "== refused"; "$VSOCK_TOOL" unix:$S:5999 ping; echo "refused-rc=$?"
+# One direction at a time: now the guest's own transfers.
+"$VSOCK_TOOL" unix:$S:5002 ping
 # Wait for the guest's own transfers, then let it power off.
 for i in $(seq 600); do grep -q "== guest-done" {dir}/guest.log && break; kill -0 $VMPID 2>/dev/null || break; sleep 0.5; done
 "$VSOCK_TOOL" unix:$S:5001 ping
