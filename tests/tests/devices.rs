@@ -41,7 +41,7 @@ fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 
 /// Boot the busybox test guest running `guest_script` from a disk placed
 /// after `disks` (each "PATH[,opts]"). Returns the host script's output.
-fn run_guest(name: &str, disks: &[String], guest_script: &str, extra_vm_args: &str) -> ScriptOutput {
+fn run_guest(name: &str, disks: &[String], guest_script: &str) -> ScriptOutput {
     let env = env();
     let dir = work_dir(name);
     let script = script_disk(&dir, guest_script);
@@ -52,7 +52,7 @@ fn run_guest(name: &str, disks: &[String], guest_script: &str, extra_vm_args: &s
     }
     let flaked = |o: &ScriptOutput| o.stdout.contains("vm-rc=124");
     env.run_with_kvm_retrying(&format!(
-        "timeout 300 \"$VM\" boot --kernel \"$VMLINUX\" --initrd \"$TEST_INITRD\" --memory 256 {disk_args} --disk {},ro {extra_vm_args} \
+        "timeout 300 \"$VM\" boot --kernel \"$VMLINUX\" --initrd \"$TEST_INITRD\" --memory 256 {disk_args} --disk {},ro \
          --cmdline 'console=ttyS0 quiet test.mode=script test.disk=vd{letter}'\necho \"vm-rc=$?\"\n",
         script.display()
     ), flaked)
@@ -75,7 +75,6 @@ echo \"reread=$(sha256sum /dev/vda | cut -d' ' -f1)\"
 echo \"second=$(sha256sum /dev/vdb | cut -d' ' -f1)\"
 echo \"serial=$(cat /sys/block/vda/serial)\"
 echo \"size=$(cat /sys/block/vda/size)\"",
-        "",
     );
     assert_eq!(value(&out.stdout, "vm-rc"), Some("0"), "{out}");
     assert_eq!(value(&out.stdout, "dd"), Some("0"), "{out}");
@@ -102,7 +101,6 @@ blockdev --setrw /dev/vda
 dd if=/dev/zero of=/dev/vda bs=4096 count=4 conv=fsync 2>/dev/null; echo \"dd=$?\"
 echo 3 > /proc/sys/vm/drop_caches
 echo \"after=$(sha256sum /dev/vda | cut -d' ' -f1)\"",
-        "",
     );
     assert_eq!(value(&out.stdout, "vm-rc"), Some("0"), "{out}");
     assert_eq!(value(&out.stdout, "ro"), Some("1"), "{out}");
@@ -137,7 +135,6 @@ fn block_ext4_made_on_host_mounts_in_guest() {
 echo \"hello=$(cat /mnt/hello.txt)\"
 echo \"nested=$(cat /mnt/sub/deeper/file)\"
 echo guest-wrote > /mnt/new.txt && umount /mnt; echo \"umount=$?\"",
-        "",
     );
     assert_eq!(value(&out.stdout, "mount"), Some("0"), "{out}");
     assert_eq!(value(&out.stdout, "hello"), Some("hello from the host"), "{out}");
@@ -160,7 +157,6 @@ fn rng_feeds_the_guest_hwrng() {
         "echo \"current=$(cat /sys/class/misc/hw_random/rng_current)\"
 echo \"bytes=$(dd if=/dev/hwrng bs=64 count=4 2>/dev/null | wc -c)\"
 echo \"distinct=$(dd if=/dev/hwrng bs=256 count=1 2>/dev/null | od -An -v -tx1 | tr ' ' '\\n' | grep . | sort -u | wc -l)\"",
-        "",
     );
     assert_eq!(value(&out.stdout, "vm-rc"), Some("0"), "{out}");
     assert_eq!(value(&out.stdout, "current"), Some("virtio_rng.0"), "{out}");

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{GuestMem, Interrupt, VIRTIO_RING_F_EVENT_IDX};
+use super::{pop_chain, GuestMem, Interrupt, VIRTIO_RING_F_EVENT_IDX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
@@ -153,6 +153,59 @@ impl DeviceCore {
                 eprintln!("vm: {name}: unexpected event {other}");
                 false
             }
+        }
+    }
+}
+
+impl DeviceCore {
+    /// Serve every chain the driver has made available on queue `idx`,
+    /// with the disable-notification / drain / re-enable loop; `serve`
+    /// handles one chain and returns the length for the used ring. Tells
+    /// the driver about used buffers, and stops using the queues if the
+    /// driver broke the ring protocol.
+    pub fn drain_queue(
+        &mut self,
+        idx: usize,
+        name: &str,
+        mut serve: impl FnMut(DescriptorChain<&GuestMem>, &GuestMem) -> u32,
+    ) {
+        if !self.active {
+            return;
+        }
+        let mem = &self.mem;
+        let Some(queue) = self.queues.get_mut(idx) else {
+            return;
+        };
+        let mut used_any = false;
+        let broken = 'outer: loop {
+            if let Err(e) = queue.disable_notification(mem) {
+                break Some(format!("{name} queue: {e}"));
+            }
+            loop {
+                match pop_chain(queue, mem) {
+                    Ok(Some(chain)) => {
+                        let head = chain.head_index();
+                        let len = serve(chain, mem);
+                        if let Err(e) = queue.add_used(mem, head, len) {
+                            break 'outer Some(format!("{name} queue: cannot return buffer: {e}"));
+                        }
+                        used_any = true;
+                    }
+                    Ok(None) => break,
+                    Err(e) => break 'outer Some(format!("{name} queue: {e}")),
+                }
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue, // more arrived meanwhile
+                Ok(false) => break None,
+                Err(e) => break Some(format!("{name} queue: {e}")),
+            }
+        };
+        if used_any {
+            self.notify_used(idx);
+        }
+        if let Some(why) = broken {
+            self.fail(&why);
         }
     }
 }

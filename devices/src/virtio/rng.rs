@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::Writer;
-use virtio_queue::QueueT;
 
-use super::{pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 
 const QUEUE_SIZE: u16 = 64;
 /// Most bytes handed out per request, whatever the buffer size.
@@ -25,45 +24,13 @@ impl Rng {
     }
 
     fn process_queue(&mut self) {
-        if !self.core.active {
-            return;
-        }
-        let mem = &self.core.mem;
-        let Some(queue) = self.core.queues.get_mut(0) else {
-            return;
-        };
-        let mut used_any = false;
-        let mut broken = None;
-        loop {
-            match pop_chain(queue, mem) {
-                Ok(Some(chain)) => {
-                    let head = chain.head_index();
-                    let len = match Writer::new(mem, chain) {
-                        Ok(mut w) => fill_random(&mut w),
-                        Err(e) => {
-                            eprintln!("vm: virtio-rng: bad descriptor chain: {e}");
-                            0
-                        }
-                    };
-                    if let Err(e) = queue.add_used(mem, head, len) {
-                        broken = Some(format!("rng queue: {e}"));
-                        break;
-                    }
-                    used_any = true;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    broken = Some(format!("rng queue: {e}"));
-                    break;
-                }
+        self.core.drain_queue(0, "rng", |chain, mem| match Writer::new(mem, chain) {
+            Ok(mut w) => fill_random(&mut w),
+            Err(e) => {
+                eprintln!("vm: virtio-rng: bad descriptor chain: {e}");
+                0
             }
-        }
-        if used_any {
-            self.core.notify_used(0);
-        }
-        if let Some(why) = broken {
-            self.core.fail(&why);
-        }
+        });
     }
 }
 

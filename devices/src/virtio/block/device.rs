@@ -4,11 +4,10 @@ use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
 
 use super::request::{self, DiskInfo, ID_BYTES, SECTOR_SIZE};
 use crate::virtio::{
-    pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK,
+    DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -104,61 +103,19 @@ impl Block {
     /// Serve every request the driver has made available, with the
     /// disable-notification / drain / re-enable loop.
     pub fn process_queue(&mut self) {
-        if !self.core.active {
-            return;
-        }
         let info = DiskInfo {
             capacity_sectors: self.capacity_sectors,
             read_only: self.read_only,
             id: &self.id,
         };
-        let mem = &self.core.mem;
-        let Some(queue) = self.core.queues.get_mut(0) else {
-            return;
-        };
-        let mut used_any = false;
-        let mut broken = None;
-        'outer: loop {
-            if let Err(e) = queue.disable_notification(mem) {
-                broken = Some(format!("block queue: {e}"));
-                break;
+        let file = &self.file;
+        self.core.drain_queue(0, "block", |chain, mem| {
+            let out = request::execute(chain, mem, file, &info);
+            if let Some(why) = &out.error {
+                eprintln!("vm: virtio-blk: {why}");
             }
-            loop {
-                match pop_chain(queue, mem) {
-                    Ok(Some(chain)) => {
-                        let head = chain.head_index();
-                        let out = request::execute(chain, mem, &self.file, &info);
-                        if let Some(why) = &out.error {
-                            eprintln!("vm: virtio-blk: {why}");
-                        }
-                        if let Err(e) = queue.add_used(mem, head, out.used_len) {
-                            broken = Some(format!("block queue: cannot return buffer: {e}"));
-                            break 'outer;
-                        }
-                        used_any = true;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        broken = Some(format!("block queue: {e}"));
-                        break 'outer;
-                    }
-                }
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue, // more arrived meanwhile
-                Ok(false) => break,
-                Err(e) => {
-                    broken = Some(format!("block queue: {e}"));
-                    break;
-                }
-            }
-        }
-        if used_any {
-            self.core.notify_used(0);
-        }
-        if let Some(why) = broken {
-            self.core.fail(&why);
-        }
+            out.used_len
+        });
     }
 }
 
@@ -171,11 +128,9 @@ impl VirtioDevice for Block {
         &[QUEUE_SIZE]
     }
 
-
     fn avail_features(&self) -> u64 {
         self.avail_features
     }
-
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         crate::virtio::read_config_bytes(&self.config_space, offset, data);
@@ -188,6 +143,5 @@ impl VirtioDevice for Block {
     fn core_mut(&mut self) -> &mut DeviceCore {
         &mut self.core
     }
-
 
 }

@@ -167,6 +167,14 @@ impl Vsock {
         }
     }
 
+    /// Whether connection `key` has something for the guest: a control
+    /// packet it owes, or a hung-up host socket still to be drained.
+    fn has_rx_work(&self, key: Key) -> bool {
+        self.conns
+            .get(&key)
+            .is_some_and(|c| c.owed.any() || (c.hung_up && c.wants_host_data()))
+    }
+
     fn schedule(&mut self, key: Key) {
         if self.rx_queued.insert(key) {
             self.rx_work.push_back(key);
@@ -388,11 +396,7 @@ impl Vsock {
                 return;
             }
         }
-        if self
-            .conns
-            .get(&key)
-            .is_some_and(|c| c.owed.any() || (c.hung_up && c.wants_host_data()))
-        {
+        if self.has_rx_work(key) {
             self.schedule(key);
         }
         self.update_interest(key, ops);
@@ -485,12 +489,7 @@ impl Vsock {
     fn next_conn_with_work(&mut self) -> Option<Key> {
         while let Some(key) = self.rx_work.pop_front() {
             self.rx_queued.remove(&key);
-            let has_work = self
-                .conns
-                .get(&key)
-                .is_some_and(|c| c.owed.any() || (c.hung_up && c.wants_host_data()))
-                || self.stash.contains_key(&key);
-            if has_work {
+            if self.has_rx_work(key) || self.stash.contains_key(&key) {
                 return Some(key);
             }
         }
@@ -557,12 +556,7 @@ impl Vsock {
         } else {
             return 0;
         };
-        if self.stash.contains_key(&key)
-            || self
-                .conns
-                .get(&key)
-                .is_some_and(|c| c.owed.any() || (c.hung_up && c.wants_host_data()))
-        {
+        if self.stash.contains_key(&key) || self.has_rx_work(key) {
             self.schedule(key);
         }
         self.update_interest(key, ops);
