@@ -4,8 +4,8 @@
 
 pub mod bus;
 pub mod legacy;
-pub mod virtio;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use trigger::EventFdTrigger;

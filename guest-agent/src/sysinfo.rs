@@ -21,7 +21,10 @@ pub fn read() -> Info {
 }
 
 fn count_cpus(cpuinfo: &str) -> usize {
-    cpuinfo.lines().filter(|l| l.starts_with("processor")).count()
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count()
 }
 
 fn mem_total_kib(meminfo: &str) -> Option<u64> {
@@ -35,8 +38,14 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(count_cpus("processor\t: 0\nflags: x\n\nprocessor\t: 1\n"), 2);
-        assert_eq!(mem_total_kib("MemTotal:        1004412 kB\nMemFree: 1 kB\n"), Some(1004412));
+        assert_eq!(
+            count_cpus("processor\t: 0\nflags: x\n\nprocessor\t: 1\n"),
+            2
+        );
+        assert_eq!(
+            mem_total_kib("MemTotal:        1004412 kB\nMemFree: 1 kB\n"),
+            Some(1004412)
+        );
         assert_eq!(mem_total_kib("nothing"), None);
     }
 }

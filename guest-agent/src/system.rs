@@ -39,11 +39,22 @@ fn mount(m: &Mount) -> io::Result<()> {
     let (src, tgt, fst) = (c(m.source)?, c(m.target)?, c(m.fstype)?);
     // SAFETY: all pointers are valid NUL-terminated strings that outlive
     // the call; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fst.as_ptr(), m.flags, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fst.as_ptr(),
+            m.flags,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EBUSY) {
-            return Err(io::Error::new(err.kind(), format!("mount {}: {err}", m.target)));
+            return Err(io::Error::new(
+                err.kind(),
+                format!("mount {}: {err}", m.target),
+            ));
         }
     }
     Ok(())
@@ -59,7 +70,11 @@ pub fn mount_basics() -> io::Result<()> {
 /// Make /dev/console our stdin, stdout and stderr (the kernel could not
 /// open it for us when the initramfs has no /dev).
 pub fn attach_console() {
-    let Ok(console) = fs::OpenOptions::new().read(true).write(true).open("/dev/console") else {
+    let Ok(console) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    else {
         return;
     };
     for fd in 0..3 {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Timestamps, Timespec};
+use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
 use crate::path::components;
 use crate::tree::{children, kind_at, open_dir, remove_all};
@@ -68,10 +68,15 @@ impl<R: Read> Read for Capped<R> {
             let mut probe = [0u8; 1];
             return match self.inner.read(&mut probe)? {
                 0 => Ok(0),
-                _ => Err(io::Error::other(format!("decompressed size over {} bytes", self.limit))),
+                _ => Err(io::Error::other(format!(
+                    "decompressed size over {} bytes",
+                    self.limit
+                ))),
             };
         }
-        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.left -= n as u64;
         Ok(n)
@@ -124,8 +129,13 @@ pub fn apply_layer<R: Read>(
         if name == OPAQUE {
             stats.whiteouts += 1;
             let parent_path = parent.join("/");
-            let sub = fs::openat(&dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| fs_err("open", &parent_path, e))?;
+            let sub = fs::openat(
+                &dir,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| fs_err("open", &parent_path, e))?;
             for child in children(&sub, &parent_path)? {
                 let mut p = parent.to_vec();
                 p.push(child.clone());
@@ -138,7 +148,10 @@ pub fn apply_layer<R: Read>(
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
             stats.whiteouts += 1;
             if hidden.is_empty() || hidden == "." || hidden == ".." {
-                return Err(Error::UnsafePath { path, why: "bad whiteout" });
+                return Err(Error::UnsafePath {
+                    path,
+                    why: "bad whiteout",
+                });
             }
             remove_all(&dir, hidden, &path)?;
             continue;
@@ -164,7 +177,11 @@ pub fn apply_layer<R: Read>(
                 let fd = fs::openat(
                     &dir,
                     name.as_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| fs_err("create", &path, e))?;
@@ -177,7 +194,8 @@ pub fn apply_layer<R: Read>(
                     .link_name_bytes()
                     .ok_or_else(|| corrupt(format!("symlink {path} without a target")))?;
                 let target = String::from_utf8_lossy(&target).into_owned();
-                fs::symlinkat(target.as_str(), &dir, name.as_str()).map_err(|e| fs_err("symlink", &path, e))?;
+                fs::symlinkat(target.as_str(), &dir, name.as_str())
+                    .map_err(|e| fs_err("symlink", &path, e))?;
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -185,7 +203,10 @@ pub fn apply_layer<R: Read>(
                     .ok_or_else(|| corrupt(format!("hardlink {path} without a target")))?;
                 let tcomps = components(&target)?;
                 let Some((tname, tparent)) = tcomps.split_last() else {
-                    return Err(Error::UnsafePath { path, why: "hardlink to the root" });
+                    return Err(Error::UnsafePath {
+                        path,
+                        why: "hardlink to the root",
+                    });
                 };
                 let tdir = open_dir(root, tparent)?;
                 fs::linkat(&tdir, tname.as_str(), &dir, name.as_str(), AtFlags::empty())
@@ -195,19 +216,35 @@ pub fn apply_layer<R: Read>(
                 continue;
             }
             tar::EntryType::Fifo => {
-                fs::mknodat(&dir, name.as_str(), FileType::Fifo, Mode::from_raw_mode(0o600), 0)
-                    .map_err(|e| fs_err("mkfifo", &path, e))?;
+                fs::mknodat(
+                    &dir,
+                    name.as_str(),
+                    FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map_err(|e| fs_err("mkfifo", &path, e))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 if !opts.allow_devices {
                     stats.skipped_devices += 1;
                     continue;
                 }
-                let ft = if kind == tar::EntryType::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
+                let ft = if kind == tar::EntryType::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                fs::mknodat(&dir, name.as_str(), ft, Mode::from_raw_mode(0o600), fs::makedev(major, minor))
-                    .map_err(|e| fs_err("mknod", &path, e))?;
+                fs::mknodat(
+                    &dir,
+                    name.as_str(),
+                    ft,
+                    Mode::from_raw_mode(0o600),
+                    fs::makedev(major, minor),
+                )
+                .map_err(|e| fs_err("mknod", &path, e))?;
             }
             // PAX and GNU long-name headers are consumed by the tar crate;
             // anything else is ignored.
@@ -232,21 +269,34 @@ fn set_metadata(
     if opts.set_owner {
         let uid = header.uid().map_err(corrupt)?;
         let gid = header.gid().map_err(corrupt)?;
-        let (uid, gid) = (u32::try_from(uid).map_err(corrupt)?, u32::try_from(gid).map_err(corrupt)?);
+        let (uid, gid) = (
+            u32::try_from(uid).map_err(corrupt)?,
+            u32::try_from(gid).map_err(corrupt)?,
+        );
         let (u, g) = (fs::Uid::from_raw(uid), fs::Gid::from_raw(gid));
-        fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| fs_err("chown", path, e))?;
+        fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| fs_err("chown", path, e))?;
     }
     // After chown, which clears setuid/setgid.
     if !is_link {
-        fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty()).map_err(|e| fs_err("chmod", path, e))?;
+        fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
+            .map_err(|e| fs_err("chmod", path, e))?;
     }
     let mtime = header.mtime().unwrap_or(0);
     let t = Timespec {
         tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
-    fs::utimensat(dir, name, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| fs_err("utimes", path, e))?;
+    fs::utimensat(
+        dir,
+        name,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| fs_err("utimes", path, e))?;
     Ok(())
 }
 

@@ -38,7 +38,10 @@ mod tests {
     #[test]
     fn normalises_and_refuses() {
         assert_eq!(components(b"./a/b/").expect("ok"), vec!["a", "b"]);
-        assert_eq!(components(b"/etc//passwd").expect("ok"), vec!["etc", "passwd"]);
+        assert_eq!(
+            components(b"/etc//passwd").expect("ok"),
+            vec!["etc", "passwd"]
+        );
         assert!(components(b"").expect("ok").is_empty());
         assert!(components(b"a/../../etc").is_err());
         assert!(components(b"..").is_err());

@@ -25,11 +25,21 @@ impl Scratch {
         self.base.join("root")
     }
     fn fd(&self) -> OwnedFd {
-        rustix::fs::open(self.root(), OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .expect("open root")
+        rustix::fs::open(
+            self.root(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("open root")
     }
     fn apply(&self, layer: &[u8]) -> crate::Result<crate::Stats> {
-        apply_layer(&self.fd(), layer, Compression::None, Limits::default(), Options::default())
+        apply_layer(
+            &self.fd(),
+            layer,
+            Compression::None,
+            Limits::default(),
+            Options::default(),
+        )
     }
     /// Everything in `base` but the root: what escaped.
     fn outside(&self) -> Vec<String> {
@@ -98,14 +108,29 @@ fn creates_every_kind_with_modes_and_times() {
         ]))
         .expect("apply");
     let r = s.root();
-    assert_eq!(std::fs::read(r.join("bin/tool")).expect("read"), b"#!/bin/sh\n");
+    assert_eq!(
+        std::fs::read(r.join("bin/tool")).expect("read"),
+        b"#!/bin/sh\n"
+    );
     let m = std::fs::metadata(r.join("bin/tool")).expect("stat");
     assert_eq!(m.permissions().mode() & 0o7777, 0o4755, "setuid kept");
     assert_eq!(m.mtime(), 1_000_000);
-    assert_eq!(std::fs::read_link(r.join("bin/alias")).expect("link"), Path::new("tool"));
-    assert_eq!(std::fs::metadata(r.join("bin/hard")).expect("stat").ino(), m.ino());
-    assert!(std::fs::symlink_metadata(r.join("run/pipe")).expect("fifo").file_type().is_fifo());
-    assert!(!r.join("dev/null").exists() && !r.join("dev/sda").exists(), "devices skipped");
+    assert_eq!(
+        std::fs::read_link(r.join("bin/alias")).expect("link"),
+        Path::new("tool")
+    );
+    assert_eq!(
+        std::fs::metadata(r.join("bin/hard")).expect("stat").ino(),
+        m.ino()
+    );
+    assert!(std::fs::symlink_metadata(r.join("run/pipe"))
+        .expect("fifo")
+        .file_type()
+        .is_fifo());
+    assert!(
+        !r.join("dev/null").exists() && !r.join("dev/sda").exists(),
+        "devices skipped"
+    );
     assert_eq!(stats.skipped_devices, 2);
     assert_eq!(stats.bytes, 10);
 }
@@ -134,7 +159,10 @@ fn whiteouts_and_opaque_directories() {
     assert!(r.join("etc/keep").exists());
     assert!(!r.join("etc/gone").exists());
     assert!(!r.join("etc/.wh.gone").exists(), "markers are not files");
-    assert!(!r.join("var/lib/a").exists() && !r.join("var/lib/sub").exists(), "lower contents hidden");
+    assert!(
+        !r.join("var/lib/a").exists() && !r.join("var/lib/sub").exists(),
+        "lower contents hidden"
+    );
     assert!(r.join("var/lib/new").exists(), "same-layer entries kept");
     assert_eq!(stats.whiteouts, 2);
 }
@@ -142,9 +170,13 @@ fn whiteouts_and_opaque_directories() {
 #[test]
 fn dot_dot_is_refused_and_nothing_escapes() {
     let s = Scratch::new("dotdot");
-    let err = s.apply(&layer(&[("../escaped", File, b"x", 0o644)])).expect_err("refused");
+    let err = s
+        .apply(&layer(&[("../escaped", File, b"x", 0o644)]))
+        .expect_err("refused");
     assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
-    let err = s.apply(&layer(&[("a/../../escaped", File, b"x", 0o644)])).expect_err("refused");
+    let err = s
+        .apply(&layer(&[("a/../../escaped", File, b"x", 0o644)]))
+        .expect_err("refused");
     assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
     assert!(s.outside().is_empty(), "{:?}", s.outside());
 }
@@ -152,8 +184,12 @@ fn dot_dot_is_refused_and_nothing_escapes() {
 #[test]
 fn absolute_paths_land_inside_the_root() {
     let s = Scratch::new("abs");
-    s.apply(&layer(&[("/etc/hostname", File, b"box", 0o644)])).expect("apply");
-    assert_eq!(std::fs::read(s.root().join("etc/hostname")).expect("read"), b"box");
+    s.apply(&layer(&[("/etc/hostname", File, b"box", 0o644)]))
+        .expect("apply");
+    assert_eq!(
+        std::fs::read(s.root().join("etc/hostname")).expect("read"),
+        b"box"
+    );
 }
 
 #[test]
@@ -177,24 +213,38 @@ fn writing_through_symlinks_stays_inside() {
     ]))
     .expect("apply");
     assert_eq!(std::fs::read(s.base.join("victim")).expect("read"), b"safe");
-    assert_eq!(std::fs::read(s.root().join("v")).expect("read"), b"overwritten");
+    assert_eq!(
+        std::fs::read(s.root().join("v")).expect("read"),
+        b"overwritten"
+    );
 }
 
 #[test]
 fn hardlinks_cannot_reach_outside() {
     let s = Scratch::new("hardlink");
     std::fs::write(s.base.join("secret"), b"host data").expect("secret");
-    let err = s.apply(&layer(&[("h", Link, b"../secret", 0o644)])).expect_err("refused");
+    let err = s
+        .apply(&layer(&[("h", Link, b"../secret", 0o644)]))
+        .expect_err("refused");
     assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
     // An absolute target is looked up inside the root, where it is missing.
     let secret = s.base.join("secret");
     let target = secret.to_string_lossy().into_owned();
-    assert!(s.apply(&layer(&[("h2", Link, target.as_bytes(), 0o644)])).is_err());
+    assert!(s
+        .apply(&layer(&[("h2", Link, target.as_bytes(), 0o644)]))
+        .is_err());
     // Through a symlink that points out: still inside the root.
     assert!(s
-        .apply(&layer(&[("out", Symlink, b"..", 0o777), ("h3", Link, b"out/secret", 0o644)]))
+        .apply(&layer(&[
+            ("out", Symlink, b"..", 0o777),
+            ("h3", Link, b"out/secret", 0o644)
+        ]))
         .is_err());
-    assert!(!s.root().join("h").exists() && !s.root().join("h2").exists() && !s.root().join("h3").exists());
+    assert!(
+        !s.root().join("h").exists()
+            && !s.root().join("h2").exists()
+            && !s.root().join("h3").exists()
+    );
 }
 
 #[test]
@@ -209,13 +259,19 @@ fn symlink_replacing_a_directory_mid_layer() {
     ]))
     .expect("apply");
     assert!(s.outside().is_empty());
-    assert!(std::fs::symlink_metadata(s.root().join("d")).expect("d").file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(s.root().join("d"))
+        .expect("d")
+        .file_type()
+        .is_symlink());
     // The old directory is gone; writes through the new link land in /e.
     assert_eq!(std::fs::read(s.root().join("e/g")).expect("read"), b"2");
     assert!(!s.root().join("e/f").exists());
     // A dangling link cannot be written through, and nothing escapes.
     assert!(s
-        .apply(&layer(&[("x", Symlink, b"/nowhere", 0o777), ("x/y", File, b"3", 0o644)]))
+        .apply(&layer(&[
+            ("x", Symlink, b"/nowhere", 0o777),
+            ("x/y", File, b"3", 0o644)
+        ]))
         .is_err());
     assert!(s.outside().is_empty());
 }
@@ -228,9 +284,18 @@ fn gzip_bomb_stops_at_the_limit() {
     gz.write_all(&big).expect("gzip");
     let bomb = gz.finish().expect("gzip");
     assert!(bomb.len() < 1 << 20);
-    let limits = Limits { max_bytes: 4 << 20, max_entries: 100 };
-    let err = apply_layer(&s.fd(), bomb.as_slice(), Compression::Gzip, limits, Options::default())
-        .expect_err("capped");
+    let limits = Limits {
+        max_bytes: 4 << 20,
+        max_entries: 100,
+    };
+    let err = apply_layer(
+        &s.fd(),
+        bomb.as_slice(),
+        Compression::Gzip,
+        limits,
+        Options::default(),
+    )
+    .expect_err("capped");
     assert!(matches!(err, Error::Limit { .. }), "{err}");
 }
 
@@ -238,29 +303,64 @@ fn gzip_bomb_stops_at_the_limit() {
 fn corrupt_gzip_and_too_many_entries() {
     let s = Scratch::new("corrupt");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&layer(&[("a", File, b"hello", 0o644)])).expect("gzip");
+    gz.write_all(&layer(&[("a", File, b"hello", 0o644)]))
+        .expect("gzip");
     let mut bytes = gz.finish().expect("gzip");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     bytes.truncate(bytes.len() - 4);
-    let err = apply_layer(&s.fd(), bytes.as_slice(), Compression::Gzip, Limits::default(), Options::default())
-        .expect_err("corrupt");
+    let err = apply_layer(
+        &s.fd(),
+        bytes.as_slice(),
+        Compression::Gzip,
+        Limits::default(),
+        Options::default(),
+    )
+    .expect_err("corrupt");
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
 
-    let many: Vec<(String, tar::EntryType, &[u8], u32)> =
-        (0..20).map(|i| (format!("f{i}"), File, &b""[..], 0o644)).collect();
-    let refs: Vec<(&str, tar::EntryType, &[u8], u32)> =
-        many.iter().map(|(p, k, d, m)| (p.as_str(), *k, *d, *m)).collect();
-    let limits = Limits { max_bytes: 1 << 30, max_entries: 10 };
-    let err = apply_layer(&s.fd(), layer(&refs).as_slice(), Compression::None, limits, Options::default())
-        .expect_err("capped");
-    assert!(matches!(err, Error::Limit { what: "entries", .. }), "{err}");
+    let many: Vec<(String, tar::EntryType, &[u8], u32)> = (0..20)
+        .map(|i| (format!("f{i}"), File, &b""[..], 0o644))
+        .collect();
+    let refs: Vec<(&str, tar::EntryType, &[u8], u32)> = many
+        .iter()
+        .map(|(p, k, d, m)| (p.as_str(), *k, *d, *m))
+        .collect();
+    let limits = Limits {
+        max_bytes: 1 << 30,
+        max_entries: 10,
+    };
+    let err = apply_layer(
+        &s.fd(),
+        layer(&refs).as_slice(),
+        Compression::None,
+        limits,
+        Options::default(),
+    )
+    .expect_err("capped");
+    assert!(
+        matches!(
+            err,
+            Error::Limit {
+                what: "entries",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn zstd_layers() {
     let s = Scratch::new("zstd");
     let z = zstd::encode_all(layer(&[("z", File, b"zstd!", 0o600)]).as_slice(), 3).expect("zstd");
-    apply_layer(&s.fd(), z.as_slice(), Compression::Zstd, Limits::default(), Options::default()).expect("apply");
+    apply_layer(
+        &s.fd(),
+        z.as_slice(),
+        Compression::Zstd,
+        Limits::default(),
+        Options::default(),
+    )
+    .expect("apply");
     assert_eq!(std::fs::read(s.root().join("z")).expect("read"), b"zstd!");
 }

@@ -21,8 +21,14 @@ const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGIC
 /// Open directory `rel` (components joined) inside `root`, creating
 /// missing directories (mode 0755) on the way, as tar extraction does.
 pub fn open_dir(root: &OwnedFd, comps: &[String]) -> Result<OwnedFd> {
-    let mut dir = fs::openat2(root, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-        .map_err(fs_err("open", "/"))?;
+    let mut dir = fs::openat2(
+        root,
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )
+    .map_err(fs_err("open", "/"))?;
     for (i, c) in comps.iter().enumerate() {
         let so_far = comps[..=i].join("/");
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;

@@ -41,7 +41,10 @@ fn script_output_path(repo: &Path, script: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
     assert!(out.status.success(), "{script} failed: {}", out.status);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_else(|| panic!("{script} printed nothing"));
+    let last = stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("{script} printed nothing"));
     PathBuf::from(last.trim())
 }
 
@@ -51,7 +54,8 @@ fn build_vm(repo: &Path) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let release = true;
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo).args(["build", "--quiet", "-p", "vmm", "--bin", "vm"]);
+    cmd.current_dir(repo)
+        .args(["build", "--quiet", "-p", "vmm", "--bin", "vm"]);
     if release {
         cmd.arg("--release");
     }
@@ -161,7 +165,11 @@ impl Env {
     /// under test: the nested host itself stuck until its time limit, or
     /// what `flaked` recognises (a guest that hung until its own limit).
     /// The first failure is printed, never hidden.
-    pub fn run_with_kvm_retrying(&self, script: &str, flaked: impl Fn(&ScriptOutput) -> bool) -> ScriptOutput {
+    pub fn run_with_kvm_retrying(
+        &self,
+        script: &str,
+        flaked: impl Fn(&ScriptOutput) -> bool,
+    ) -> ScriptOutput {
         let out = self.run_with_kvm(script);
         // The nested host stuck until its time limit (124), or gone without
         // running the script to its end (it crashed: 125 and this message).
@@ -171,7 +179,9 @@ impl Env {
         if !host_stuck && !flaked(&out) {
             return out;
         }
-        eprintln!("WARNING: the nested host run looks like an environment failure; retrying once:\n{out}");
+        eprintln!(
+            "WARNING: the nested host run looks like an environment failure; retrying once:\n{out}"
+        );
         self.run_with_kvm(script)
     }
 

@@ -162,11 +162,20 @@ echo \"left=$(pgrep -c -x vm || true)\"
         panic.contains("stderr: vm: the guest kernel panicked: Kernel panic - not syncing: Attempted to kill init!"),
         "{out}"
     );
-    assert!(panic.contains("left=0"), "a process was left behind:\n{out}");
+    assert!(
+        panic.contains("left=0"),
+        "a process was left behind:\n{out}"
+    );
     let triple = section(&out.stdout, "triple");
     assert_eq!(rc_of(triple), Some(1), "{out}");
-    assert!(triple.contains("stderr: vm: the guest triple-faulted"), "{out}");
-    assert!(triple.contains("left=0"), "a process was left behind:\n{out}");
+    assert!(
+        triple.contains("stderr: vm: the guest triple-faulted"),
+        "{out}"
+    );
+    assert!(
+        triple.contains("left=0"),
+        "a process was left behind:\n{out}"
+    );
 }
 
 #[test]
@@ -206,7 +215,10 @@ echo '== end'
         let s = section(&out.stdout, name);
         assert_eq!(rc_of(s), Some(125), "{name}:\n{out}");
         assert!(s.contains(msg), "{name}: expected {msg:?}:\n{out}");
-        assert!(!s.contains("panicked at"), "{name}: the VMM panicked:\n{out}");
+        assert!(
+            !s.contains("panicked at"),
+            "{name}: the VMM panicked:\n{out}"
+        );
     }
 }
 

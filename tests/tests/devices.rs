@@ -6,7 +6,10 @@ use std::process::Command;
 use vm_tests::{env, script_disk, section, work_dir, ScriptOutput};
 
 fn sha256_file(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -67,7 +70,10 @@ fn block_write_read_back_two_disks_and_serial() {
     random_file(&second, 4);
     let out = run_guest(
         "blk-data-run",
-        &[format!("{},id=data-disk-01", disk.display()), format!("{},ro", second.display())],
+        &[
+            format!("{},id=data-disk-01", disk.display()),
+            format!("{},ro", second.display()),
+        ],
         "dd if=/dev/urandom of=/dev/vda bs=1M count=64 conv=fsync 2>/dev/null; echo \"dd=$?\"
 echo \"written=$(sha256sum /dev/vda | cut -d' ' -f1)\"
 echo 3 > /proc/sys/vm/drop_caches
@@ -81,7 +87,11 @@ echo \"size=$(cat /sys/block/vda/size)\"",
     let host = sha256_file(&disk);
     assert_eq!(value(&out.stdout, "written"), Some(host.as_str()), "{out}");
     assert_eq!(value(&out.stdout, "reread"), Some(host.as_str()), "{out}");
-    assert_eq!(value(&out.stdout, "second"), Some(sha256_file(&second).as_str()), "{out}");
+    assert_eq!(
+        value(&out.stdout, "second"),
+        Some(sha256_file(&second).as_str()),
+        "{out}"
+    );
     assert_eq!(value(&out.stdout, "serial"), Some("data-disk-01"), "{out}");
     assert_eq!(value(&out.stdout, "size"), Some("131072"), "{out}");
 }
@@ -104,7 +114,11 @@ echo \"after=$(sha256sum /dev/vda | cut -d' ' -f1)\"",
     );
     assert_eq!(value(&out.stdout, "vm-rc"), Some("0"), "{out}");
     assert_eq!(value(&out.stdout, "ro"), Some("1"), "{out}");
-    assert_ne!(value(&out.stdout, "dd"), Some("0"), "the write succeeded:\n{out}");
+    assert_ne!(
+        value(&out.stdout, "dd"),
+        Some("0"),
+        "the write succeeded:\n{out}"
+    );
     assert_eq!(value(&out.stdout, "after"), Some(before.as_str()), "{out}");
     assert_eq!(sha256_file(&disk), before, "the host file changed");
     // (The guest kernel itself refuses writes to a disk that announced
@@ -137,7 +151,11 @@ echo \"nested=$(cat /mnt/sub/deeper/file)\"
 echo guest-wrote > /mnt/new.txt && umount /mnt; echo \"umount=$?\"",
     );
     assert_eq!(value(&out.stdout, "mount"), Some("0"), "{out}");
-    assert_eq!(value(&out.stdout, "hello"), Some("hello from the host"), "{out}");
+    assert_eq!(
+        value(&out.stdout, "hello"),
+        Some("hello from the host"),
+        "{out}"
+    );
     assert_eq!(value(&out.stdout, "nested"), Some("nested"), "{out}");
     assert_eq!(value(&out.stdout, "umount"), Some("0"), "{out}");
     // The guest's write reached the image: debugfs reads it back.
@@ -162,7 +180,9 @@ echo \"distinct=$(dd if=/dev/hwrng bs=256 count=1 2>/dev/null | od -An -v -tx1 |
     assert_eq!(value(&out.stdout, "current"), Some("virtio_rng.0"), "{out}");
     assert_eq!(value(&out.stdout, "bytes"), Some("256"), "{out}");
     // 256 random bytes take well over 100 distinct values.
-    let distinct: u32 = value(&out.stdout, "distinct").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let distinct: u32 = value(&out.stdout, "distinct")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     assert!(distinct > 100, "{out}");
 }
 
@@ -232,7 +252,10 @@ echo "@@@ vmm-stderr"; cat {dir}/vm.err
     ok("h2g-echo", "echo", 1);
     ok("h2g-abort", "abort", 1);
     ok("h2g-vanish", "echo", 1);
-    assert!(section(&out.stdout, "refused").contains("refused-rc=2"), "{out}");
+    assert!(
+        section(&out.stdout, "refused").contains("refused-rc=2"),
+        "{out}"
+    );
     let guest = between(&out.stdout, "@@@ guest\n", "@@@ vmm-stderr");
     for (name, op, streams) in [
         ("g2h-put", "put", 16),
@@ -248,5 +271,9 @@ echo "@@@ vmm-stderr"; cat {dir}/vm.err
         );
     }
     assert!(!out.stdout.contains("FAILED"), "{out}");
-    assert_eq!(value(&out.stdout, "vm-rc"), Some("0"), "the VMM did not survive:\n{out}");
+    assert_eq!(
+        value(&out.stdout, "vm-rc"),
+        Some("0"),
+        "the VMM did not survive:\n{out}"
+    );
 }

@@ -26,7 +26,9 @@ pub fn classify(line: &str) -> Option<Verdict> {
         return Some(Verdict::Panic(line[i..].trim_end().to_string()));
     }
     if line.starts_with("Kernel Offset:") {
-        return Some(Verdict::Panic("Kernel panic (message garbled on the console)".into()));
+        return Some(Verdict::Panic(
+            "Kernel panic (message garbled on the console)".into(),
+        ));
     }
     if line.contains("reboot: Power down") || line.contains("reboot: System halted") {
         return Some(Verdict::PowerOff);
@@ -70,7 +72,9 @@ impl<W: Write> ConsoleOut<W> {
     }
 
     fn end_line(&mut self) {
-        let text = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
+        let text = String::from_utf8_lossy(&self.line)
+            .trim_end_matches('\r')
+            .to_string();
         self.line.clear();
         match classify(&text) {
             Some(Verdict::Panic(msg)) if self.panicked.is_none() => self.panicked = Some(msg),
@@ -104,7 +108,10 @@ impl<W: Write> Write for ConsoleOut<W> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let r = self.out.write_all(&self.pending).and_then(|_| self.out.flush());
+        let r = self
+            .out
+            .write_all(&self.pending)
+            .and_then(|_| self.out.flush());
         // Output that cannot be written (a closed pipe) is dropped rather
         // than kept growing.
         self.pending.clear();
@@ -119,7 +126,9 @@ mod tests {
     #[test]
     fn classifies_panic_and_poweroff() {
         assert_eq!(
-            classify("[    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000"),
+            classify(
+                "[    1.2] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000"
+            ),
             Some(Verdict::Panic(
                 "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000".into()
             ))
@@ -128,9 +137,15 @@ mod tests {
             classify("test-iniKernel panic - not syncintg: Attempt: ed"),
             Some(Verdict::Panic(m)) if m.starts_with("Kernel panic - not sync")
         ));
-        assert!(matches!(classify("Kernel Offset: disabled"), Some(Verdict::Panic(_))));
+        assert!(matches!(
+            classify("Kernel Offset: disabled"),
+            Some(Verdict::Panic(_))
+        ));
         assert_eq!(classify("reboot: Power down"), Some(Verdict::PowerOff));
-        assert_eq!(classify("[ 0.5] reboot: System halted"), Some(Verdict::PowerOff));
+        assert_eq!(
+            classify("[ 0.5] reboot: System halted"),
+            Some(Verdict::PowerOff)
+        );
         assert_eq!(classify("hello"), None);
     }
 
@@ -138,12 +153,20 @@ mod tests {
     fn passes_output_through_and_remembers_lines() {
         let exit = Arc::new(ExitSignal::new().expect("eventfd"));
         let mut c = ConsoleOut::new(Vec::new(), exit.clone());
-        c.write_all(b"one\r\ntwo\nKernel panic - not syncing: boom\npart").expect("write");
+        c.write_all(b"one\r\ntwo\nKernel panic - not syncing: boom\npart")
+            .expect("write");
         assert_eq!(c.panic_message(), Some("Kernel panic - not syncing: boom"));
-        assert_eq!(exit.get(), None, "a panic waits for the reset or the grace period");
+        assert_eq!(
+            exit.get(),
+            None,
+            "a panic waits for the reset or the grace period"
+        );
         c.flush().expect("flush");
         assert_eq!(c.out, b"one\r\ntwo\nKernel panic - not syncing: boom\npart");
-        assert_eq!(c.recent_lines(), vec!["one", "two", "Kernel panic - not syncing: boom", "part"]);
+        assert_eq!(
+            c.recent_lines(),
+            vec!["one", "two", "Kernel panic - not syncing: boom", "part"]
+        );
         c.write_all(b"\nreboot: Power down\n").expect("write");
         assert_eq!(exit.get(), Some(ExitReason::PowerOff));
     }

@@ -57,7 +57,12 @@ impl DeviceManager {
     }
 
     /// Create a device with `make` (given its interrupt) and attach it.
-    pub fn add_virtio<D, F, E>(&mut self, vm: &VmFd, mem: &GuestMem, make: F) -> Result<Arc<Mutex<D>>, E>
+    pub fn add_virtio<D, F, E>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMem,
+        make: F,
+    ) -> Result<Arc<Mutex<D>>, E>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
         F: FnOnce(Arc<Interrupt>) -> Result<D, E>,
@@ -70,13 +75,19 @@ impl DeviceManager {
         let base = self.next_base;
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(Error::Io)?;
         vm.register_irqfd(&irqfd, irq)
-            .map_err(|source| Error::Kvm { what: "register irqfd", source })?;
+            .map_err(|source| Error::Kvm {
+                what: "register irqfd",
+                source,
+            })?;
         let interrupt = Arc::new(Interrupt::new(irqfd));
         let device = make(interrupt.clone())?;
         let queue_evts = queue_events(&device)?;
         for (i, evt) in queue_evts.iter().enumerate() {
             vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), i as u32)
-                .map_err(|source| Error::Kvm { what: "register ioeventfd", source })?;
+                .map_err(|source| Error::Kvm {
+                    what: "register ioeventfd",
+                    source,
+                })?;
         }
         let device = Arc::new(Mutex::new(device));
         let transport = MmioTransport::new(device.clone(), interrupt, mem.clone(), queue_evts);

@@ -19,13 +19,19 @@ use crate::memory::GuestMem;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open kernel {path}: {source}")]
-    OpenKernel { path: PathBuf, source: std::io::Error },
+    OpenKernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a Linux kernel: expected an x86_64 ELF vmlinux or a bzImage")]
     NotAKernel { path: PathBuf },
     #[error("cannot load kernel {path}: {detail}")]
     LoadKernel { path: PathBuf, detail: String },
     #[error("cannot open initrd {path}: {source}")]
-    OpenInitrd { path: PathBuf, source: std::io::Error },
+    OpenInitrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("initrd {path} ({size} bytes) does not fit in guest memory; give the VM more memory")]
     InitrdTooLarge { path: PathBuf, size: u64 },
     #[error("cannot read initrd {path}: {detail}")]
@@ -123,7 +129,9 @@ pub fn load(mem: &GuestMem, spec: &BootSpec) -> Result<Loaded, Error> {
             path: kpath.clone(),
             source,
         })?
-        .ok_or_else(|| Error::NotAKernel { path: kpath.clone() })?;
+        .ok_or_else(|| Error::NotAKernel {
+            path: kpath.clone(),
+        })?;
     let load_err = |e: linux_loader::loader::Error| Error::LoadKernel {
         path: kpath.clone(),
         detail: e.to_string(),
@@ -240,7 +248,8 @@ mod tests {
     use std::io::Write;
 
     fn temp_file(name: &str, bytes: &[u8]) -> (PathBuf, File) {
-        let path = std::env::temp_dir().join(format!("vm-loader-test-{}-{name}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("vm-loader-test-{}-{name}", std::process::id()));
         let mut f = File::create(&path).expect("create");
         f.write_all(bytes).expect("write");
         (path.clone(), File::open(&path).expect("open"))
@@ -268,7 +277,10 @@ mod tests {
         let mut img = vec![0u8; 0x300];
         img[0x202..0x206].copy_from_slice(b"HdrS");
         let (p, mut f) = temp_file("bz", &img);
-        assert!(matches!(detect_format(&mut f), Ok(Some(KernelFormat::BzImage))));
+        assert!(matches!(
+            detect_format(&mut f),
+            Ok(Some(KernelFormat::BzImage))
+        ));
         let (p2, mut f) = temp_file("short", b"HdrS");
         assert!(matches!(detect_format(&mut f), Ok(None)));
         let _ = std::fs::remove_file(p);
@@ -278,7 +290,10 @@ mod tests {
     #[test]
     fn check_files_names_the_bad_one() {
         let (p, _) = temp_file("text", b"hello world");
-        assert!(matches!(check_files(&p, None), Err(Error::NotAKernel { .. })));
+        assert!(matches!(
+            check_files(&p, None),
+            Err(Error::NotAKernel { .. })
+        ));
         assert!(matches!(
             check_files(Path::new("/nonexistent/k"), None),
             Err(Error::OpenKernel { .. })
@@ -289,12 +304,18 @@ mod tests {
     #[test]
     fn command_line_limits() {
         let c = build_cmdline("console=ttyS0 quiet").expect("cmdline");
-        assert_eq!(c.as_cstring().expect("cstring").as_bytes(), b"console=ttyS0 quiet");
+        assert_eq!(
+            c.as_cstring().expect("cstring").as_bytes(),
+            b"console=ttyS0 quiet"
+        );
         let long = "x".repeat(CMDLINE_MAX);
         match build_cmdline(&long) {
             Err(err) => assert!(err.to_string().contains("at most 2047"), "{err}"),
             Ok(_) => panic!("a command line over Linux's limit was accepted"),
         }
-        assert!(build_cmdline("a\nb").is_err(), "control characters are refused");
+        assert!(
+            build_cmdline("a\nb").is_err(),
+            "control characters are refused"
+        );
     }
 }

@@ -71,7 +71,9 @@ fn parse_vsock(spec: &str) -> Result<devices::virtio::vsock::VsockConfig, String
     let (cid, path) = spec.split_once(',').ok_or("expected CID,PATH")?;
     let guest_cid: u64 = cid.parse().map_err(|_| format!("bad CID {cid:?}"))?;
     if guest_cid < 3 || guest_cid > u64::from(u32::MAX) {
-        return Err(format!("CID {guest_cid} is reserved or too large; use 3 to 4294967295"));
+        return Err(format!(
+            "CID {guest_cid} is reserved or too large; use 3 to 4294967295"
+        ));
     }
     if path.is_empty() {
         return Err("missing socket path".into());
@@ -84,7 +86,10 @@ fn parse_vsock(spec: &str) -> Result<devices::virtio::vsock::VsockConfig, String
 
 fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String> {
     let mut parts = spec.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or("missing disk image path")?;
+    let path = parts
+        .next()
+        .filter(|p| !p.is_empty())
+        .ok_or("missing disk image path")?;
     let mut cfg = devices::virtio::block::BlockConfig {
         path: PathBuf::from(path),
         read_only: false,
@@ -96,7 +101,11 @@ fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String>
             None if opt == "rw" => cfg.read_only = false,
             Some(("id", v)) if v.len() <= 20 => cfg.id = v.to_string(),
             Some(("id", v)) => return Err(format!("id {v:?} is longer than 20 bytes")),
-            _ => return Err(format!("unknown disk option {opt:?} (expected ro, rw or id=SERIAL)")),
+            _ => {
+                return Err(format!(
+                    "unknown disk option {opt:?} (expected ro, rw or id=SERIAL)"
+                ))
+            }
         }
     }
     Ok(cfg)

@@ -76,7 +76,8 @@ pub fn configure(
         let mut sregs = vcpu.get_sregs().map_err(setup("special registers"))?;
         regs::setup_sregs(mem, &mut sregs).map_err(|source| Error::Boot { id, source })?;
         vcpu.set_sregs(&sregs).map_err(setup("special registers"))?;
-        vcpu.set_regs(&regs::boot_regs(entry)).map_err(setup("registers"))?;
+        vcpu.set_regs(&regs::boot_regs(entry))
+            .map_err(setup("registers"))?;
         vcpu.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
     } else {
         vcpu.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
@@ -191,7 +192,9 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, id, ctx),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-            Err(e) => Some(ExitReason::VmmError(format!("KVM_RUN failed on vCPU {id}: {e}"))),
+            Err(e) => Some(ExitReason::VmmError(format!(
+                "KVM_RUN failed on vCPU {id}: {e}"
+            ))),
         };
         if let Some(mut reason) = outcome {
             if let ExitReason::InternalError { detail, .. } = &mut reason {

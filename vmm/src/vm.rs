@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::legacy::{
-    BootTimer, Serial, I8042, BOOT_TIMER_PORT, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN,
+    BootTimer, Serial, BOOT_TIMER_PORT, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
 };
 use devices::{Bus, EventFdTrigger};
@@ -20,9 +20,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::cpuid::HostCaps;
 use crate::arch::layout::KVM_TSS_ADDRESS;
 use crate::console::ConsoleOut;
+use crate::device_manager::{DeviceManager, Subscriber};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::loader::{self, BootSpec};
-use crate::device_manager::{DeviceManager, Subscriber};
 use crate::{device_manager, host, memory, vcpu};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::rng::Rng;
@@ -138,7 +138,8 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
         });
     }
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS).map_err(kvm_err("set TSS address"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("set TSS address"))?;
     vm.create_irq_chip().map_err(kvm_err("create IRQ chip"))?;
     vm.create_pit2(kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
@@ -153,12 +154,18 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     // virtio devices.
     let mut dm = DeviceManager::new();
     for disk in &cfg.disks {
-        dm.add_virtio(&vm, &mem, |irq| Block::new(disk, mem.clone(), irq).map_err(Error::Disk))?;
+        dm.add_virtio(&vm, &mem, |irq| {
+            Block::new(disk, mem.clone(), irq).map_err(Error::Disk)
+        })?;
     }
     if let Some(v) = &cfg.vsock {
-        dm.add_virtio(&vm, &mem, |irq| Vsock::new(v, mem.clone(), irq).map_err(Error::Vsock))?;
+        dm.add_virtio(&vm, &mem, |irq| {
+            Vsock::new(v, mem.clone(), irq).map_err(Error::Vsock)
+        })?;
     }
-    dm.add_virtio(&vm, &mem, |irq| Rng::new(mem.clone(), irq).map_err(Error::Io))?;
+    dm.add_virtio(&vm, &mem, |irq| {
+        Rng::new(mem.clone(), irq).map_err(Error::Io)
+    })?;
 
     let cmdline = full_cmdline(&dm.cmdline.join(" "), &cfg.cmdline);
     let loaded = loader::load(
@@ -178,23 +185,34 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("register serial irqfd"))?;
     let console = ConsoleOut::new(io::stdout(), exit.clone());
-    let serial = Arc::new(Mutex::new(Serial::new(EventFdTrigger::new(serial_irq), console)));
+    let serial = Arc::new(Mutex::new(Serial::new(
+        EventFdTrigger::new(serial_irq),
+        console,
+    )));
     let reset_evt = EventFd::new(EFD_NONBLOCK)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset_evt.try_clone()?))));
+    let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(
+        reset_evt.try_clone()?,
+    ))));
     let report = cfg.report_boot_time;
     let boot_timer = Arc::new(Mutex::new(BootTimer::new(
         start,
         Box::new(move |d| {
             if report {
-                eprintln!("vm: guest userspace started after {:.1} ms", d.as_secs_f64() * 1e3);
+                eprintln!(
+                    "vm: guest userspace started after {:.1} ms",
+                    d.as_secs_f64() * 1e3
+                );
             }
         }),
     )));
     let mut pio = Bus::new();
     let dev_err = |e: devices::BusError| Error::Devices(e.to_string());
-    pio.insert(serial.clone(), COM1_PORT_BASE, COM1_PORT_LEN).map_err(dev_err)?;
-    pio.insert(i8042, I8042_PORT_BASE, I8042_PORT_LEN).map_err(dev_err)?;
-    pio.insert(boot_timer, BOOT_TIMER_PORT, 1).map_err(dev_err)?;
+    pio.insert(serial.clone(), COM1_PORT_BASE, COM1_PORT_LEN)
+        .map_err(dev_err)?;
+    pio.insert(i8042, I8042_PORT_BASE, I8042_PORT_LEN)
+        .map_err(dev_err)?;
+    pio.insert(boot_timer, BOOT_TIMER_PORT, 1)
+        .map_err(dev_err)?;
 
     // vCPUs.
     let base_cpuid = kvm
@@ -222,7 +240,12 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
         handles.push(vcpu::spawn(fd, id as u8, ctx.clone())?);
     }
 
-    let result = event_loop(&exit, &reset_evt, &serial, std::mem::take(&mut dm.subscribers));
+    let result = event_loop(
+        &exit,
+        &reset_evt,
+        &serial,
+        std::mem::take(&mut dm.subscribers),
+    );
     vcpu::stop_all(&mut handles, Duration::from_secs(2));
     let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
     let console = serial.writer_mut();
@@ -391,9 +414,21 @@ mod tests {
     #[test]
     fn validates_sizes() {
         assert!(validate(&cfg(1, 128)).is_ok());
-        assert!(matches!(validate(&cfg(0, 128)), Err(Error::Cpus { got: 0, .. })));
-        assert!(matches!(validate(&cfg(65, 128)), Err(Error::Cpus { got: 65, .. })));
-        assert!(matches!(validate(&cfg(1, 0)), Err(Error::MemoryTooSmall(0))));
-        assert!(matches!(validate(&cfg(1, 1 << 21)), Err(Error::MemoryTooLarge(_))));
+        assert!(matches!(
+            validate(&cfg(0, 128)),
+            Err(Error::Cpus { got: 0, .. })
+        ));
+        assert!(matches!(
+            validate(&cfg(65, 128)),
+            Err(Error::Cpus { got: 65, .. })
+        ));
+        assert!(matches!(
+            validate(&cfg(1, 0)),
+            Err(Error::MemoryTooSmall(0))
+        ));
+        assert!(matches!(
+            validate(&cfg(1, 1 << 21)),
+            Err(Error::MemoryTooLarge(_))
+        ));
     }
 }

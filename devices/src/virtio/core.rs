@@ -32,7 +32,11 @@ pub struct DeviceCore {
 }
 
 impl DeviceCore {
-    pub fn new(mem: GuestMem, interrupt: Arc<Interrupt>, queue_count: usize) -> std::io::Result<Self> {
+    pub fn new(
+        mem: GuestMem,
+        interrupt: Arc<Interrupt>,
+        queue_count: usize,
+    ) -> std::io::Result<Self> {
         let mut queue_evts = Vec::with_capacity(queue_count);
         for _ in 0..queue_count {
             queue_evts.push(EventFd::new(EFD_NONBLOCK)?);
@@ -111,7 +115,11 @@ impl DeviceCore {
     pub fn init_events(&self, ops: &mut event_manager::EventOps) {
         use event_manager::Events;
         use vmm_sys_util::epoll::EventSet;
-        if let Err(e) = ops.add(Events::with_data(&self.activate_evt, TOKEN_ACTIVATE, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::with_data(
+            &self.activate_evt,
+            TOKEN_ACTIVATE,
+            EventSet::IN,
+        )) {
             eprintln!("vm: virtio: cannot watch the activation event: {e:?}");
         }
     }
@@ -127,7 +135,11 @@ impl DeviceCore {
         }
         for (i, evt) in self.queue_evts.iter().enumerate() {
             let events = Events::with_data(evt, i as u32, EventSet::IN);
-            let r = if self.active { ops.add(events) } else { ops.remove(events) };
+            let r = if self.active {
+                ops.add(events)
+            } else {
+                ops.remove(events)
+            };
             if let Err(e) = r {
                 eprintln!("vm: virtio: cannot (un)watch queue {i}: {e:?}");
             }
@@ -139,7 +151,12 @@ impl DeviceCore {
 impl DeviceCore {
     /// Event handling shared by devices with one queue: returns true when
     /// that queue was notified and should be processed.
-    pub fn single_queue_event(&mut self, events: &event_manager::Events, ops: &mut event_manager::EventOps, name: &str) -> bool {
+    pub fn single_queue_event(
+        &mut self,
+        events: &event_manager::Events,
+        ops: &mut event_manager::EventOps,
+        name: &str,
+    ) -> bool {
         match events.data() {
             TOKEN_ACTIVATE => {
                 self.sync_registrations(ops);

@@ -61,7 +61,11 @@ impl MmioTransport {
                 .iter()
                 .filter_map(|&max| Queue::new(max).ok())
                 .collect();
-            (d.device_type(), d.avail_features() | VIRTIO_F_VERSION_1, queues)
+            (
+                d.device_type(),
+                d.avail_features() | VIRTIO_F_VERSION_1,
+                queues,
+            )
         };
         Self {
             device,
@@ -150,7 +154,10 @@ impl MmioTransport {
             }
             STATUS_DRIVER_OK => {
                 if let Err(why) = self.activate() {
-                    eprintln!("vm: virtio: cannot activate device type {}: {why}", self.device_type);
+                    eprintln!(
+                        "vm: virtio: cannot activate device type {}: {why}",
+                        self.device_type
+                    );
                     self.status = value;
                     self.interrupt.set_needs_reset();
                     return;
@@ -164,7 +171,9 @@ impl MmioTransport {
     fn activate(&mut self) -> Result<(), String> {
         for (i, q) in self.queues.iter().enumerate() {
             if q.ready() && !q.is_valid(&self.mem) {
-                return Err(format!("queue {i} is not valid (size or rings out of memory)"));
+                return Err(format!(
+                    "queue {i} is not valid (size or rings out of memory)"
+                ));
             }
         }
         if !self.queues.iter().any(|q| q.ready()) {
@@ -174,7 +183,9 @@ impl MmioTransport {
         for q in &self.queues {
             queues.push(Queue::try_from(q.state()).map_err(|e| format!("queue: {e:?}"))?);
         }
-        lock(&self.device).activate(queues).map_err(|e| e.to_string())
+        lock(&self.device)
+            .activate(queues)
+            .map_err(|e| e.to_string())
     }
 
     fn read_reg(&self, offset: u64) -> u32 {
@@ -238,7 +249,11 @@ impl MmioTransport {
             0x70 => self.set_status(v),
             0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 if queue_writable => {
                 let Some(q) = self.queue() else { return };
-                let (lo, hi) = if offset & 4 == 0 { (Some(v), None) } else { (None, Some(v)) };
+                let (lo, hi) = if offset & 4 == 0 {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
                 match offset & !4 {
                     0x80 => q.set_desc_table_address(lo, hi),
                     0x90 => q.set_avail_ring_address(lo, hi),
@@ -277,7 +292,10 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 {
-            eprintln!("vm: virtio: {}-byte register write at {offset:#x} ignored", data.len());
+            eprintln!(
+                "vm: virtio: {}-byte register write at {offset:#x} ignored",
+                data.len()
+            );
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -369,7 +387,10 @@ mod tests {
             self.w(0x20, features_hi);
             self.w(0x24, 0);
             self.w(0x20, 0xffff_ffff);
-            self.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+            self.w(
+                0x70,
+                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+            );
         }
         fn setup_queue(&mut self, desc: u64) {
             self.w(0x30, 0);
@@ -406,7 +427,10 @@ mod tests {
         let mut rig = Rig::new();
         rig.negotiate(1);
         assert_ne!(rig.r(0x70) & STATUS_FEATURES_OK, 0);
-        assert_eq!(rig.dev.lock().expect("lock").acked, VIRTIO_F_VERSION_1 | 0b101);
+        assert_eq!(
+            rig.dev.lock().expect("lock").acked,
+            VIRTIO_F_VERSION_1 | 0b101
+        );
     }
 
     #[test]
@@ -424,11 +448,18 @@ mod tests {
     fn queue_registers_only_between_features_ok_and_driver_ok() {
         let mut rig = Rig::new();
         rig.setup_queue(0x3000);
-        assert_eq!(rig.r(0x44), 0, "queue set up before FEATURES_OK was ignored");
+        assert_eq!(
+            rig.r(0x44),
+            0,
+            "queue set up before FEATURES_OK was ignored"
+        );
         rig.negotiate(1);
         rig.setup_queue(0x3000);
         assert_eq!(rig.r(0x44), 1);
-        rig.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        rig.w(
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         assert_eq!(rig.dev.lock().expect("lock").activated, 1);
         rig.w(0x44, 0);
         assert_eq!(rig.r(0x44), 1, "live queue cannot be changed");
@@ -439,7 +470,10 @@ mod tests {
         let mut rig = Rig::new();
         rig.negotiate(1);
         rig.setup_queue(MEM_SIZE as u64 + 0x1000);
-        rig.w(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        rig.w(
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         assert_eq!(rig.dev.lock().expect("lock").activated, 0);
         assert_ne!(rig.r(0x70) & STATUS_NEEDS_RESET, 0);
         assert_ne!(rig.r(0x60) & 2, 0, "config interrupt raised");
@@ -464,7 +498,12 @@ mod tests {
         assert_eq!(b, [0, 0]);
         // A notification that missed the ioeventfd still reaches the device.
         rig.w(0x50, 0);
-        assert_eq!(rig.dev.lock().expect("lock").evts[0].read().expect("notified"), 1);
+        assert_eq!(
+            rig.dev.lock().expect("lock").evts[0]
+                .read()
+                .expect("notified"),
+            1
+        );
         rig.w(0x50, 7); // no such queue: ignored
     }
 }

@@ -24,13 +24,14 @@ impl Rng {
     }
 
     fn process_queue(&mut self) {
-        self.core.drain_queue(0, "rng", |chain, mem| match Writer::new(mem, chain) {
-            Ok(mut w) => fill_random(&mut w),
-            Err(e) => {
-                eprintln!("vm: virtio-rng: bad descriptor chain: {e}");
-                0
-            }
-        });
+        self.core
+            .drain_queue(0, "rng", |chain, mem| match Writer::new(mem, chain) {
+                Ok(mut w) => fill_random(&mut w),
+                Err(e) => {
+                    eprintln!("vm: virtio-rng: bad descriptor chain: {e}");
+                    0
+                }
+            });
     }
 }
 
@@ -41,9 +42,7 @@ fn fill_random(w: &mut Writer) -> u32 {
     while filled < n {
         // SAFETY: getrandom writes at most `n - filled` bytes into the
         // buffer, which is that long from the given pointer.
-        let r = unsafe {
-            libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0)
-        };
+        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
         if r <= 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {

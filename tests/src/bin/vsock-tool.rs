@@ -137,7 +137,12 @@ fn serve_one(mut s: Box<dyn Stream>) {
         Err(_) => return,
     };
     let words: Vec<&str> = line.split_whitespace().collect();
-    let num = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok()).unwrap_or(0);
+    let num = |i: usize| {
+        words
+            .get(i)
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     match words.first().copied() {
         Some("put") => {
             if let Ok((n, sum)) = hash_reader(&mut *s, Some(num(1))) {
@@ -179,10 +184,12 @@ fn connect(addr: &str) -> Box<dyn Stream> {
     match parts.as_slice() {
         ["vsock", cid, port] => {
             let (cid, port) = (cid.parse().expect("cid"), port.parse().expect("port"));
-            Box::new(VsockStream::connect(&VsockAddr::new(cid, port)).unwrap_or_else(|e| {
-                eprintln!("vsock-tool: connect {addr}: {e}");
-                exit(2)
-            }))
+            Box::new(
+                VsockStream::connect(&VsockAddr::new(cid, port)).unwrap_or_else(|e| {
+                    eprintln!("vsock-tool: connect {addr}: {e}");
+                    exit(2)
+                }),
+            )
         }
         ["unix", rest @ ..] => {
             let joined = rest.join(":");
@@ -224,7 +231,9 @@ fn client(addr: &str, op: &str, n: u64, seed: u64, text: &str) -> Result<(), Str
             let (got, sum) = hash_reader(&mut *s, None).map_err(|e| format!("recv: {e}"))?;
             let want = expected_hash(n, seed);
             if got != n || sum != want {
-                return Err(format!("received {got} bytes hashing {sum}, want {n} hashing {want}"));
+                return Err(format!(
+                    "received {got} bytes hashing {sum}, want {n} hashing {want}"
+                ));
             }
         }
         "echo" => {
@@ -296,7 +305,11 @@ fn main() {
             let op = a(1).to_string();
             let n: u64 = a(2).parse().unwrap_or(0);
             let seed: u64 = a(3).parse().unwrap_or(1);
-            let streams: u64 = if op == "echo" { 1 } else { a(4).parse().unwrap_or(1) };
+            let streams: u64 = if op == "echo" {
+                1
+            } else {
+                a(4).parse().unwrap_or(1)
+            };
             let text = a(2).to_string();
             let start = Instant::now();
             let handles: Vec<_> = (0..streams)

@@ -125,7 +125,10 @@ mod tests {
     fn e820_large_guest_skips_the_gap() {
         let map = e820_map(&ram_ranges(6 << 30));
         assert_eq!(map.len(), 3);
-        assert_eq!(map[1], (HIMEM_START, MMIO_GAP_START - HIMEM_START, E820_RAM));
+        assert_eq!(
+            map[1],
+            (HIMEM_START, MMIO_GAP_START - HIMEM_START, E820_RAM)
+        );
         assert_eq!(map[2], (MMIO_GAP_END, (6 << 30) - MMIO_GAP_START, E820_RAM));
     }
 
@@ -142,8 +145,16 @@ mod tests {
         .build()
         .expect("zero page");
         // Copy out of the packed struct before comparing.
-        let (magic, flag, ptr, size) = (zp.hdr.header, zp.hdr.boot_flag, zp.hdr.cmd_line_ptr, zp.hdr.cmdline_size);
-        assert_eq!((magic, flag, ptr, size), (KERNEL_HDR_MAGIC, 0xaa55, 0x20000, 12));
+        let (magic, flag, ptr, size) = (
+            zp.hdr.header,
+            zp.hdr.boot_flag,
+            zp.hdr.cmd_line_ptr,
+            zp.hdr.cmdline_size,
+        );
+        assert_eq!(
+            (magic, flag, ptr, size),
+            (KERNEL_HDR_MAGIC, 0xaa55, 0x20000, 12)
+        );
         let (rd, rds) = (zp.hdr.ramdisk_image, zp.hdr.ramdisk_size);
         assert_eq!((rd, rds), (0x0f00_0000, 4096));
         assert_eq!(zp.e820_entries, 2);

@@ -33,7 +33,10 @@ pub enum Error {
 
 /// Sum of bytes is zero mod 256 when the checksum byte holds this.
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// The MP floating pointer, the table header and its entries, laid out to

@@ -4,11 +4,10 @@ use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-
 use super::request::{self, DiskInfo, ID_BYTES, SECTOR_SIZE};
 use crate::virtio::{
-    DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 const QUEUE_SIZE: u16 = 256;
@@ -28,8 +27,13 @@ pub struct BlockConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open disk image {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
-    #[error("disk image {path} is {size} bytes, not a multiple of 512")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "disk image {path} is {size} bytes, not a multiple of 512 (only a read-only disk may be)"
+    )]
     Size { path: PathBuf, size: u64 },
     #[error("disk id {0:?} is longer than 20 bytes")]
     Id(String),
@@ -64,7 +68,9 @@ impl Block {
                 source,
             })?
             .len();
-        if size % SECTOR_SIZE != 0 {
+        // A read-only disk may end mid-sector (an image layer blob handed
+        // in as is); the rest of its last sector reads as zeros.
+        if size % SECTOR_SIZE != 0 && !cfg.read_only {
             return Err(Error::Size {
                 path: cfg.path.clone(),
                 size,
@@ -75,7 +81,7 @@ impl Block {
         }
         let mut id = [0u8; ID_BYTES];
         id[..cfg.id.len()].copy_from_slice(cfg.id.as_bytes());
-        let capacity_sectors = size / SECTOR_SIZE;
+        let capacity_sectors = size.div_ceil(SECTOR_SIZE);
         // virtio_blk_config: capacity (u64), size_max (u32), seg_max (u32),
         // geometry (4 bytes), blk_size (u32).
         let mut config_space = Vec::with_capacity(24);
@@ -143,5 +149,4 @@ impl VirtioDevice for Block {
     fn core_mut(&mut self) -> &mut DeviceCore {
         &mut self.core
     }
-
 }

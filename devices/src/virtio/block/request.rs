@@ -8,8 +8,7 @@ use std::io::{Seek, SeekFrom};
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{
-    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileSlice,
-    WriteVolatile,
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, ReadVolatile, VolatileSlice, WriteVolatile,
 };
 
 use crate::virtio::GuestMem;
@@ -114,8 +113,12 @@ fn total(segs: &[Seg]) -> u64 {
 
 fn slice<'m>(mem: &'m GuestMem, s: Seg) -> Result<VolatileSlice<'m, ()>, String> {
     let len = usize::try_from(s.len).map_err(|_| "buffer too long".to_string())?;
-    mem.get_slice(GuestAddress(s.addr), len)
-        .map_err(|e| format!("buffer {:#x}+{:#x} is not in guest memory: {e}", s.addr, s.len))
+    mem.get_slice(GuestAddress(s.addr), len).map_err(|e| {
+        format!(
+            "buffer {:#x}+{:#x} is not in guest memory: {e}",
+            s.addr, s.len
+        )
+    })
 }
 
 fn range_ok(sector: u64, bytes: u64, capacity: u64) -> bool {
@@ -126,7 +129,12 @@ fn range_ok(sector: u64, bytes: u64, capacity: u64) -> bool {
 }
 
 /// Execute the request in `chain`.
-pub fn execute(chain: DescriptorChain<&GuestMem>, mem: &GuestMem, disk: &File, info: &DiskInfo) -> Outcome {
+pub fn execute(
+    chain: DescriptorChain<&GuestMem>,
+    mem: &GuestMem,
+    disk: &File,
+    info: &DiskInfo,
+) -> Outcome {
     let fail = |why: String| Outcome {
         used_len: 0,
         status: None,
@@ -163,7 +171,11 @@ pub fn execute(chain: DescriptorChain<&GuestMem>, mem: &GuestMem, disk: &File, i
                     Err(e) => (0, S_IOERR, Some(format!("flush: {e}"))),
                 },
                 T_GET_ID => get_id(mem, &data_out, info),
-                other => (0, S_UNSUPP, Some(format!("unsupported request type {other}"))),
+                other => (
+                    0,
+                    S_UNSUPP,
+                    Some(format!("unsupported request type {other}")),
+                ),
             }
         }
     };
@@ -196,10 +208,22 @@ fn read_header(mem: &GuestMem, readable: &[Seg]) -> Result<RequestHeader, String
     Ok(h)
 }
 
-fn read_data(mem: &GuestMem, segs: &[Seg], disk: &File, sector: u64, info: &DiskInfo) -> (u64, u8, Option<String>) {
+fn read_data(
+    mem: &GuestMem,
+    segs: &[Seg],
+    disk: &File,
+    sector: u64,
+    info: &DiskInfo,
+) -> (u64, u8, Option<String>) {
     let len = total(segs);
     if !range_ok(sector, len, info.capacity_sectors) {
-        return (0, S_IOERR, Some(format!("read of {len} bytes at sector {sector} is outside the disk")));
+        return (
+            0,
+            S_IOERR,
+            Some(format!(
+                "read of {len} bytes at sector {sector} is outside the disk"
+            )),
+        );
     }
     let mut f = disk;
     if let Err(e) = f.seek(SeekFrom::Start(sector * SECTOR_SIZE)) {
@@ -211,7 +235,7 @@ fn read_data(mem: &GuestMem, segs: &[Seg], disk: &File, sector: u64, info: &Disk
             Ok(v) => v,
             Err(e) => return (done, S_IOERR, Some(e)),
         };
-        if let Err(e) = f.read_exact_volatile(&mut dst) {
+        if let Err(e) = read_or_zero(&mut f, &mut dst) {
             return (done, S_IOERR, Some(format!("read at sector {sector}: {e}")));
         }
         done += s.len;
@@ -219,13 +243,51 @@ fn read_data(mem: &GuestMem, segs: &[Seg], disk: &File, sector: u64, info: &Disk
     (done, S_OK, None)
 }
 
-fn write_data(mem: &GuestMem, segs: &[Seg], disk: &File, sector: u64, info: &DiskInfo) -> (u64, u8, Option<String>) {
+/// Fills `dst` from the file; past the end of the file (the partial last
+/// sector of a read-only disk) it fills zeros.
+fn read_or_zero(f: &mut &File, dst: &mut VolatileSlice<'_, ()>) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < dst.len() {
+        let mut rest = dst.offset(off).map_err(std::io::Error::other)?;
+        match f.read_volatile(&mut rest) {
+            Ok(0) => {
+                const ZEROS: [u8; 512] = [0; 512];
+                while off < dst.len() {
+                    let n = (dst.len() - off).min(ZEROS.len());
+                    dst.offset(off)
+                        .map_err(std::io::Error::other)?
+                        .copy_from(&ZEROS[..n]);
+                    off += n;
+                }
+            }
+            Ok(n) => off += n,
+            Err(vm_memory::VolatileMemoryError::IOError(e))
+                if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(std::io::Error::other(e)),
+        }
+    }
+    Ok(())
+}
+
+fn write_data(
+    mem: &GuestMem,
+    segs: &[Seg],
+    disk: &File,
+    sector: u64,
+    info: &DiskInfo,
+) -> (u64, u8, Option<String>) {
     if info.read_only {
         return (0, S_IOERR, Some("write to a read-only disk refused".into()));
     }
     let len = total(segs);
     if !range_ok(sector, len, info.capacity_sectors) {
-        return (0, S_IOERR, Some(format!("write of {len} bytes at sector {sector} is outside the disk")));
+        return (
+            0,
+            S_IOERR,
+            Some(format!(
+                "write of {len} bytes at sector {sector} is outside the disk"
+            )),
+        );
     }
     // Check every buffer before writing any, so a bad one writes nothing.
     let mut slices = Vec::with_capacity(segs.len());

@@ -50,9 +50,17 @@ fn device(mem: &GuestMem, disk: &Disk, read_only: bool, driver: &Driver) -> Bloc
 }
 
 fn header(mem: &GuestMem, type_: u32, sector: u64) {
-    mem.write_obj(RequestHeader { type_, ioprio: 0, sector }, GuestAddress(HDR))
-        .expect("write header");
-    mem.write_obj(0xffu8, GuestAddress(STATUS)).expect("poison status");
+    mem.write_obj(
+        RequestHeader {
+            type_,
+            ioprio: 0,
+            sector,
+        },
+        GuestAddress(HDR),
+    )
+    .expect("write header");
+    mem.write_obj(0xffu8, GuestAddress(STATUS))
+        .expect("poison status");
 }
 
 fn status(mem: &GuestMem) -> u8 {
@@ -88,7 +96,8 @@ fn reads_and_writes_sectors() {
     mem.read_slice(&mut buf, GuestAddress(BUF)).expect("read");
     assert!(buf.iter().all(|b| *b == 0xab));
 
-    mem.write_slice(&[7u8; 512], GuestAddress(BUF)).expect("write");
+    mem.write_slice(&[7u8; 512], GuestAddress(BUF))
+        .expect("write");
     header(&mem, T_OUT, 15);
     three(&driver, 512, 0);
     driver.offer(0);
@@ -122,8 +131,13 @@ fn read_only_disk_refuses_writes_whatever_the_guest_does() {
     let disk = Disk::new("ro", 4, 1);
     let mut driver = Driver::new(&mem, 16);
     let mut dev = device(&mem, &disk, true, &driver);
-    assert_ne!(dev.avail_features() & (1 << 5), 0, "VIRTIO_BLK_F_RO offered");
-    mem.write_slice(&[9u8; 512], GuestAddress(BUF)).expect("write");
+    assert_ne!(
+        dev.avail_features() & (1 << 5),
+        0,
+        "VIRTIO_BLK_F_RO offered"
+    );
+    mem.write_slice(&[9u8; 512], GuestAddress(BUF))
+        .expect("write");
     header(&mem, T_OUT, 0);
     three(&driver, 512, 0);
     driver.offer(0);
@@ -210,7 +224,15 @@ fn buffers_outside_guest_memory_are_refused() {
     assert_eq!(status(&mem), S_IOERR);
     // A buffer that starts inside memory and runs past its end.
     header(&mem, T_IN, 0);
-    driver.store(1, &[desc(crate::virtio::testutil::MEM_SIZE as u64 - 256, 512, F_WRITE | F_NEXT, 2)]);
+    driver.store(
+        1,
+        &[desc(
+            crate::virtio::testutil::MEM_SIZE as u64 - 256,
+            512,
+            F_WRITE | F_NEXT,
+            2,
+        )],
+    );
     driver.offer(0);
     dev.process_queue();
     assert_eq!(driver.used(1), (0, 1));
@@ -316,4 +338,44 @@ fn avail_index_jump_marks_the_device_broken() {
     driver.offer(0);
     dev.process_queue();
     assert_eq!(status(&mem), S_OK);
+}
+
+#[test]
+fn a_read_only_disk_may_end_mid_sector_and_reads_zeros_past_its_end() {
+    let mem = memory();
+    let disk = Disk::new("tail", 1, 0x5a);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&disk.path)
+        .and_then(|mut f| f.write_all(&[0x11; 100]))
+        .expect("grow disk");
+    // Writable, it is refused: only a read-only disk may be ragged.
+    let (irq, _) = interrupt();
+    let rw = BlockConfig {
+        path: disk.path.clone(),
+        read_only: false,
+        id: String::new(),
+    };
+    assert!(Block::new(&rw, mem.clone(), irq).is_err());
+
+    let mut driver = Driver::new(&mem, 16);
+    let mut dev = device(&mem, &disk, true, &driver);
+    mem.write_slice(&[0xffu8; 1024], GuestAddress(BUF))
+        .expect("poison");
+    header(&mem, T_IN, 0);
+    three(&driver, 1024, F_WRITE);
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(status(&mem), S_OK);
+    let mut buf = [0u8; 1024];
+    mem.read_slice(&mut buf, GuestAddress(BUF)).expect("read");
+    assert!(buf[..512].iter().all(|b| *b == 0x5a));
+    assert!(buf[512..612].iter().all(|b| *b == 0x11));
+    assert!(buf[612..].iter().all(|b| *b == 0));
+    // Capacity is two sectors: a third is beyond the end.
+    header(&mem, T_IN, 2);
+    three(&driver, 512, F_WRITE);
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(status(&mem), S_IOERR);
 }

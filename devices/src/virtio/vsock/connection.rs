@@ -221,7 +221,8 @@ mod tests {
     #[test]
     fn credit_update_is_owed_after_half_the_buffer() {
         let (mut c, mut host) = pair();
-        c.guest_data(&vec![1u8; (CONN_BUF / 2) as usize]).expect("data");
+        c.guest_data(&vec![1u8; (CONN_BUF / 2) as usize])
+            .expect("data");
         let mut sink = vec![0u8; CONN_BUF as usize];
         let _ = host.read(&mut sink);
         assert!(c.owed.credit_update);

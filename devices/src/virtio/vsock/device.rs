@@ -19,8 +19,7 @@ use super::connection::{Connection, State};
 use super::proto::*;
 use crate::virtio::core::TOKEN_BACKEND;
 use crate::virtio::{
-    pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK,
-    VIRTIO_F_VERSION_1,
+    pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
 
 pub const RX: usize = 0;
@@ -150,7 +149,11 @@ impl Vsock {
     /// diagnostics): it must stay bounded whatever either side does.
     pub fn buffered_bytes(&self) -> usize {
         self.stash.values().map(Vec::len).sum::<usize>()
-            + self.conns.values().map(Connection::pending_len).sum::<usize>()
+            + self
+                .conns
+                .values()
+                .map(Connection::pending_len)
+                .sum::<usize>()
     }
 
     /// Resets owed to the guest for packets that matched no connection.
@@ -460,7 +463,16 @@ impl Vsock {
                 Ok(mut pkt) => match item {
                     Err(route) => {
                         self.stray.pop_front();
-                        fill(&mut pkt, Control { route, op: OP_RST, flags: 0 }, (0, 0), 0)
+                        fill(
+                            &mut pkt,
+                            Control {
+                                route,
+                                op: OP_RST,
+                                flags: 0,
+                            },
+                            (0, 0),
+                            0,
+                        )
                     }
                     Ok(key) => self.fill_for_conn(key, &mut pkt, ops),
                 },
@@ -546,13 +558,40 @@ impl Vsock {
                 data.drain(..n);
                 self.stash.insert(key, data);
             }
-            fill(pkt, Control { route, op: OP_RW, flags: 0 }, credit, n as u32)
+            fill(
+                pkt,
+                Control {
+                    route,
+                    op: OP_RW,
+                    flags: 0,
+                },
+                credit,
+                n as u32,
+            )
         } else if o.shutdown != 0 {
             let flags = std::mem::take(&mut o.shutdown);
-            fill(pkt, Control { route, op: OP_SHUTDOWN, flags }, credit, 0)
+            fill(
+                pkt,
+                Control {
+                    route,
+                    op: OP_SHUTDOWN,
+                    flags,
+                },
+                credit,
+                0,
+            )
         } else if o.credit_update {
             o.credit_update = false;
-            fill(pkt, Control { route, op: OP_CREDIT_UPDATE, flags: 0 }, credit, 0)
+            fill(
+                pkt,
+                Control {
+                    route,
+                    op: OP_CREDIT_UPDATE,
+                    flags: 0,
+                },
+                credit,
+                0,
+            )
         } else {
             return 0;
         };
@@ -573,7 +612,12 @@ impl Vsock {
 }
 
 /// Write a header into `pkt`; returns the bytes used (header + data).
-fn fill<B: BitmapSlice>(pkt: &mut VsockPacket<B>, c: Control, credit: (u32, u32), data_len: u32) -> u32 {
+fn fill<B: BitmapSlice>(
+    pkt: &mut VsockPacket<B>,
+    c: Control,
+    credit: (u32, u32),
+    data_len: u32,
+) -> u32 {
     pkt.set_src_cid(c.route.src_cid)
         .set_dst_cid(c.route.dst_cid)
         .set_src_port(c.route.src_port)
@@ -591,9 +635,14 @@ fn read_packet<B: BitmapSlice>(p: &VsockPacket<B>) -> Result<GuestPacket, String
     let len = p.len() as usize;
     let mut data = vec![0u8; len];
     if len > 0 {
-        let slice = p.data_slice().ok_or("header says data follows, but there is none")?;
+        let slice = p
+            .data_slice()
+            .ok_or("header says data follows, but there is none")?;
         if slice.len() < len {
-            return Err(format!("header length {len} exceeds its buffer ({})", slice.len()));
+            return Err(format!(
+                "header length {len} exceeds its buffer ({})",
+                slice.len()
+            ));
         }
         slice.read_slice(&mut data, 0).map_err(|e| e.to_string())?;
     }

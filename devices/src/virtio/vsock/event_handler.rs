@@ -2,8 +2,8 @@
 //! every connection's host socket.
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
 use std::os::fd::AsRawFd;
+use vmm_sys_util::epoll::EventSet;
 
 use super::device::{Vsock, RX, TOKEN_LISTENER, TX};
 use crate::virtio::core::TOKEN_ACTIVATE;

@@ -9,10 +9,11 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::super::connection::{Connection, State};
 use super::super::proto::*;
-use super::{parse_connect, Handshake, Key, Owner, Vsock, FIRST_LOCAL_PORT, MAX_CONNS, MAX_HANDSHAKE};
+use super::{
+    parse_connect, Handshake, Key, Owner, Vsock, FIRST_LOCAL_PORT, MAX_CONNS, MAX_HANDSHAKE,
+};
 
 impl Vsock {
-
     pub(in crate::virtio::vsock) fn accept_host_clients(&mut self, ops: &mut EventOps) {
         loop {
             match self.listener.accept() {
@@ -26,7 +27,13 @@ impl Vsock {
                     }
                     let fd = stream.as_raw_fd();
                     if let Some(token) = self.register(fd, Owner::Handshake, ops) {
-                        self.handshakes.insert(token, Handshake { stream, line: Vec::new() });
+                        self.handshakes.insert(
+                            token,
+                            Handshake {
+                                stream,
+                                line: Vec::new(),
+                            },
+                        );
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -129,7 +136,12 @@ impl Vsock {
     }
 
     /// Events on a connection's host socket.
-    pub(in crate::virtio::vsock) fn conn_event(&mut self, key: Key, set: EventSet, ops: &mut EventOps) {
+    pub(in crate::virtio::vsock) fn conn_event(
+        &mut self,
+        key: Key,
+        set: EventSet,
+        ops: &mut EventOps,
+    ) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
@@ -165,7 +177,12 @@ impl Vsock {
         self.update_interest(key, ops);
     }
 
-    pub(in crate::virtio::vsock) fn token_event(&mut self, token: u32, set: EventSet, ops: &mut EventOps) {
+    pub(in crate::virtio::vsock) fn token_event(
+        &mut self,
+        token: u32,
+        set: EventSet,
+        ops: &mut EventOps,
+    ) {
         match self.tokens.get(&token).copied() {
             Some(Owner::Conn(key)) => self.conn_event(key, set, ops),
             Some(Owner::Handshake) => self.handshake_readable(token, ops),

@@ -42,7 +42,14 @@ struct Rig<'a> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn header(op: u16, src_cid: u64, src_port: u32, dst_port: u32, len: u32, buf_alloc: u32) -> Vec<u8> {
+fn header(
+    op: u16,
+    src_cid: u64,
+    src_port: u32,
+    dst_port: u32,
+    len: u32,
+    buf_alloc: u32,
+) -> Vec<u8> {
     let mut h = Vec::with_capacity(HDR_LEN as usize);
     h.extend_from_slice(&src_cid.to_le_bytes());
     h.extend_from_slice(&HOST_CID.to_le_bytes());
@@ -59,20 +66,34 @@ fn header(op: u16, src_cid: u64, src_port: u32, dst_port: u32, len: u32, buf_all
 
 impl<'a> Rig<'a> {
     fn new(mem: &'a GuestMem, name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("vm-vsock-test-{}-{name}.sock", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("vm-vsock-test-{}-{name}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let (irq, _) = interrupt();
-        let cfg = VsockConfig { guest_cid: CID, uds_path: path.clone() };
+        let cfg = VsockConfig {
+            guest_cid: CID,
+            uds_path: path.clone(),
+        };
         let mut dev = Vsock::new(&cfg, mem.clone(), irq).expect("vsock");
         let rx = Driver::at(mem, RX_RING, 16);
         let tx = Driver::at(mem, TX_RING, 16);
         let ev = Driver::at(mem, EV_RING, 16);
         dev.set_acked_features(VIRTIO_F_VERSION_1);
-        dev.activate(vec![rx.queue(), tx.queue(), ev.queue()]).expect("activate");
+        dev.activate(vec![rx.queue(), tx.queue(), ev.queue()])
+            .expect("activate");
         let dev = Arc::new(Mutex::new(dev));
         let mut em = EventManager::new().expect("event manager");
         let id = em.add_subscriber(dev.clone());
-        Self { mem, dev, em, id, rx, tx, path, tx_slot: 0 }
+        Self {
+            mem,
+            dev,
+            em,
+            id,
+            rx,
+            tx,
+            path,
+            tx_slot: 0,
+        }
     }
 
     fn ops(&mut self) -> EventOps<'_> {
@@ -87,8 +108,16 @@ impl<'a> Rig<'a> {
         self.mem.write_slice(hdr, GuestAddress(base)).expect("hdr");
         match data {
             Some((bytes, buf_len)) => {
-                self.mem.write_slice(bytes, GuestAddress(base + 0x1000)).expect("data");
-                self.tx.store(slot, &[desc(base, HDR_LEN, F_NEXT, slot + 1), desc(base + 0x1000, buf_len, 0, 0)]);
+                self.mem
+                    .write_slice(bytes, GuestAddress(base + 0x1000))
+                    .expect("data");
+                self.tx.store(
+                    slot,
+                    &[
+                        desc(base, HDR_LEN, F_NEXT, slot + 1),
+                        desc(base + 0x1000, buf_len, 0, 0),
+                    ],
+                );
             }
             None => self.tx.store(slot, &[desc(base, HDR_LEN, 0, 0)]),
         }
@@ -102,7 +131,8 @@ impl<'a> Rig<'a> {
     fn give_rx(&mut self, n: u16) {
         for i in 0..n {
             let base = DATA + 0x20_0000 + 0x1_1000 * u64::from(i);
-            self.rx.store(i, &[desc(base, HDR_LEN + 0x10000, F_WRITE, 0)]);
+            self.rx
+                .store(i, &[desc(base, HDR_LEN + 0x10000, F_WRITE, 0)]);
             self.rx.offer(i);
         }
         let dev = self.dev.clone();
@@ -135,7 +165,10 @@ fn guest_connects_to_a_host_listener_and_sends_data() {
     let (mut host, _) = listener.accept().expect("accepted");
     rig.give_rx(1);
     assert_eq!(rig.rx_packet(0).0, OP_RESPONSE);
-    rig.send(&header(OP_RW, CID, 1234, 5000, 5, CONN_BUF), Some((b"hello", 5)));
+    rig.send(
+        &header(OP_RW, CID, 1234, 5000, 5, CONN_BUF),
+        Some((b"hello", 5)),
+    );
     let mut buf = [0u8; 5];
     host.read_exact(&mut buf).expect("read");
     assert_eq!(&buf, b"hello");
@@ -145,7 +178,9 @@ fn guest_connects_to_a_host_listener_and_sends_data() {
     let tokens: Vec<u32> = (0x201..0x210).collect();
     for t in tokens {
         let mut ops = rig.ops();
-        dev.lock().expect("lock").token_event(t, vmm_sys_util::epoll::EventSet::IN, &mut ops);
+        dev.lock()
+            .expect("lock")
+            .token_event(t, vmm_sys_util::epoll::EventSet::IN, &mut ops);
     }
     rig.give_rx(1);
     assert_eq!(rig.rx_packet(1), (OP_RW, 6));
@@ -167,11 +202,20 @@ fn header_length_beyond_its_buffer_is_dropped() {
     let _l = UnixListener::bind(format!("{}_5000", rig.path.display())).expect("listen");
     rig.send(&header(OP_REQUEST, CID, 1, 5000, 0, CONN_BUF), None);
     // Says 4096 bytes of data, brings a 100-byte buffer.
-    rig.send(&header(OP_RW, CID, 1, 5000, 4096, CONN_BUF), Some((&[1u8; 100], 100)));
+    rig.send(
+        &header(OP_RW, CID, 1, 5000, 4096, CONN_BUF),
+        Some((&[1u8; 100], 100)),
+    );
     // Says more than any packet may carry.
-    rig.send(&header(OP_RW, CID, 1, 5000, MAX_PKT_DATA + 1, CONN_BUF), Some((&[1u8; 100], 100)));
+    rig.send(
+        &header(OP_RW, CID, 1, 5000, MAX_PKT_DATA + 1, CONN_BUF),
+        Some((&[1u8; 100], 100)),
+    );
     assert_eq!(rig.tx.used_count(), 3, "every buffer returned");
-    assert!(rig.dev.lock().expect("lock").core.active, "device still working");
+    assert!(
+        rig.dev.lock().expect("lock").core.active,
+        "device still working"
+    );
 }
 
 #[test]
@@ -222,9 +266,16 @@ fn a_guest_that_never_reads_rx_costs_bounded_memory() {
         }
     }
     let d = dev.lock().expect("lock");
-    assert!(d.buffered_bytes() <= MAX_PKT_DATA as usize, "buffered {}", d.buffered_bytes());
+    assert!(
+        d.buffered_bytes() <= MAX_PKT_DATA as usize,
+        "buffered {}",
+        d.buffered_bytes()
+    );
     assert!(d.owed_resets() <= 256, "owed {}", d.owed_resets());
-    assert!(sent < 400 * 65536, "no back-pressure: the host wrote {sent} bytes into a guest that never reads");
+    assert!(
+        sent < 400 * 65536,
+        "no back-pressure: the host wrote {sent} bytes into a guest that never reads"
+    );
 }
 
 #[test]
@@ -236,10 +287,15 @@ fn guest_exceeding_our_buffer_is_reset() {
     let (_host, _) = listener.accept().expect("accepted"); // never reads
     let data = vec![9u8; 0x10000];
     for _ in 0..64 {
-        rig.send(&header(OP_RW, CID, 7, 5000, 0x10000, CONN_BUF), Some((&data, 0x10000)));
+        rig.send(
+            &header(OP_RW, CID, 7, 5000, 0x10000, CONN_BUF),
+            Some((&data, 0x10000)),
+        );
     }
     rig.give_rx(8);
-    let ops: Vec<u16> = (0..rig.rx.used_count()).map(|i| rig.rx_packet(i).0).collect();
+    let ops: Vec<u16> = (0..rig.rx.used_count())
+        .map(|i| rig.rx_packet(i).0)
+        .collect();
     assert!(ops.contains(&OP_RST), "got {ops:?}");
     assert_eq!(rig.dev.lock().expect("lock").buffered_bytes(), 0);
 }
