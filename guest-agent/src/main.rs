@@ -1,23 +1,41 @@
 //! vm-agent: PID 1 inside the microVM.
 //!
-//! This first version brings the guest up (pseudo-filesystems, console),
-//! tells the VMM that userspace has started, reports what the guest sees,
-//! and powers the VM off. Running containers comes on top of this.
+//! It brings the guest up (pseudo-filesystems, console), tells the VMM
+//! that userspace has started, and then either runs a container for
+//! `vm run` (when the kernel command line carries `vm.agent=PORT`) or
+//! reports what the guest sees and powers off (`vm boot`).
+//!
+//! The same binary is also the container's init: the agent starts it
+//! again as `/init --container-init` inside the container's namespaces.
 
 mod boot_timer;
+mod container;
+mod disks;
+mod host_link;
 mod power;
+mod rootfs;
+mod run;
 mod sysinfo;
 mod system;
+mod users;
 
 use std::io::Write;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(container::INIT_ARG) {
+        container::init_main();
+    }
     if let Err(e) = system::mount_basics() {
         // Without /dev there may be no console: try to say it anyway.
         eprintln!("vm-agent: {e}");
     }
     system::attach_console();
     boot_timer::signal_userspace_started();
+
+    if let Some(port) = host_link::control_port() {
+        run::main(port);
+        power::off();
+    }
 
     let info = sysinfo::read();
     let mut out = std::io::stdout().lock();

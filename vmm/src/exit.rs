@@ -19,11 +19,17 @@ pub enum ExitReason {
     InternalError { cpu: u8, detail: String },
     /// Something in the VMM failed while running the guest.
     VmmError(String),
+    /// The host side stopped the VM (`vm run` once the container is done,
+    /// or when the guest did not answer in time).
+    Stopped,
 }
 
 impl ExitReason {
     pub fn is_clean(&self) -> bool {
-        matches!(self, ExitReason::Reset | ExitReason::PowerOff)
+        matches!(
+            self,
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped
+        )
     }
 }
 

@@ -7,6 +7,7 @@ mod exit;
 mod host;
 mod loader;
 mod memory;
+mod run;
 mod vcpu;
 mod vm;
 
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand};
 use crate::exit::ExitReason;
 
 /// Exit status when `vm` itself fails (Docker's convention).
-const EXIT_VM_FAILED: u8 = 125;
+pub const EXIT_VM_FAILED: u8 = 125;
 /// Exit status when the guest crashed (panic, triple fault).
 const EXIT_GUEST_CRASHED: u8 = 1;
 
@@ -34,6 +35,8 @@ enum Command {
     /// Boot a kernel (and initrd) in a microVM with the serial console on
     /// stdout. Exits 0 when the guest powers off or reboots.
     Boot(BootArgs),
+    /// Run a command in a new container, in its own microVM.
+    Run(run::RunArgs),
 }
 
 #[derive(clap::Args)]
@@ -94,6 +97,7 @@ fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String>
         path: PathBuf::from(path),
         read_only: false,
         id: String::new(),
+        window: None,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Boot(args) => boot(args),
+        Command::Run(args) => run::main(args),
     }
 }
 
@@ -135,8 +140,17 @@ fn boot(args: BootArgs) -> ExitCode {
         report_boot_time: args.boot_time,
         disks: args.disks,
         vsock: args.vsock,
+        console: Box::new(std::io::stdout()),
+        console_input: true,
+        exit: match exit::ExitSignal::new() {
+            Ok(e) => std::sync::Arc::new(e),
+            Err(e) => {
+                eprintln!("vm: error: {e}");
+                return ExitCode::from(EXIT_VM_FAILED);
+            }
+        },
     };
-    let outcome = match vm::run(&cfg) {
+    let outcome = match vm::run(cfg) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("vm: error: {e}");
@@ -166,7 +180,7 @@ fn boot(args: BootArgs) -> ExitCode {
             eprintln!("vm: error: {msg}");
             ExitCode::from(EXIT_VM_FAILED)
         }
-        ExitReason::Reset | ExitReason::PowerOff => ExitCode::SUCCESS,
+        ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => ExitCode::SUCCESS,
     }
 }
 

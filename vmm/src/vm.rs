@@ -47,6 +47,13 @@ pub struct VmConfig {
     pub disks: Vec<BlockConfig>,
     /// A virtio-vsock device with its host side on Unix sockets.
     pub vsock: Option<VsockConfig>,
+    /// Where the guest's serial console goes (its last lines are kept for
+    /// diagnostics either way).
+    pub console: Box<dyn Write + Send>,
+    /// Feed our stdin to the serial console (`vm boot`).
+    pub console_input: bool,
+    /// Lets another thread stop the VM (`ExitReason::Stopped`).
+    pub exit: Arc<ExitSignal>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,11 +129,11 @@ pub fn validate(cfg: &VmConfig) -> Result<(), Error> {
     Ok(())
 }
 
-type Console = ConsoleOut<io::Stdout>;
+type Console = ConsoleOut<Box<dyn Write + Send>>;
 
-pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
+pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     let start = Instant::now();
-    validate(cfg)?;
+    validate(&cfg)?;
     // Check the files before touching KVM, so a typo is reported as such.
     loader::check_files(&cfg.kernel, cfg.initrd.as_deref())?;
     let kvm = host::open_kvm()?;
@@ -180,11 +187,14 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     )?;
 
     // Devices.
-    let exit = Arc::new(ExitSignal::new()?);
+    let exit = cfg.exit.clone();
     let serial_irq = EventFd::new(EFD_NONBLOCK)?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("register serial irqfd"))?;
-    let console = ConsoleOut::new(io::stdout(), exit.clone());
+    let console = ConsoleOut::new(
+        std::mem::replace(&mut cfg.console, Box::new(io::sink())),
+        exit.clone(),
+    );
     let serial = Arc::new(Mutex::new(Serial::new(
         EventFdTrigger::new(serial_irq),
         console,
@@ -241,6 +251,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
     }
 
     let result = event_loop(
+        cfg.console_input,
         &exit,
         &reset_evt,
         &serial,
@@ -273,6 +284,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome, Error> {
 /// Wait for the guest to end, feeding stdin to the serial console and
 /// flushing console output that has no newline yet.
 fn event_loop(
+    console_input: bool,
     exit: &Arc<ExitSignal>,
     reset_evt: &EventFd,
     serial: &Arc<Mutex<Serial<Console>>>,
@@ -288,7 +300,7 @@ fn event_loop(
         reset: reset_evt.try_clone()?,
     }));
     em.add_subscriber(watcher);
-    if stdin_is_usable() {
+    if console_input && stdin_is_usable() {
         em.add_subscriber(Arc::new(Mutex::new(StdinInput {
             serial: serial.clone(),
         })));
@@ -392,6 +404,9 @@ mod tests {
             report_boot_time: false,
             disks: Vec::new(),
             vsock: None,
+            console: Box::new(io::sink()),
+            console_input: false,
+            exit: Arc::new(ExitSignal::new().expect("eventfd")),
         }
     }
 

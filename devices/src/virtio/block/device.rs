@@ -22,6 +22,9 @@ pub struct BlockConfig {
     pub read_only: bool,
     /// Serial number reported by GET_ID (at most 20 bytes).
     pub id: String,
+    /// The disk is `size` bytes of the file starting at `offset` (a blob
+    /// inside an archive); `None` means the whole file.
+    pub window: Option<(u64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,13 @@ pub enum Error {
         "disk image {path} is {size} bytes, not a multiple of 512 (only a read-only disk may be)"
     )]
     Size { path: PathBuf, size: u64 },
+    #[error("{path} is {size} bytes; it has no {len} bytes at offset {offset}")]
+    Window {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
     #[error("disk id {0:?} is longer than 20 bytes")]
     Id(String),
     #[error("{0}")]
@@ -46,6 +56,8 @@ pub struct Block {
     pub(super) file: File,
     capacity_sectors: u64,
     read_only: bool,
+    offset: u64,
+    size: u64,
     id: [u8; ID_BYTES],
     config_space: Vec<u8>,
     avail_features: u64,
@@ -68,6 +80,20 @@ impl Block {
                 source,
             })?
             .len();
+        let (offset, size) = match cfg.window {
+            None => (0, size),
+            Some((offset, len)) if offset.checked_add(len).is_some_and(|end| end <= size) => {
+                (offset, len)
+            }
+            Some((offset, len)) => {
+                return Err(Error::Window {
+                    path: cfg.path.clone(),
+                    offset,
+                    len,
+                    size,
+                })
+            }
+        };
         // A read-only disk may end mid-sector (an image layer blob handed
         // in as is); the rest of its last sector reads as zeros.
         if size % SECTOR_SIZE != 0 && !cfg.read_only {
@@ -100,6 +126,8 @@ impl Block {
             file,
             capacity_sectors,
             read_only: cfg.read_only,
+            offset,
+            size,
             id,
             config_space,
             avail_features,
@@ -112,6 +140,8 @@ impl Block {
         let info = DiskInfo {
             capacity_sectors: self.capacity_sectors,
             read_only: self.read_only,
+            offset: self.offset,
+            size: self.size,
             id: &self.id,
         };
         let file = &self.file;

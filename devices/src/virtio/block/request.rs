@@ -41,6 +41,9 @@ unsafe impl ByteValued for RequestHeader {}
 pub struct DiskInfo<'a> {
     pub capacity_sectors: u64,
     pub read_only: bool,
+    /// Where the disk starts in the file, and its length in bytes.
+    pub offset: u64,
+    pub size: u64,
     pub id: &'a [u8; ID_BYTES],
 }
 
@@ -226,16 +229,20 @@ fn read_data(
         );
     }
     let mut f = disk;
-    if let Err(e) = f.seek(SeekFrom::Start(sector * SECTOR_SIZE)) {
+    let start = sector * SECTOR_SIZE;
+    if let Err(e) = f.seek(SeekFrom::Start(info.offset + start)) {
         return (0, S_IOERR, Some(format!("seek: {e}")));
     }
+    // Bytes of the disk left from here; past them (the partial last
+    // sector of a read-only disk) the guest reads zeros.
+    let mut left = info.size.saturating_sub(start);
     let mut done = 0;
     for &s in segs {
         let mut dst = match slice(mem, s) {
             Ok(v) => v,
             Err(e) => return (done, S_IOERR, Some(e)),
         };
-        if let Err(e) = read_or_zero(&mut f, &mut dst) {
+        if let Err(e) = read_or_zero(&mut f, &mut dst, &mut left) {
             return (done, S_IOERR, Some(format!("read at sector {sector}: {e}")));
         }
         done += s.len;
@@ -245,11 +252,24 @@ fn read_data(
 
 /// Fills `dst` from the file; past the end of the file (the partial last
 /// sector of a read-only disk) it fills zeros.
-fn read_or_zero(f: &mut &File, dst: &mut VolatileSlice<'_, ()>) -> std::io::Result<()> {
+fn read_or_zero(
+    f: &mut &File,
+    dst: &mut VolatileSlice<'_, ()>,
+    left: &mut u64,
+) -> std::io::Result<()> {
     let mut off = 0;
     while off < dst.len() {
+        let want = (dst.len() - off).min(usize::try_from(*left).unwrap_or(usize::MAX));
         let mut rest = dst.offset(off).map_err(std::io::Error::other)?;
-        match f.read_volatile(&mut rest) {
+        if want < rest.len() {
+            rest = rest.subslice(0, want).map_err(std::io::Error::other)?;
+        }
+        let got = if want == 0 {
+            Ok(0)
+        } else {
+            f.read_volatile(&mut rest)
+        };
+        match got {
             Ok(0) => {
                 const ZEROS: [u8; 512] = [0; 512];
                 while off < dst.len() {
@@ -260,7 +280,10 @@ fn read_or_zero(f: &mut &File, dst: &mut VolatileSlice<'_, ()>) -> std::io::Resu
                     off += n;
                 }
             }
-            Ok(n) => off += n,
+            Ok(n) => {
+                off += n;
+                *left -= n as u64;
+            }
             Err(vm_memory::VolatileMemoryError::IOError(e))
                 if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(std::io::Error::other(e)),
@@ -298,7 +321,7 @@ fn write_data(
         }
     }
     let mut f = disk;
-    if let Err(e) = f.seek(SeekFrom::Start(sector * SECTOR_SIZE)) {
+    if let Err(e) = f.seek(SeekFrom::Start(info.offset + sector * SECTOR_SIZE)) {
         return (0, S_IOERR, Some(format!("seek: {e}")));
     }
     for src in &slices {

@@ -42,6 +42,7 @@ fn device(mem: &GuestMem, disk: &Disk, read_only: bool, driver: &Driver) -> Bloc
         path: disk.path.clone(),
         read_only,
         id: "serial-1".into(),
+        window: None,
     };
     let mut dev = Block::new(&cfg, mem.clone(), irq).expect("block device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);
@@ -355,6 +356,7 @@ fn a_read_only_disk_may_end_mid_sector_and_reads_zeros_past_its_end() {
         path: disk.path.clone(),
         read_only: false,
         id: String::new(),
+        window: None,
     };
     assert!(Block::new(&rw, mem.clone(), irq).is_err());
 
@@ -378,4 +380,43 @@ fn a_read_only_disk_may_end_mid_sector_and_reads_zeros_past_its_end() {
     driver.offer(0);
     dev.process_queue();
     assert_eq!(status(&mem), S_IOERR);
+}
+
+#[test]
+fn a_window_of_a_file_is_a_disk_and_nothing_past_it_shows() {
+    let mem = memory();
+    let disk = Disk::new("window", 0, 0);
+    let mut body = vec![0xaau8; 1000];
+    body.extend_from_slice(&[0x22; 700]);
+    body.extend_from_slice(&[0x33; 900]);
+    std::fs::write(&disk.path, &body).expect("write");
+    let (irq, _) = interrupt();
+    let cfg = BlockConfig {
+        path: disk.path.clone(),
+        read_only: true,
+        id: String::new(),
+        window: Some((1000, 700)),
+    };
+    let mut dev = Block::new(&cfg, mem.clone(), irq).expect("device");
+    let mut driver = Driver::new(&mem, 16);
+    dev.set_acked_features(VIRTIO_F_VERSION_1);
+    dev.activate(vec![driver.queue()]).expect("activate");
+    mem.write_slice(&[0xffu8; 1024], GuestAddress(BUF))
+        .expect("poison");
+    header(&mem, T_IN, 0);
+    three(&driver, 1024, F_WRITE);
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(status(&mem), S_OK);
+    let mut buf = [0u8; 1024];
+    mem.read_slice(&mut buf, GuestAddress(BUF)).expect("read");
+    assert!(buf[..700].iter().all(|b| *b == 0x22));
+    assert!(buf[700..].iter().all(|b| *b == 0));
+    // A window past the end of the file is refused.
+    let (irq, _) = interrupt();
+    let bad = BlockConfig {
+        window: Some((2000, 700)),
+        ..cfg
+    };
+    assert!(Block::new(&bad, mem.clone(), irq).is_err());
 }

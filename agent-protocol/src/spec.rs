@@ -1,0 +1,97 @@
+//! The messages.
+
+use serde::{Deserialize, Serialize};
+
+/// Host to agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMessage {
+    Run(Box<RunSpec>),
+    /// Deliver this signal to the container's process.
+    Signal(i32),
+    /// The terminal's new size (with `-t`).
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+}
+
+/// Agent to host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMessage {
+    Hello {
+        version: u32,
+    },
+    /// The image is unpacked and the process started.
+    Started,
+    /// The process ended; `code` follows Docker (128+N for signal N).
+    Exited {
+        code: i32,
+    },
+    /// The container could not be run. `code` is the exit status `vm run`
+    /// should give: 125 (setting up failed), 126 (not executable) or 127
+    /// (not found).
+    Failed {
+        code: i32,
+        message: String,
+    },
+}
+
+/// Everything the agent needs to run one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The image layers, bottom first, each a read-only disk.
+    pub layers: Vec<Layer>,
+    /// Serial of the writable scratch disk (an empty ext4 file system)
+    /// that holds the unpacked image and the container's writes.
+    pub scratch_disk: String,
+    pub process: Process,
+    pub hostname: String,
+    /// Mount the container's root file system read-only.
+    pub read_only: bool,
+    /// Caps on what one layer may unpack to.
+    pub max_layer_bytes: u64,
+    pub max_layer_entries: u64,
+}
+
+/// One layer blob, handed in as a read-only virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Layer {
+    /// Serial of the disk (virtio-blk GET_ID) that holds the blob.
+    pub disk: String,
+    /// Bytes of the blob (the disk is rounded up to whole sectors).
+    pub size: u64,
+    pub compression: Compression,
+    /// The blob's digest, for messages.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The container's process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Process {
+    /// argv; `args[0]` is looked up in the container's PATH.
+    pub args: Vec<String>,
+    /// NAME=VALUE pairs.
+    pub env: Vec<String>,
+    /// Working directory (absolute); created when missing, as Docker does.
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`, resolved through the
+    /// image's /etc/passwd and /etc/group; empty means root.
+    pub user: String,
+    /// Give the process a pseudo-terminal (stdout and stderr merge).
+    pub terminal: bool,
+    /// Connect the host's stdin.
+    pub stdin: bool,
+    /// The terminal size to start with (with `terminal`).
+    pub rows: u16,
+    pub cols: u16,
+}

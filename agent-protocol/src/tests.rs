@@ -1,0 +1,80 @@
+use std::io::Cursor;
+
+use super::*;
+
+fn spec() -> RunSpec {
+    RunSpec {
+        layers: vec![Layer {
+            disk: "layer0".into(),
+            size: 1234,
+            compression: Compression::Gzip,
+            digest: "sha256:00".into(),
+        }],
+        scratch_disk: "scratch".into(),
+        process: Process {
+            args: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            user: "1000:1000".into(),
+            terminal: false,
+            stdin: true,
+            rows: 24,
+            cols: 80,
+        },
+        hostname: "c1".into(),
+        read_only: false,
+        max_layer_bytes: 1 << 30,
+        max_layer_entries: 1 << 20,
+    }
+}
+
+#[test]
+fn frames_round_trip() {
+    let mut buf = Vec::new();
+    let msgs = [
+        HostMessage::Run(Box::new(spec())),
+        HostMessage::Signal(15),
+        HostMessage::Resize {
+            rows: 50,
+            cols: 132,
+        },
+    ];
+    for m in &msgs {
+        write_frame(&mut buf, m).expect("write");
+    }
+    let mut r = Cursor::new(buf);
+    for m in &msgs {
+        let got: HostMessage = read_frame(&mut r).expect("read").expect("a frame");
+        assert_eq!(&got, m);
+    }
+    assert!(read_frame::<_, HostMessage>(&mut r).expect("eof").is_none());
+}
+
+#[test]
+fn oversized_frames_are_refused_before_reading_them() {
+    let mut data = (u32::MAX).to_be_bytes().to_vec();
+    data.extend_from_slice(b"{}");
+    let err = read_frame::<_, AgentMessage>(&mut Cursor::new(data)).expect_err("too large");
+    assert!(matches!(err, FrameError::TooLarge(_)), "{err}");
+}
+
+#[test]
+fn malformed_and_truncated_frames_are_errors() {
+    let mut data = 5u32.to_be_bytes().to_vec();
+    data.extend_from_slice(b"{{{{{");
+    let err = read_frame::<_, AgentMessage>(&mut Cursor::new(data)).expect_err("bad json");
+    assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+
+    let mut data = 100u32.to_be_bytes().to_vec();
+    data.extend_from_slice(b"{\"started\"");
+    let err = read_frame::<_, AgentMessage>(&mut Cursor::new(data)).expect_err("short");
+    assert!(matches!(err, FrameError::Truncated), "{err}");
+
+    let err = read_frame::<_, AgentMessage>(&mut Cursor::new(vec![0u8, 0])).expect_err("short len");
+    assert!(matches!(err, FrameError::Truncated), "{err}");
+
+    // Valid JSON of the wrong shape.
+    let mut buf = Vec::new();
+    write_frame(&mut buf, &serde_json::json!({"exited": {"code": "x"}})).expect("write");
+    assert!(read_frame::<_, AgentMessage>(&mut Cursor::new(buf)).is_err());
+}

@@ -1,0 +1,215 @@
+//! The OCI image layout (a directory or an archive of one): index.json,
+//! then the manifest for a tag (or the only one), resolved to linux/amd64
+//! through nested indexes, then the config and the layers.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+
+use crate::archive::Archive;
+use crate::digest::{read_verified, verify, Digest};
+use crate::media::{self, MAX_JSON};
+use crate::{BlobSource, Error, Image, LayerBlob, Result, RunConfig};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Nested indexes followed before giving up (a loop in a hostile layout).
+const MAX_DEPTH: usize = 4;
+
+pub enum Layout {
+    Dir(PathBuf),
+    Archive(Archive),
+}
+
+impl Layout {
+    pub fn dir(p: &Path) -> Self {
+        Layout::Dir(p.to_path_buf())
+    }
+
+    pub fn archive(a: Archive) -> Self {
+        Layout::Archive(a)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Layout::Dir(d) => format!("OCI layout {}", d.display()),
+            Layout::Archive(a) => format!("OCI archive {}", a.path().display()),
+        }
+    }
+
+    /// A file of the layout by name (`index.json`, `oci-layout`, blobs).
+    fn file(&self, name: &str) -> Option<BlobSource> {
+        match self {
+            Layout::Dir(d) => {
+                let path = d.join(name);
+                let meta = std::fs::metadata(&path).ok()?;
+                meta.is_file().then_some(BlobSource {
+                    path,
+                    offset: 0,
+                    size: meta.len(),
+                })
+            }
+            Layout::Archive(a) => a.get(name),
+        }
+    }
+
+    fn blob(&self, what: &'static str, digest: &Digest) -> Result<BlobSource> {
+        let name = format!("blobs/sha256/{}", digest.hex());
+        self.file(&name).ok_or_else(|| Error::MissingBlob {
+            what,
+            digest: digest.to_string(),
+            path: match self {
+                Layout::Dir(d) => d.join(&name),
+                Layout::Archive(a) => a.path().join(&name),
+            },
+        })
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, data: &[u8]) -> Result<T> {
+    serde_json::from_slice(data).map_err(|e| Error::Invalid {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Image> {
+    let name = layout.describe();
+    let marker = layout.file("oci-layout").ok_or_else(|| {
+        Error::NotFound(format!(
+            "{name} is not an OCI image layout (no oci-layout file)"
+        ))
+    })?;
+    let _: serde_json::Value = parse(&format!("{name}: oci-layout"), &marker.read_small()?)?;
+    let index_src = layout
+        .file("index.json")
+        .ok_or_else(|| Error::NotFound(format!("{name} has no index.json")))?;
+    let index: ImageIndex = parse(&format!("{name}: index.json"), &index_src.read_small()?)?;
+
+    let manifests = index.manifests();
+    let chosen = match tag {
+        Some(t) => manifests
+            .iter()
+            .find(|d| {
+                d.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .is_some_and(|n| n == t)
+            })
+            .ok_or_else(|| Error::NotFound(format!("{name} has no image tagged {t:?}")))?,
+        None => match manifests.as_slice() {
+            [one] => one,
+            [] => return Err(Error::NotFound(format!("{name} holds no image"))),
+            _ => {
+                return Err(Error::NotFound(format!(
+                    "{name} holds {} images; name one with :TAG",
+                    manifests.len()
+                )))
+            }
+        },
+    };
+    let (digest, manifest) = resolve(
+        layout,
+        chosen.media_type().to_string(),
+        chosen.digest().to_string(),
+        chosen.size(),
+        0,
+    )?;
+    image_from_manifest(layout, digest, &manifest)
+}
+
+/// Follows an index (or manifest list) down to the linux/amd64 manifest.
+fn resolve(
+    layout: &Layout,
+    media_type: String,
+    digest: String,
+    size: u64,
+    depth: usize,
+) -> Result<(Digest, ImageManifest)> {
+    let d = Digest::parse(&digest)?;
+    let src = layout.blob("manifest", &d)?;
+    let data = read_verified(&src, "manifest", &d, size, MAX_JSON)?;
+    match media_type.as_str() {
+        media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
+            Ok((d.clone(), parse(&format!("manifest {d}"), &data)?))
+        }
+        media::OCI_INDEX | media::DOCKER_LIST => {
+            if depth >= MAX_DEPTH {
+                return Err(Error::Invalid {
+                    what: format!("index {d}"),
+                    detail: "indexes nest too deep".into(),
+                });
+            }
+            let index: ImageIndex = parse(&format!("index {d}"), &data)?;
+            let pick = index
+                .manifests()
+                .iter()
+                .find(|m| {
+                    m.platform().as_ref().is_some_and(|p| {
+                        p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
+                    })
+                })
+                .ok_or_else(|| Error::NotFound(format!("index {d} has no linux/amd64 image")))?;
+            resolve(
+                layout,
+                pick.media_type().to_string(),
+                pick.digest().to_string(),
+                pick.size(),
+                depth + 1,
+            )
+        }
+        other => Err(Error::UnsupportedMediaType {
+            what: "manifest",
+            media_type: other.to_string(),
+        }),
+    }
+}
+
+fn image_from_manifest(
+    layout: &Layout,
+    manifest_digest: Digest,
+    m: &ImageManifest,
+) -> Result<Image> {
+    let cfg_desc = m.config();
+    media::check_config(cfg_desc.media_type().as_ref())?;
+    let cfg_digest = Digest::parse(cfg_desc.digest().as_ref())?;
+    let cfg_src = layout.blob("image config", &cfg_digest)?;
+    let cfg_data = read_verified(
+        &cfg_src,
+        "image config",
+        &cfg_digest,
+        cfg_desc.size(),
+        MAX_JSON,
+    )?;
+    let config: ImageConfiguration = parse(&format!("image config {cfg_digest}"), &cfg_data)?;
+    let mut layers = Vec::with_capacity(m.layers().len());
+    for l in m.layers() {
+        let compression = media::layer_compression(l.media_type().as_ref())?;
+        let digest = Digest::parse(l.digest().as_ref())?;
+        let source = layout.blob("layer", &digest)?;
+        verify(&source, "layer", &digest, l.size())?;
+        layers.push(LayerBlob {
+            source,
+            compression,
+            digest,
+        });
+    }
+    Ok(Image {
+        reference: String::new(),
+        manifest_digest,
+        layers,
+        config: run_config(&config),
+    })
+}
+
+pub fn run_config(c: &ImageConfiguration) -> RunConfig {
+    let Some(cfg) = c.config() else {
+        return RunConfig::default();
+    };
+    RunConfig {
+        entrypoint: cfg.entrypoint().clone().unwrap_or_default(),
+        cmd: cfg.cmd().clone().unwrap_or_default(),
+        env: cfg.env().clone().unwrap_or_default(),
+        working_dir: cfg.working_dir().clone().unwrap_or_default(),
+        user: cfg.user().clone().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,107 @@
+//! Container images on the host side: where an image comes from
+//! (`oci:`, `oci-archive:`, `docker-archive:`), its manifest and config,
+//! and the layer blobs, each checked against its digest and size before
+//! use. Layer contents are never parsed here: the guest unpacks them.
+
+mod archive;
+mod blob;
+mod digest;
+mod docker_archive;
+mod layout;
+mod media;
+mod reference;
+
+use std::path::PathBuf;
+
+pub use digest::Digest;
+pub use media::Compression;
+pub use reference::Reference;
+
+/// A byte range of a file that holds one blob: a file of its own in an
+/// OCI layout, or an entry inside an archive (read in place, not copied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobSource {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// One verified layer.
+#[derive(Debug, Clone)]
+pub struct LayerBlob {
+    pub source: BlobSource,
+    pub compression: Compression,
+    pub digest: Digest,
+}
+
+/// What the image says about running it (the OCI config's `config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// An image ready to run: layers bottom first, all verified.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub reference: String,
+    /// The digest of the manifest (the image's identity).
+    pub manifest_digest: Digest,
+    pub layers: Vec<LayerBlob>,
+    pub config: RunConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Reference(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} {digest} is missing from the image (expected at {path})")]
+    MissingBlob {
+        what: &'static str,
+        digest: String,
+        path: PathBuf,
+    },
+    #[error("{what} {expected} does not match its content: {detail}; the image is corrupt or was tampered with")]
+    DigestMismatch {
+        what: &'static str,
+        expected: String,
+        detail: String,
+    },
+    #[error("unsupported {what} media type {media_type:?}")]
+    UnsupportedMediaType {
+        what: &'static str,
+        media_type: String,
+    },
+    #[error("{what} is not valid: {detail}")]
+    Invalid { what: String, detail: String },
+    #[error("{0}")]
+    NotFound(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Opens and verifies the image a reference names.
+pub fn open(reference: &str) -> Result<Image> {
+    let r = Reference::parse(reference)?;
+    let mut image = match &r {
+        Reference::OciDir { dir, tag } => layout::open(&layout::Layout::dir(dir), tag.as_deref()),
+        Reference::OciArchive { file, tag } => {
+            let l = layout::Layout::archive(archive::Archive::index(file)?);
+            layout::open(&l, tag.as_deref())
+        }
+        Reference::DockerArchive { file } => docker_archive::open(&archive::Archive::index(file)?),
+    }?;
+    image.reference = reference.to_string();
+    Ok(image)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,384 @@
+//! `vm run IMAGE [COMMAND] [ARG...]`: a container in its own microVM.
+//!
+//! The host opens and verifies the image, makes a sparse scratch disk
+//! with an empty ext4, and boots the guest with the layer blobs as
+//! read-only disks. The agent (PID 1) connects over vsock, gets the run
+//! spec, unpacks the layers inside the VM, runs the process, and streams
+//! its stdio back; `vm run` exits with the process's status.
+
+mod assets;
+mod scratch;
+mod session;
+pub mod spec;
+mod tty;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_protocol::{Compression, HostMessage, Layer, Process, RunSpec};
+use devices::virtio::block::BlockConfig;
+use devices::virtio::vsock::VsockConfig;
+
+use crate::exit::{ExitReason, ExitSignal};
+use crate::vm::{self, VmConfig};
+
+const GUEST_CID: u64 = 3;
+const DEFAULT_MEMORY_MIB: u64 = 512;
+/// What one layer may unpack to, and how many entries it may have.
+const MAX_LAYER_BYTES: u64 = 64 << 30;
+const MAX_LAYER_ENTRIES: u64 = 4 << 20;
+/// How long the agent has to connect after the VM starts (VM_AGENT_TIMEOUT
+/// overrides, in seconds).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the guest has to power off after reporting the exit status.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    /// Set an environment variable (NAME=VALUE, or NAME to pass the host's).
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file (NAME=VALUE lines).
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User to run as: name, uid, name:group or uid:gid.
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Override the image's entrypoint (and drop its default command).
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// Keep stdin open and pass it to the container.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the container a pseudo-terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Remove the container when it exits (nothing is kept anyway).
+    #[arg(long)]
+    rm: bool,
+    /// A name for the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// The container's host name.
+    #[arg(short = 'h', long)]
+    hostname: Option<String>,
+    /// vCPUs (a fraction rounds up).
+    #[arg(long, value_parser = spec::parse_cpus, default_value = "1")]
+    cpus: u8,
+    /// Guest memory, e.g. 512m or 1g.
+    #[arg(short = 'm', long, value_parser = spec::parse_memory)]
+    memory: Option<u64>,
+    /// Mount the container's root file system read-only.
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// Show the guest kernel's console on stderr.
+    #[arg(long)]
+    debug: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE.
+    image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Why `vm run` itself failed (exit status 125).
+struct Failure {
+    msg: String,
+    console: Vec<String>,
+}
+
+impl<T: Into<String>> From<T> for Failure {
+    fn from(msg: T) -> Self {
+        Self {
+            msg: msg.into(),
+            console: Vec::new(),
+        }
+    }
+}
+
+pub fn main(args: RunArgs) -> ExitCode {
+    match run(args) {
+        Ok(code) => ExitCode::from((code & 0xff) as u8),
+        Err(f) => {
+            eprintln!("vm: error: {}", f.msg);
+            if !f.console.is_empty() {
+                eprintln!("vm: last lines of the guest console:");
+                for l in f.console.iter().rev().take(20).rev() {
+                    eprintln!("  {l}");
+                }
+            }
+            ExitCode::from(crate::EXIT_VM_FAILED)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<i32, Failure> {
+    if let Some(n) = &args.name {
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            || !n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            return Err(format!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit").into());
+        }
+    }
+    let memory_mib = args.memory.unwrap_or(DEFAULT_MEMORY_MIB);
+    let mut env_lines = Vec::new();
+    for f in &args.env_file {
+        env_lines.extend(spec::read_env_file(f)?);
+    }
+    let kernel = assets::kernel()?;
+    let initrd = assets::initrd()?;
+    let image = vm_image::open(&args.image).map_err(|e| format!("image {}: {e}", args.image))?;
+
+    let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
+    let mut env = spec::environment(&image.config.env, &env_lines, &args.env, |k| {
+        std::env::var(k).ok()
+    })?;
+    if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let id = container_id();
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id[..12].to_string());
+    let (rows, cols) = if args.tty {
+        tty::size().unwrap_or((24, 80))
+    } else {
+        (0, 0)
+    };
+    let workdir = args
+        .workdir
+        .clone()
+        .unwrap_or(image.config.working_dir.clone());
+    if !workdir.is_empty() && !workdir.starts_with('/') {
+        return Err(format!("the working directory {workdir:?} must be an absolute path").into());
+    }
+
+    let dir = RunDir::create(&id)?;
+    let scratch_path = dir.path.join("scratch.img");
+    scratch::create(&scratch_path)?;
+    let vsock_path = dir.path.join("vsock");
+    let listeners = session::Listeners::bind(&vsock_path)
+        .map_err(|e| format!("vsock sockets in {}: {e}", dir.path.display()))?;
+
+    let mut disks = vec![BlockConfig {
+        path: scratch_path,
+        read_only: false,
+        id: "scratch".into(),
+        window: None,
+    }];
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (i, l) in image.layers.iter().enumerate() {
+        let serial = format!("layer{i}");
+        disks.push(BlockConfig {
+            path: l.source.path.clone(),
+            read_only: true,
+            id: serial.clone(),
+            window: Some((l.source.offset, l.source.size)),
+        });
+        layers.push(Layer {
+            disk: serial,
+            size: l.source.size,
+            compression: match l.compression {
+                vm_image::Compression::None => Compression::None,
+                vm_image::Compression::Gzip => Compression::Gzip,
+                vm_image::Compression::Zstd => Compression::Zstd,
+            },
+            digest: l.digest.to_string(),
+        });
+    }
+    let run_spec = RunSpec {
+        layers,
+        scratch_disk: "scratch".into(),
+        process: Process {
+            args: argv,
+            env,
+            cwd: if workdir.is_empty() {
+                "/".into()
+            } else {
+                workdir
+            },
+            user: args.user.clone().unwrap_or(image.config.user.clone()),
+            terminal: args.tty,
+            stdin: args.interactive,
+            rows,
+            cols,
+        },
+        hostname,
+        read_only: args.read_only,
+        max_layer_bytes: MAX_LAYER_BYTES,
+        max_layer_entries: MAX_LAYER_ENTRIES,
+    };
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| format!("eventfd: {e}"))?);
+    let console: Box<dyn std::io::Write + Send> = if args.debug {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::sink())
+    };
+    let quiet = if args.debug { "" } else { " quiet" };
+    let cfg = VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: format!(
+            "console=ttyS0{quiet} {}={}",
+            agent_protocol::CMDLINE_PARAM,
+            agent_protocol::port::CONTROL
+        ),
+        cpus: args.cpus,
+        memory_mib,
+        report_boot_time: args.debug,
+        disks,
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: vsock_path,
+        }),
+        console,
+        console_input: false,
+        exit: exit.clone(),
+    };
+    vm::validate(&cfg).map_err(|e| e.to_string())?;
+    let vm_thread = std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || vm::run(cfg))
+        .map_err(|e| format!("starting the VMM thread: {e}"))?;
+
+    let raw = if args.tty && args.interactive && tty::is_terminal() {
+        tty::RawMode::enter()
+    } else {
+        None
+    };
+    let result =
+        session::Session::start(&listeners, run_spec, agent_timeout(), &exit).and_then(|s| {
+            let forwarder = forward_signals(s.sender());
+            let r = s.wait();
+            if let Some(h) = forwarder {
+                h.close();
+            }
+            r
+        });
+    drop(raw);
+
+    // The agent powers the guest off after its report; make sure it ends.
+    if result.is_ok() {
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while exit.get().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    exit.set(ExitReason::Stopped);
+    let outcome = vm_thread
+        .join()
+        .map_err(|_| Failure::from("the VMM thread panicked"))?
+        .map_err(|e| Failure::from(e.to_string()))?;
+    match result {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            let msg = match (e, &outcome.reason) {
+                (_, ExitReason::Panic(p)) => format!("the guest kernel panicked: {p}"),
+                (_, ExitReason::TripleFault { cpu, .. }) => {
+                    format!("the guest triple-faulted on vCPU {cpu}")
+                }
+                (_, ExitReason::InternalError { cpu, detail }) => {
+                    format!("KVM could not run the guest on vCPU {cpu}: {detail}")
+                }
+                (_, ExitReason::VmmError(m)) => m.clone(),
+                (session::Error::Timeout(what), _) => format!(
+                    "the guest agent did not open its {what} connection within {} s",
+                    agent_timeout().as_secs()
+                ),
+                (session::Error::Protocol(m), _) => m,
+                (session::Error::VmEnded, _) => {
+                    "the guest ended before the container reported an exit status".into()
+                }
+            };
+            Err(Failure {
+                msg,
+                console: outcome.console_tail,
+            })
+        }
+    }
+}
+
+fn agent_timeout() -> Duration {
+    std::env::var("VM_AGENT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(AGENT_TIMEOUT, Duration::from_secs)
+}
+
+/// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 go to the
+/// container's process; SIGWINCH sends the terminal's new size.
+fn forward_signals(sender: session::Sender) -> Option<signal_hook::iterator::Handle> {
+    use signal_hook::consts::*;
+    let mut signals = signal_hook::iterator::Signals::new([
+        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
+    ])
+    .ok()?;
+    let handle = signals.handle();
+    let run = move || {
+        for sig in signals.forever() {
+            if sig == SIGWINCH {
+                if let Some((rows, cols)) = tty::size() {
+                    sender.send(&HostMessage::Resize { rows, cols });
+                }
+            } else {
+                sender.send(&HostMessage::Signal(sig));
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(run)
+        .ok()?;
+    Some(handle)
+}
+
+/// A random 64-hex-digit id, as Docker's container ids.
+fn container_id() -> String {
+    let mut b = [0u8; 32];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Uniqueness, not secrecy: time and pid will do.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        b[..16].copy_from_slice(&t.to_le_bytes());
+        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The run's private directory (scratch disk, vsock sockets), removed
+/// when the run ends, however it ends.
+struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create(id: &str) -> Result<Self, String> {
+        let path = std::env::temp_dir().join(format!("vm-run-{}", &id[..16]));
+        std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
