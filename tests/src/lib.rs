@@ -16,6 +16,9 @@ pub struct Env {
     pub test_initrd: PathBuf,
     /// The static vsock test peer (also inside the test initramfs).
     pub vsock_tool: PathBuf,
+    /// Test images (tests/fixtures/build-images): `$IMAGES/oci` is an OCI
+    /// layout with tags busybox, layers, app; archives and hostile/* beside.
+    pub images: PathBuf,
     /// Guests run inside resources/kvm-host/run.
     pub nested: bool,
 }
@@ -84,10 +87,17 @@ pub fn env() -> &'static Env {
         let agent_initrd = script_output_path(&repo, "resources/initramfs/build");
         let test_initrd = script_output_path(&repo, "tests/fixtures/build-initramfs");
         let vsock_tool = target_dir(&repo).join("x86_64-unknown-linux-gnu/release/vsock-tool");
+        let images = target_dir(&repo).join("test-images");
+        let status = Command::new(repo.join("tests/fixtures/build-images"))
+            .arg(&images)
+            .status()
+            .expect("run tests/fixtures/build-images");
+        assert!(status.success(), "tests/fixtures/build-images failed");
         Env {
             vm: build_vm(&repo),
             test_initrd,
             vsock_tool,
+            images,
             vmlinux,
             bzimage,
             agent_initrd,
@@ -146,6 +156,11 @@ impl Env {
             .env("AGENT_INITRD", &self.agent_initrd)
             .env("TEST_INITRD", &self.test_initrd)
             .env("VSOCK_TOOL", &self.vsock_tool)
+            .env("IMAGES", &self.images)
+            // `vm run` finds these without help on a checkout; say them
+            // anyway so a test never picks up another build.
+            .env("VM_KERNEL", &self.vmlinux)
+            .env("VM_INITRD", &self.agent_initrd)
             .stdin(Stdio::null());
         cmd
     }

@@ -26,8 +26,9 @@ use crate::vm::{self, VmConfig};
 
 const GUEST_CID: u64 = 3;
 const DEFAULT_MEMORY_MIB: u64 = 512;
-/// What one layer may unpack to, and how many entries it may have.
-const MAX_LAYER_BYTES: u64 = 64 << 30;
+/// What one layer may unpack to (VM_MAX_LAYER_SIZE overrides, e.g. 1g),
+/// and how many entries it may have.
+const MAX_LAYER_BYTES: u64 = scratch::SIZE;
 const MAX_LAYER_ENTRIES: u64 = 4 << 20;
 /// How long the agent has to connect after the VM starts (VM_AGENT_TIMEOUT
 /// overrides, in seconds).
@@ -122,6 +123,10 @@ pub fn main(args: RunArgs) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<i32, Failure> {
+    // Catch the forwarded signals from the start: one that comes while the
+    // guest boots waits and reaches the container once it runs (and does
+    // not kill us before we clean up).
+    let signals = catch_signals()?;
     if let Some(n) = &args.name {
         if n.is_empty()
             || !n
@@ -218,7 +223,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         },
         hostname,
         read_only: args.read_only,
-        max_layer_bytes: MAX_LAYER_BYTES,
+        max_layer_bytes: max_layer_bytes()?,
         max_layer_entries: MAX_LAYER_ENTRIES,
     };
 
@@ -262,11 +267,10 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
     };
     let result =
         session::Session::start(&listeners, run_spec, agent_timeout(), &exit).and_then(|s| {
-            let forwarder = forward_signals(s.sender());
+            let handle = signals.handle();
+            forward_signals(signals, s.sender());
             let r = s.wait();
-            if let Some(h) = forwarder {
-                h.close();
-            }
+            handle.close();
             r
         });
     drop(raw);
@@ -319,18 +323,27 @@ fn agent_timeout() -> Duration {
         .map_or(AGENT_TIMEOUT, Duration::from_secs)
 }
 
+fn max_layer_bytes() -> Result<u64, String> {
+    match std::env::var("VM_MAX_LAYER_SIZE") {
+        Ok(v) => spec::parse_memory(&v)
+            .map(|mib| mib << 20)
+            .map_err(|e| format!("VM_MAX_LAYER_SIZE: {e}")),
+        Err(_) => Ok(MAX_LAYER_BYTES),
+    }
+}
+
 /// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 go to the
 /// container's process; SIGWINCH sends the terminal's new size.
-fn forward_signals(sender: session::Sender) -> Option<signal_hook::iterator::Handle> {
+fn catch_signals() -> Result<signal_hook::iterator::Signals, String> {
     use signal_hook::consts::*;
-    let mut signals = signal_hook::iterator::Signals::new([
-        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
-    ])
-    .ok()?;
-    let handle = signals.handle();
+    signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
+        .map_err(|e| format!("installing signal handlers: {e}"))
+}
+
+fn forward_signals(mut signals: signal_hook::iterator::Signals, sender: session::Sender) {
     let run = move || {
         for sig in signals.forever() {
-            if sig == SIGWINCH {
+            if sig == signal_hook::consts::SIGWINCH {
                 if let Some((rows, cols)) = tty::size() {
                     sender.send(&HostMessage::Resize { rows, cols });
                 }
@@ -339,11 +352,7 @@ fn forward_signals(sender: session::Sender) -> Option<signal_hook::iterator::Han
             }
         }
     };
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(run)
-        .ok()?;
-    Some(handle)
+    let _ = std::thread::Builder::new().name("signals".into()).spawn(run);
 }
 
 /// A random 64-hex-digit id, as Docker's container ids.

@@ -1,0 +1,261 @@
+//! `vm run` end to end: real images built by umoci and skopeo, a real
+//! guest (in the nested KVM host when needed), Docker's flags and exit
+//! statuses. Each test runs many containers in one nested host.
+
+use vm_tests::{env, section, work_dir, ScriptOutput};
+
+/// A `vm run` that hung (nested-host flakiness) shows as 124 from the
+/// `timeout` each container run gets.
+fn hung(out: &ScriptOutput) -> bool {
+    out.stdout.contains("rc=124")
+}
+
+fn line_after<'a>(text: &'a str, name: &str) -> &'a str {
+    section(text, name).trim_end()
+}
+
+#[test]
+fn streams_exit_codes_env_workdir_user_and_stdin() {
+    let e = env();
+    let w = work_dir("run-basics");
+    let script = format!(
+        r#"
+W={w}
+I=oci:$IMAGES/oci:busybox
+R="timeout 120 $VM run"
+echo "== streams"
+$R $I sh -c 'echo out; echo err >&2; exit 7' >$W/out 2>$W/err; echo "rc=$?"
+echo "stdout=$(cat $W/out)"; echo "stderr=$(cat $W/err)"
+echo "== false"
+$R $I false; echo "rc=$?"
+echo "== missing"
+$R $I no-such-command 2>$W/err; echo "rc=$?"; cat $W/err
+echo "== not-executable"
+$R $I /bin/not-executable 2>$W/err; echo "rc=$?"; cat $W/err
+echo "== killed"
+$R $I sh -c 'kill -KILL $$'; echo "rc=$?"
+echo "== env"
+printf 'FROM_FILE=file\n# a comment\n\nOVERRIDDEN=file\n' > $W/env
+export FROM_HOST=host-value
+$R -e A=1 -e FROM_HOST -e UNSET_ON_HOST --env-file $W/env -e OVERRIDDEN=flag $I \
+    sh -c 'echo "A=$A FROM_HOST=$FROM_HOST FILE=$FROM_FILE OVERRIDDEN=$OVERRIDDEN UNSET=${{UNSET_ON_HOST-unset}} PATH=$PATH HOME=$HOME"'
+echo "== workdir"
+$R -w /tmp/new/dir $I pwd; echo "rc=$?"
+echo "== user"
+$R -u app $I sh -c 'echo "$(id -u) $(id -g) $(id -G) $HOME"'
+$R -u 1000:2000 $I sh -c 'echo "$(id -u) $(id -g) $(id -G)"'
+$R -u 4242 $I sh -c 'echo "$(id -u) $(id -g)"'
+$R -u nobody2 $I true 2>$W/err; echo "rc=$?"; cat $W/err
+echo "== image-config"
+$R oci:$IMAGES/oci:app; echo "rc=$?"
+$R oci:$IMAGES/oci:app extra args
+$R --entrypoint sh oci:$IMAGES/oci:app -c 'echo "$(id -un) $(pwd) $GREETING"'
+echo "== stdin"
+printf 'hi\nthere\n' | $R -i $I cat; echo "rc=$?"
+echo "no -i" | $R $I cat; echo "rc=$?"
+echo "== hostname"
+$R -h myhost $I hostname
+$R $I sh -c 'hostname; cat /etc/hostname; grep -c localhost /etc/hosts'
+echo "== end"
+"#,
+        w = w.display()
+    );
+    let out = e.run_with_kvm_retrying(&script, hung);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    assert_eq!(line_after(o, "streams"), "rc=7\nstdout=out\nstderr=err", "{out}");
+    assert_eq!(line_after(o, "false"), "rc=1", "{out}");
+    let missing = line_after(o, "missing");
+    assert!(missing.starts_with("rc=127\n"), "{out}");
+    assert!(missing.contains("executable file not found"), "{out}");
+    let noexec = line_after(o, "not-executable");
+    assert!(noexec.starts_with("rc=126\n"), "{out}");
+    assert!(noexec.contains("permission denied"), "{out}");
+    assert_eq!(line_after(o, "killed"), "rc=137", "{out}");
+    assert_eq!(
+        line_after(o, "env"),
+        "A=1 FROM_HOST=host-value FILE=file OVERRIDDEN=flag UNSET=unset \
+         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root",
+        "{out}"
+    );
+    assert_eq!(line_after(o, "workdir"), "/tmp/new/dir\nrc=0", "{out}");
+    let user: Vec<&str> = line_after(o, "user").lines().collect();
+    assert_eq!(user[0], "1000 1000 1000 2000 /home/app", "{out}");
+    assert_eq!(user[1], "1000 2000 2000", "{out}");
+    assert_eq!(user[2], "4242 0", "{out}");
+    assert_eq!(user[3], "rc=125", "{out}");
+    assert!(user[4].contains("unable to find user nobody2"), "{out}");
+    assert_eq!(
+        line_after(o, "image-config"),
+        "default-cmd\nrc=0\nextra args\napp /home/app/work hello",
+        "{out}"
+    );
+    assert_eq!(line_after(o, "stdin"), "hi\nthere\nrc=0\nrc=0", "{out}");
+    let host: Vec<&str> = line_after(o, "hostname").lines().collect();
+    assert_eq!(host[0], "myhost", "{out}");
+    assert_eq!(host[1].len(), 12, "default hostname is a short id: {out}");
+    assert_eq!(host[1], host[2], "{out}");
+    assert_eq!(host[3], "2", "{out}");
+    assert!(!o.contains("vm-agent:"), "guest console leaked: {out}");
+}
+
+#[test]
+fn layers_archives_read_only_devices_signals_and_tty() {
+    let e = env();
+    let w = work_dir("run-image");
+    let script = format!(
+        r#"
+W={w}
+I=oci:$IMAGES/oci:busybox
+R="timeout 120 $VM run"
+echo "== layers"
+$R oci:$IMAGES/oci:layers sh -c 'cat /data/keep /data/added /opaque/new; ls /data /opaque | tr "\n" " "; echo'
+echo "== archives"
+$R oci-archive:$IMAGES/busybox.oci.tar:busybox sh -c 'echo oci-archive ok'
+$R docker-archive:$IMAGES/busybox.docker.tar sh -c 'echo docker-archive ok'
+echo "== read-only"
+$R --read-only $I sh -c 'touch /x 2>/dev/null && echo wrote || echo refused; echo tmp >/dev/shm/t && cat /dev/shm/t'
+$R $I sh -c 'touch /x && echo wrote'
+echo "== dev"
+$R $I sh -c 'ls /dev | tr "\n" " "; echo; head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; echo $$; ls /proc/1/ns >/dev/null && echo proc-ok'
+echo "== sigterm"
+$VM run $I sh -c 'echo started; sleep 100' >$W/sig.out 2>&1 &
+pid=$!
+for i in $(seq 1 600); do grep -q started $W/sig.out 2>/dev/null && break; sleep 0.1; done
+t0=$(date +%s)
+kill -TERM $pid
+wait $pid; echo "rc=$?"
+echo "took=$(( $(date +%s) - t0 ))"
+echo "== sigint-trapped"
+$VM run $I sh -c 'trap "echo got-int; exit 9" INT; echo ready; while :; do sleep 0.1; done' >$W/int.out 2>&1 &
+pid=$!
+for i in $(seq 1 600); do grep -q got-int $W/int.out 2>/dev/null && break; grep -q ready $W/int.out && kill -INT $pid; sleep 0.1; done
+wait $pid; echo "rc=$?"; cat $W/int.out
+echo "== tty"
+script -qec "$VM run -t $I sh -c 'tty; stty size; test -t 0 && echo stdin-is-tty'" /dev/null </dev/null | tr -d '\r'
+echo "== tty-interactive"
+printf 'echo $((6*7))\nexit 3\n' | script -qec "$VM run -it $I sh" /dev/null > $W/tty.out; echo "rc=$?"
+tr -d '\r' < $W/tty.out | grep -x 42
+echo "== end"
+"#,
+        w = w.display()
+    );
+    let out = e.run_with_kvm_retrying(&script, hung);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    assert_eq!(
+        line_after(o, "layers"),
+        "keep\nlayer3\nnew\nadded keep new ",
+        "whiteouts and opaque dirs: {out}"
+    );
+    assert_eq!(line_after(o, "archives"), "oci-archive ok\ndocker-archive ok", "{out}");
+    assert_eq!(line_after(o, "read-only"), "refused\ntmp\nwrote", "{out}");
+    let dev: Vec<&str> = line_after(o, "dev").lines().collect();
+    for node in ["console", "full", "null", "ptmx", "pts", "random", "shm", "tty", "urandom", "zero"] {
+        if node == "console" {
+            continue; // only with -t
+        }
+        assert!(dev[0].split(' ').any(|n| n == node), "/dev/{node} missing: {out}");
+    }
+    assert_eq!(&dev[1..], ["4", "null-ok", "2", "proc-ok"], "{out}");
+    let sig = line_after(o, "sigterm");
+    assert!(sig.starts_with("rc=143\n"), "{out}");
+    let took: u64 = sig
+        .lines()
+        .find_map(|l| l.strip_prefix("took="))
+        .and_then(|t| t.parse().ok())
+        .expect("took");
+    assert!(took < 60, "SIGTERM took {took}s: {out}");
+    let int = line_after(o, "sigint-trapped");
+    assert!(int.starts_with("rc=9\n") && int.contains("got-int"), "{out}");
+    let tty: Vec<&str> = line_after(o, "tty").lines().collect();
+    assert!(tty[0].starts_with("/dev/pts/"), "{out}");
+    assert!(tty.contains(&"stdin-is-tty"), "{out}");
+    assert_eq!(line_after(o, "tty-interactive"), "rc=3\n42", "{out}");
+}
+
+#[test]
+fn hostile_layers_fail_cleanly_and_nothing_escapes() {
+    let e = env();
+    let script = r#"
+H=$IMAGES/hostile
+R="timeout 120 $VM run"
+for c in traversal hardlink corrupt-gzip; do
+    echo "== $c"
+    $R oci:$H/$c true 2>&1; echo "rc=$?"
+done
+echo "== bomb"
+VM_MAX_LAYER_SIZE=64m $R oci:$H/bomb true 2>&1; echo "rc=$?"
+echo "== symlink"
+$R oci:$H/symlink sh -c 'cat /tmp/escaped-symlink; ls /evil/escaped-symlink' 2>&1; echo "rc=$?"
+echo "== end"
+"#;
+    let out = e.run_with_kvm_retrying(script, hung);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    for (case, words) in [
+        ("traversal", "unsafe path"),
+        ("hardlink", "unsafe path"),
+        ("corrupt-gzip", "corrupt"),
+        ("bomb", "limit"),
+    ] {
+        let s = line_after(o, case);
+        assert!(s.ends_with("rc=125"), "{case}: {out}");
+        assert!(s.contains("unpacking layer sha256:"), "{case}: {out}");
+        assert!(s.contains(words), "{case} should mention {words:?}: {out}");
+    }
+    // The link resolves inside the container's root, so the file written
+    // through it is the container's /tmp/escaped-symlink.
+    assert_eq!(
+        line_after(o, "symlink"),
+        "contained\n/evil/escaped-symlink\nrc=0",
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_images_and_flags_are_clear_errors_before_any_vm() {
+    let e = env();
+    let script = r#"
+H=$IMAGES/hostile
+for c in digest-mismatch missing-blob media-type; do
+    echo "== $c"
+    $VM run oci:$H/$c true 2>&1; echo "rc=$?"
+done
+echo "== no-image"
+$VM run oci:/nonexistent/layout true 2>&1; echo "rc=$?"
+echo "== bad-transport"
+$VM run docker://busybox true 2>&1; echo "rc=$?"
+echo "== bad-flag"
+$VM run --no-such-flag oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
+echo "== bad-memory"
+$VM run -m lots oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
+echo "== relative-workdir"
+$VM run -w rel oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
+echo "== no-command"
+$VM run --entrypoint "" oci:$IMAGES/oci:busybox 2>&1; echo "rc=$?"
+echo "== leftovers"
+ls -d ${TMPDIR:-/tmp}/vm-run-* 2>/dev/null | wc -l
+echo "== end"
+"#;
+    let out = e.run_here(script);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    for (case, words) in [
+        ("digest-mismatch", "does not match its content"),
+        ("missing-blob", "is missing from the image"),
+        ("media-type", "unsupported layer media type"),
+        ("no-image", "not an OCI image layout"),
+        ("bad-transport", "unknown image transport"),
+        ("bad-flag", "--no-such-flag"),
+        ("bad-memory", "invalid memory size"),
+        ("relative-workdir", "must be an absolute path"),
+        ("no-command", "no command specified"),
+    ] {
+        let s = line_after(o, case);
+        assert!(s.ends_with("rc=125"), "{case}: {out}");
+        assert!(s.contains(words), "{case} should say {words:?}: {out}");
+        assert!(!s.contains("panicked"), "{case}: {out}");
+    }
+    assert_eq!(line_after(o, "leftovers"), "0", "{out}");
+}
