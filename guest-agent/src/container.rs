@@ -25,6 +25,8 @@ use crate::users;
 pub const INIT_ARG: &str = "--container-init";
 /// The descriptor on which the init reads its [`InitSpec`].
 const SPEC_FD: RawFd = 3;
+/// With a terminal: the socket on which the init sends the pty's master.
+const PTY_SOCK_FD: RawFd = 4;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the agent tells the container's init.
@@ -55,8 +57,9 @@ impl Fail {
 }
 
 /// Starts the container's init in its own namespaces with the given
-/// stdio; returns its pid (in the agent's namespace).
-pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3]) -> Result<Pid, Fail> {
+/// stdio (and, for a terminal, the socket on which it hands back the
+/// pty's master as descriptor 4); returns its pid in the agent's namespace.
+pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3], pty_sock: Option<RawFd>) -> Result<Pid, Fail> {
     let json = serde_json::to_vec(spec).map_err(|e| Fail::setup(e.to_string()))?;
     let (spec_r, spec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Fail::setup(format!("pipe: {e}")))?;
@@ -64,10 +67,19 @@ pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3]) -> Result<Pid, Fail> {
     let arg = CString::new(INIT_ARG).map_err(|e| Fail::setup(e.to_string()))?;
     let argv = [path.as_ptr(), arg.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
+    // (source, target) pairs for the child's descriptor table.
+    let mut fds = [(-1, -1); 5];
+    for (i, fd) in stdio.iter().enumerate() {
+        fds[i] = (*fd, i as RawFd);
+    }
+    fds[3] = (spec_r.as_raw_fd(), SPEC_FD);
+    if let Some(sock) = pty_sock {
+        fds[4] = (sock, PTY_SOCK_FD);
+    }
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     // SAFETY: clone without CLONE_VM and without a new stack behaves like
-    // fork(2). In the child only async-signal-safe calls follow (dup2,
-    // fcntl, execve, _exit) on data prepared before the call.
+    // fork(2). In the child only async-signal-safe calls follow (fcntl,
+    // dup2, execve, _exit) on data prepared before the call.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -82,17 +94,18 @@ pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3]) -> Result<Pid, Fail> {
         // SAFETY: see above; every pointer refers to memory that the fork
         // copied and that stays valid until execve or _exit.
         unsafe {
-            for (fd, target) in stdio.iter().zip(0..3) {
-                if *fd == target {
-                    libc::fcntl(target, libc::F_SETFD, 0);
-                } else {
-                    libc::dup2(*fd, target);
+            // Move every source out of the way first, so no dup2 below can
+            // overwrite a source that a later one needs.
+            let mut high = [-1; 5];
+            for (i, (src, _)) in fds.iter().enumerate() {
+                if *src >= 0 {
+                    high[i] = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 100);
                 }
             }
-            if spec_r.as_raw_fd() == SPEC_FD {
-                libc::fcntl(SPEC_FD, libc::F_SETFD, 0);
-            } else {
-                libc::dup2(spec_r.as_raw_fd(), SPEC_FD);
+            for (i, (_, target)) in fds.iter().enumerate() {
+                if high[i] >= 0 {
+                    libc::dup2(high[i], *target);
+                }
             }
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(125);
@@ -135,6 +148,9 @@ fn init() -> Result<i32, Fail> {
         serde_json::from_slice(&json).map_err(|e| Fail::setup(format!("bad spec: {e}")))?;
 
     rootfs::prepare(&spec).map_err(Fail::setup)?;
+    if spec.process.terminal {
+        attach_terminal(&spec.process)?;
+    }
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| Fail::setup(format!("sethostname: {e}")))?;
 
@@ -209,6 +225,29 @@ fn init() -> Result<i32, Fail> {
             Ok(supervise(child, &all))
         }
     }
+}
+
+/// Opens the container's pty (from its own devpts), makes the slave our
+/// stdio and /dev/console, and sends the master to the agent.
+fn attach_terminal(p: &Process) -> Result<(), Fail> {
+    let pty =
+        crate::pty::open(p.rows, p.cols).map_err(|e| Fail::setup(format!("opening a pty: {e}")))?;
+    let dup = |r: nix::Result<()>| r.map_err(|e| Fail::setup(format!("dup2: {e}")));
+    dup(nix::unistd::dup2_stdin(&pty.slave))?;
+    dup(nix::unistd::dup2_stdout(&pty.slave))?;
+    dup(nix::unistd::dup2_stderr(&pty.slave))?;
+    let _ = nix::mount::mount(
+        Some(pty.slave_path.as_str()),
+        "/dev/console",
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    // SAFETY: descriptor 4 was set up by `spawn` for us alone.
+    let sock = unsafe { OwnedFd::from_raw_fd(PTY_SOCK_FD) };
+    crate::pty::send_fd(sock.as_raw_fd(), pty.master.as_raw_fd())
+        .map_err(|e| Fail::setup(format!("handing the pty to the agent: {e}")))?;
+    Ok(())
 }
 
 /// The image's env with what Docker adds: PATH, HOSTNAME, HOME.

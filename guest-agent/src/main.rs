@@ -13,6 +13,7 @@ mod container;
 mod disks;
 mod host_link;
 mod power;
+mod pty;
 mod rootfs;
 mod run;
 mod sysinfo;

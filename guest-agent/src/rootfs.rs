@@ -111,10 +111,10 @@ pub fn prepare(spec: &InitSpec) -> R {
         symlink(target, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
     }
     if spec.process.terminal {
-        // Docker gives a terminal container its pty as /dev/console.
+        // Docker gives a terminal container its pty as /dev/console; the
+        // init binds it there once it has opened the pty.
         let console = dev.join("console");
         std::fs::File::create(&console).map_err(|e| format!("create /dev/console: {e}"))?;
-        mnt("/proc/self/fd/0", &console, None, MsFlags::MS_BIND, None)?;
     }
 
     let etc = root.join("etc");

@@ -188,46 +188,37 @@ fn start(spec: &RunSpec, init: &InitSpec, streams: Streams) -> Result<Running, F
     let mut pumps = Vec::new();
     let mut keep_for_child: Vec<OwnedFd> = Vec::new();
     let stdio: [i32; 3];
-    let mut pty = None;
+    let Streams {
+        stdout,
+        stderr,
+        mut stdin,
+    } = streams;
+    let mut stdout = Some(stdout);
+    let mut pty: Option<(OwnedFd, File)> = None;
+    let mut pty_sock = None;
     if spec.process.terminal {
-        let ws = nix::pty::Winsize {
-            ws_row: spec.process.rows,
-            ws_col: spec.process.cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let p = nix::pty::openpty(Some(&ws), None).map_err(|e| io_err("openpty", e))?;
-        let _ = nix::fcntl::fcntl(
-            &p.master,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
-        let _ = nix::fcntl::fcntl(
-            &p.slave,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
-        let master = File::from(p.master);
-        let s = p.slave.as_raw_fd();
-        stdio = [s, s, s];
-        keep_for_child.push(p.slave);
-        let out = master
-            .try_clone()
-            .map_err(|e| Fail::setup(format!("dup: {e}")))?;
-        pumps.push(pump("stdout", out, streams.stdout));
-        if let Some(input) = streams.stdin {
-            let to = master
-                .try_clone()
-                .map_err(|e| Fail::setup(format!("dup: {e}")))?;
-            std::mem::drop(
-                std::thread::Builder::new()
-                    .name("stdin".into())
-                    .spawn(move || copy_stream(input, to)),
-            );
-        }
-        pty = Some(master);
+        // The init opens the pty in the container's devpts and sends us
+        // the master; until then (and for its early errors) its output
+        // goes through a pipe to the same stream.
+        let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(|e| io_err("pipe", e))?;
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| io_err("socketpair", e))?;
+        let null: OwnedFd = File::open("/dev/null")
+            .map_err(|e| Fail::setup(format!("/dev/null: {e}")))?
+            .into();
+        stdio = [null.as_raw_fd(), out_w.as_raw_fd(), out_w.as_raw_fd()];
+        pty_sock = Some(theirs.as_raw_fd());
+        keep_for_child.extend([null, out_w, theirs]);
+        pty = Some((ours, File::from(out_r)));
     } else {
         let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(|e| io_err("pipe", e))?;
         let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(|e| io_err("pipe", e))?;
-        let stdin_fd: OwnedFd = match streams.stdin {
+        let stdin_fd: OwnedFd = match stdin.take() {
             Some(input) => {
                 let (in_r, in_w) = nix::unistd::pipe2(cloexec).map_err(|e| io_err("pipe", e))?;
                 // Not joined: stdin may stay open after the process ends.
@@ -244,31 +235,59 @@ fn start(spec: &RunSpec, init: &InitSpec, streams: Streams) -> Result<Running, F
         };
         stdio = [stdin_fd.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
         keep_for_child.extend([stdin_fd, out_w, err_w]);
-        pumps.push(pump("stdout", File::from(out_r), streams.stdout));
-        if let Some(err) = streams.stderr {
+        if let Some(out) = stdout.take() {
+            pumps.push(pump("stdout", File::from(out_r), out));
+        }
+        if let Some(err) = stderr {
             pumps.push(pump("stderr", File::from(err_r), err));
         }
     }
-    let pid = container::spawn(init, stdio)?;
+    let pid = container::spawn(init, stdio, pty_sock)?;
     // The child has its copies; ours would keep the streams open.
     drop(keep_for_child);
+    let mut master = None;
+    if let (Some((sock, early)), Some(out)) = (pty, stdout.take()) {
+        let m = crate::pty::recv_fd(&sock).map(File::from);
+        let later = m.as_ref().and_then(|m| m.try_clone().ok());
+        pumps.push(spawn_named("stdout", move || {
+            copy_until_eof(early, &out);
+            if let Some(m) = later {
+                copy_until_eof(m, &out);
+            }
+            close_write(&out);
+        }));
+        if let (Some(input), Some(m)) = (stdin, m.as_ref().and_then(|m| m.try_clone().ok())) {
+            // Not joined: stdin may stay open after the process ends.
+            std::mem::drop(spawn_named("stdin", move || copy_stream(input, m)));
+        }
+        master = m;
+    }
     Ok(Running {
         init: pid,
         pumps,
-        pty,
+        pty: master,
     })
 }
 
 fn pump(name: &str, from: File, to: File) -> JoinHandle<()> {
+    spawn_named(name, move || copy_stream(from, to))
+}
+
+fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || copy_stream(from, to))
+        .spawn(f)
         .unwrap_or_else(|_| std::thread::spawn(|| {}))
 }
 
-/// Copies until end of file (or EIO from a pty whose other side is gone),
-/// then closes `to` so the peer sees end of file too.
-fn copy_stream(mut from: File, mut to: File) {
+/// Copies until end of file, then closes `to` so the peer sees it too.
+fn copy_stream(from: File, to: File) {
+    copy_until_eof(from, &to);
+    close_write(&to);
+}
+
+/// Copies until end of file (or EIO from a pty whose other side is gone).
+fn copy_until_eof(mut from: File, mut to: &File) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -281,6 +300,10 @@ fn copy_stream(mut from: File, mut to: File) {
             break;
         }
     }
+}
+
+/// End of file for the peer of a socket (a pipe is simply closed on drop).
+fn close_write(to: &File) {
     let _ = nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write);
 }
 
@@ -326,14 +349,7 @@ fn control_loop(mut reader: File, init: Pid, pty: Option<File>) {
             }
             Ok(Some(HostMessage::Resize { rows, cols })) => {
                 if let Some(p) = &pty {
-                    let ws = libc::winsize {
-                        ws_row: rows,
-                        ws_col: cols,
-                        ws_xpixel: 0,
-                        ws_ypixel: 0,
-                    };
-                    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
-                    unsafe { libc::ioctl(p.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                    crate::pty::set_size(p.as_raw_fd(), rows, cols);
                 }
             }
             Ok(Some(HostMessage::Run(_))) => {}

@@ -63,7 +63,11 @@ echo "== end"
     let out = e.run_with_kvm_retrying(&script, hung);
     assert_eq!(out.code, Some(0), "{out}");
     let o = &out.stdout;
-    assert_eq!(line_after(o, "streams"), "rc=7\nstdout=out\nstderr=err", "{out}");
+    assert_eq!(
+        line_after(o, "streams"),
+        "rc=7\nstdout=out\nstderr=err",
+        "{out}"
+    );
     assert_eq!(line_after(o, "false"), "rc=1", "{out}");
     let missing = line_after(o, "missing");
     assert!(missing.starts_with("rc=127\n"), "{out}");
@@ -109,7 +113,7 @@ W={w}
 I=oci:$IMAGES/oci:busybox
 R="timeout 120 $VM run"
 echo "== layers"
-$R oci:$IMAGES/oci:layers sh -c 'cat /data/keep /data/added /opaque/new; ls /data /opaque | tr "\n" " "; echo'
+$R oci:$IMAGES/oci:layers sh -c 'cat /data/keep /data/added /opaque/new; ls /data | tr "\n" " "; ls /opaque | tr "\n" " "; echo'
 echo "== archives"
 $R oci-archive:$IMAGES/busybox.oci.tar:busybox sh -c 'echo oci-archive ok'
 $R docker-archive:$IMAGES/busybox.docker.tar sh -c 'echo docker-archive ok'
@@ -145,17 +149,26 @@ echo "== end"
     let o = &out.stdout;
     assert_eq!(
         line_after(o, "layers"),
-        "keep\nlayer3\nnew\nadded keep new ",
+        "keep\nlayer3\nnew\nadded keep new",
         "whiteouts and opaque dirs: {out}"
     );
-    assert_eq!(line_after(o, "archives"), "oci-archive ok\ndocker-archive ok", "{out}");
+    assert_eq!(
+        line_after(o, "archives"),
+        "oci-archive ok\ndocker-archive ok",
+        "{out}"
+    );
     assert_eq!(line_after(o, "read-only"), "refused\ntmp\nwrote", "{out}");
     let dev: Vec<&str> = line_after(o, "dev").lines().collect();
-    for node in ["console", "full", "null", "ptmx", "pts", "random", "shm", "tty", "urandom", "zero"] {
+    for node in [
+        "console", "full", "null", "ptmx", "pts", "random", "shm", "tty", "urandom", "zero",
+    ] {
         if node == "console" {
             continue; // only with -t
         }
-        assert!(dev[0].split(' ').any(|n| n == node), "/dev/{node} missing: {out}");
+        assert!(
+            dev[0].split(' ').any(|n| n == node),
+            "/dev/{node} missing: {out}"
+        );
     }
     assert_eq!(&dev[1..], ["4", "null-ok", "2", "proc-ok"], "{out}");
     let sig = line_after(o, "sigterm");
@@ -167,7 +180,10 @@ echo "== end"
         .expect("took");
     assert!(took < 60, "SIGTERM took {took}s: {out}");
     let int = line_after(o, "sigint-trapped");
-    assert!(int.starts_with("rc=9\n") && int.contains("got-int"), "{out}");
+    assert!(
+        int.starts_with("rc=9\n") && int.contains("got-int"),
+        "{out}"
+    );
     let tty: Vec<&str> = line_after(o, "tty").lines().collect();
     assert!(tty[0].starts_with("/dev/pts/"), "{out}");
     assert!(tty.contains(&"stdin-is-tty"), "{out}");

@@ -336,8 +336,10 @@ fn max_layer_bytes() -> Result<u64, String> {
 /// container's process; SIGWINCH sends the terminal's new size.
 fn catch_signals() -> Result<signal_hook::iterator::Signals, String> {
     use signal_hook::consts::*;
-    signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH])
-        .map_err(|e| format!("installing signal handlers: {e}"))
+    signal_hook::iterator::Signals::new([
+        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
+    ])
+    .map_err(|e| format!("installing signal handlers: {e}"))
 }
 
 fn forward_signals(mut signals: signal_hook::iterator::Signals, sender: session::Sender) {
@@ -352,7 +354,9 @@ fn forward_signals(mut signals: signal_hook::iterator::Signals, sender: session:
             }
         }
     };
-    let _ = std::thread::Builder::new().name("signals".into()).spawn(run);
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(run);
 }
 
 /// A random 64-hex-digit id, as Docker's container ids.
