@@ -14,6 +14,8 @@ pub enum HostMessage {
         rows: u16,
         cols: u16,
     },
+    /// The host has made the sealed image disk read-only; go on.
+    Continue,
 }
 
 /// Agent to host.
@@ -23,6 +25,10 @@ pub enum AgentMessage {
     Hello {
         version: u32,
     },
+    /// The image is unpacked onto the `Rootfs::Unpack` disk, synced, and
+    /// no longer written; the agent waits for `Continue` before any
+    /// container code runs, so the host can seal the disk first.
+    Sealed,
     /// The image is unpacked and the process started.
     Started,
     /// The process ended; `code` follows Docker (128+N for signal N).
@@ -41,10 +47,10 @@ pub enum AgentMessage {
 /// Everything the agent needs to run one container.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
-    /// The image layers, bottom first, each a read-only disk.
-    pub layers: Vec<Layer>,
+    /// Where the image's root file system comes from.
+    pub rootfs: Rootfs,
     /// Serial of the writable scratch disk (an empty ext4 file system)
-    /// that holds the unpacked image and the container's writes.
+    /// that holds the container's writes (the overlay's upper layer).
     pub scratch_disk: String,
     pub process: Process,
     pub hostname: String,
@@ -53,6 +59,18 @@ pub struct RunSpec {
     /// Caps on what one layer may unpack to.
     pub max_layer_bytes: u64,
     pub max_layer_entries: u64,
+}
+
+/// The image's root file system, the overlay's lower layer. It lives in
+/// the directory `rootfs` of an ext4 file system on a disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rootfs {
+    /// Unpack `layers` (bottom first, each a read-only disk) onto `disk`
+    /// (an empty ext4), then sync, stop writing it and report `Sealed`.
+    Unpack { disk: String, layers: Vec<Layer> },
+    /// `disk` already holds the unpacked image (read-only).
+    Cached { disk: String },
 }
 
 /// One layer blob, handed in as a read-only virtio-blk disk.

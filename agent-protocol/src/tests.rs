@@ -4,12 +4,15 @@ use super::*;
 
 fn spec() -> RunSpec {
     RunSpec {
-        layers: vec![Layer {
-            disk: "layer0".into(),
-            size: 1234,
-            compression: Compression::Gzip,
-            digest: "sha256:00".into(),
-        }],
+        rootfs: Rootfs::Unpack {
+            disk: "rootfs".into(),
+            layers: vec![Layer {
+                disk: "layer0".into(),
+                size: 1234,
+                compression: Compression::Gzip,
+                digest: "sha256:00".into(),
+            }],
+        },
         scratch_disk: "scratch".into(),
         process: Process {
             args: vec!["sh".into(), "-c".into(), "echo hi".into()],
@@ -38,6 +41,7 @@ fn frames_round_trip() {
             rows: 50,
             cols: 132,
         },
+        HostMessage::Continue,
     ];
     for m in &msgs {
         write_frame(&mut buf, m).expect("write");

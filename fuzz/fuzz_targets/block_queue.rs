@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         path: path.clone(),
         read_only: data.first().is_some_and(|b| b & 1 == 1),
         id: "fuzz".into(),
-        window: None
+        window: None,
+        seal: None,
     };
     let mut dev = Block::new(&cfg, mem, irq).expect("device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);

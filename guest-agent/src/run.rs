@@ -5,12 +5,13 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use agent_protocol::{
-    port, read_frame, write_frame, AgentMessage, Compression, HostMessage, RunSpec,
+    port, read_frame, write_frame, AgentMessage, Compression, HostMessage, Layer, Rootfs, RunSpec,
 };
+use nix::mount::MsFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -19,6 +20,8 @@ use crate::container::{self, Fail, InitSpec};
 use crate::{disks, host_link};
 
 const SCRATCH: &str = "/run/vm/scratch";
+/// Where the disk with the image's root file system is mounted.
+const IMAGE: &str = "/run/vm/image";
 
 pub fn main(port: u32) {
     if let Err(e) = run(port) {
@@ -44,22 +47,48 @@ fn run(control_port: u32) -> io::Result<()> {
         None => return Err(io::Error::other("the host closed the connection")),
     };
     let streams = Streams::connect(&spec)?;
-    let started = prepare(&spec).and_then(|init| start(&spec, &init, streams));
+    let started = prepare(&spec, &mut || seal_handshake(&mut control))
+        .and_then(|init| start(&spec, &init, streams));
     let running = match started {
         Ok(r) => r,
         Err(f) => {
-            return send(
-                &mut control,
-                &AgentMessage::Failed {
-                    code: f.code,
-                    message: f.msg,
-                },
-            );
+            let msg = AgentMessage::Failed {
+                code: f.code,
+                message: f.msg,
+            };
+            return send(&mut control, &msg).map(|()| await_hangup(&control));
         }
     };
     send(&mut control, &AgentMessage::Started)?;
     let code = running.wait(&control);
-    send(&mut control, &AgentMessage::Exited { code })
+    send(&mut control, &AgentMessage::Exited { code })?;
+    await_hangup(&control);
+    Ok(())
+}
+
+/// Waits (a bounded time) for the host to close the control connection:
+/// our last report must leave the guest before we power it off, or the
+/// reset can beat the vsock queue.
+fn await_hangup(control: &File) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    let mut reader = control;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(control.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 fn send(control: &mut File, msg: &AgentMessage) -> io::Result<()> {
@@ -93,7 +122,7 @@ impl Streams {
 
 /// Unpacks the layers onto the scratch disk, mounts the overlay and
 /// writes the /etc files; returns the spec for the container's init.
-fn prepare(spec: &RunSpec) -> Result<InitSpec, Fail> {
+fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result<InitSpec, Fail> {
     let setup = |what: &str, e: &dyn std::fmt::Display| Fail::setup(format!("{what}: {e}"));
     let scratch_dev =
         disks::by_serial(&spec.scratch_disk).map_err(|e| setup("scratch disk", &e))?;
@@ -107,37 +136,10 @@ fn prepare(spec: &RunSpec) -> Result<InitSpec, Fail> {
     )
     .map_err(|e| setup("mounting the scratch disk", &e))?;
     let dir = Path::new(SCRATCH);
-    for d in ["lower", "upper", "work", "root", "etc"] {
+    for d in ["upper", "work", "root", "etc"] {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| setup("mkdir", &e))?;
     }
-    let lower = dir.join("lower");
-    let lower_fd: OwnedFd = File::open(&lower)
-        .map_err(|e| setup("open lower", &e))?
-        .into();
-    for layer in &spec.layers {
-        let dev = disks::by_serial(&layer.disk)
-            .map_err(|e| setup(&format!("layer {}", layer.digest), &e))?;
-        let f = File::open(&dev).map_err(|e| setup(&format!("layer {}", layer.digest), &e))?;
-        let compression = match layer.compression {
-            Compression::None => image_unpack::Compression::None,
-            Compression::Gzip => image_unpack::Compression::Gzip,
-            Compression::Zstd => image_unpack::Compression::Zstd,
-        };
-        image_unpack::apply_layer(
-            &lower_fd,
-            io::BufReader::with_capacity(256 * 1024, f.take(layer.size)),
-            compression,
-            image_unpack::Limits {
-                max_bytes: spec.max_layer_bytes,
-                max_entries: spec.max_layer_entries,
-            },
-            image_unpack::Options {
-                set_owner: true,
-                allow_devices: false,
-            },
-        )
-        .map_err(|e| Fail::setup(format!("unpacking layer {}: {e}", layer.digest)))?;
-    }
+    let lower = image_root(spec, seal)?;
     let root = dir.join("root");
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -173,6 +175,91 @@ fn prepare(spec: &RunSpec) -> Result<InitSpec, Fail> {
         read_only: spec.read_only,
         process: spec.process.clone(),
     })
+}
+
+/// Mounts the image's root file system (unpacking it first when asked)
+/// and returns the directory that holds it.
+fn image_root(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result<PathBuf, Fail> {
+    let setup = |what: &str, e: &dyn std::fmt::Display| Fail::setup(format!("{what}: {e}"));
+    let (disk, layers) = match &spec.rootfs {
+        Rootfs::Unpack { disk, layers } => (disk, Some(layers)),
+        Rootfs::Cached { disk } => (disk, None),
+    };
+    let dev = disks::by_serial(disk).map_err(|e| setup("image disk", &e))?;
+    std::fs::create_dir_all(IMAGE).map_err(|e| setup("mkdir", &e))?;
+    let ro = if layers.is_some() {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
+    nix::mount::mount(Some(&dev), IMAGE, Some("ext4"), ro, Some("noinit_itable"))
+        .map_err(|e| setup("mounting the image disk", &e))?;
+    let root = Path::new(IMAGE).join("rootfs");
+    let Some(layers) = layers else {
+        return Ok(root);
+    };
+    std::fs::create_dir_all(&root).map_err(|e| setup("mkdir", &e))?;
+    let root_fd: OwnedFd = File::open(&root)
+        .map_err(|e| setup("open rootfs", &e))?
+        .into();
+    for layer in layers {
+        unpack(spec, &root_fd, layer)?;
+    }
+    drop(root_fd);
+    // Sealed: everything on the disk, and no more writes from us.
+    nix::unistd::sync();
+    nix::mount::mount(
+        None::<&str>,
+        IMAGE,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| setup("remounting the image disk read-only", &e))?;
+    nix::unistd::sync();
+    seal()?;
+    Ok(root)
+}
+
+fn unpack(spec: &RunSpec, root: &OwnedFd, layer: &Layer) -> Result<(), Fail> {
+    let setup = |e: &dyn std::fmt::Display| Fail::setup(format!("layer {}: {e}", layer.digest));
+    let dev = disks::by_serial(&layer.disk).map_err(|e| setup(&e))?;
+    let f = File::open(&dev).map_err(|e| setup(&e))?;
+    let compression = match layer.compression {
+        Compression::None => image_unpack::Compression::None,
+        Compression::Gzip => image_unpack::Compression::Gzip,
+        Compression::Zstd => image_unpack::Compression::Zstd,
+    };
+    image_unpack::apply_layer(
+        root,
+        io::BufReader::with_capacity(256 * 1024, f.take(layer.size)),
+        compression,
+        image_unpack::Limits {
+            max_bytes: spec.max_layer_bytes,
+            max_entries: spec.max_layer_entries,
+        },
+        image_unpack::Options {
+            set_owner: true,
+            allow_devices: false,
+        },
+    )
+    .map_err(|e| Fail::setup(format!("unpacking layer {}: {e}", layer.digest)))?;
+    Ok(())
+}
+
+/// Tells the host the image disk is sealed and waits until it has made
+/// the disk read-only on its side.
+fn seal_handshake(control: &mut File) -> Result<(), Fail> {
+    let fail = |e: &dyn std::fmt::Display| Fail::setup(format!("sealing the image disk: {e}"));
+    send(control, &AgentMessage::Sealed).map_err(|e| fail(&e))?;
+    loop {
+        match read_frame::<_, HostMessage>(control) {
+            Ok(Some(HostMessage::Continue)) => return Ok(()),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(fail(&"the host closed the connection")),
+            Err(e) => return Err(fail(&e)),
+        }
+    }
 }
 
 struct Running {
@@ -352,7 +439,7 @@ fn control_loop(mut reader: File, init: Pid, pty: Option<File>) {
                     crate::pty::set_size(p.as_raw_fd(), rows, cols);
                 }
             }
-            Ok(Some(HostMessage::Run(_))) => {}
+            Ok(Some(HostMessage::Run(_) | HostMessage::Continue)) => {}
             Ok(None) | Err(_) => return,
         }
     }

@@ -161,6 +161,9 @@ impl Env {
             // anyway so a test never picks up another build.
             .env("VM_KERNEL", &self.vmlinux)
             .env("VM_INITRD", &self.agent_initrd)
+            // The default state directory is not writable in the nested
+            // host; each script gets a fresh one unless it says otherwise.
+            .env("VM_ROOT", "/tmp/vm-test-state")
             .stdin(Stdio::null());
         cmd
     }

@@ -114,6 +114,12 @@ I=oci:$IMAGES/oci:busybox
 R="timeout 120 $VM run"
 echo "== layers"
 $R oci:$IMAGES/oci:layers sh -c 'cat /data/keep /data/added /opaque/new; ls /data | tr "\n" " "; ls /opaque | tr "\n" " "; echo'
+echo "== cache"
+export VM_ROOT=$W/state
+$R oci:$IMAGES/oci:layers sh -c 'echo scribble > /data/keep; maj=$(cut -d: -f1 /sys/block/vdb/dev); mknod /tmp/vdb b $maj 16; dd if=/dev/zero of=/tmp/vdb bs=4096 count=64 conv=fsync 2>/dev/null && echo image-disk-written || echo image-disk-refused'
+ls $VM_ROOT/rootfs | grep -c '^[0-9a-f]*\.ext4$'
+$R oci:$IMAGES/oci:layers sh -c 'cat /data/keep; ls /opaque'
+export VM_ROOT=/tmp/vm-test-state
 echo "== archives"
 $R oci-archive:$IMAGES/busybox.oci.tar:busybox sh -c 'echo oci-archive ok'
 $R docker-archive:$IMAGES/busybox.docker.tar sh -c 'echo docker-archive ok'

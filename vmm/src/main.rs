@@ -26,6 +26,10 @@ const EXIT_GUEST_CRASHED: u8 = 1;
 #[derive(Parser)]
 #[command(name = "vm", version, about = "Run container images in KVM microVMs")]
 struct Cli {
+    /// State directory (images, cached root file systems). Default:
+    /// $VM_ROOT, else /var/lib/vm for root, else $XDG_DATA_HOME/vm.
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +102,7 @@ fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String>
         read_only: false,
         id: String::new(),
         window: None,
+        seal: None,
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -126,7 +131,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Boot(args) => boot(args),
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => run::main(args, cli.root),
     }
 }
 

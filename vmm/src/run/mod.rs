@@ -7,6 +7,7 @@
 //! its stdio back; `vm run` exits with the process's status.
 
 mod assets;
+mod rootfs_cache;
 mod scratch;
 mod session;
 pub mod spec;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_protocol::{Compression, HostMessage, Layer, Process, RunSpec};
+use agent_protocol::{Compression, HostMessage, Layer, Process, Rootfs, RunSpec};
 use devices::virtio::block::BlockConfig;
 use devices::virtio::vsock::VsockConfig;
 
@@ -106,8 +107,8 @@ impl<T: Into<String>> From<T> for Failure {
     }
 }
 
-pub fn main(args: RunArgs) -> ExitCode {
-    match run(args) {
+pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
+    match run(args, root) {
         Ok(code) => ExitCode::from((code & 0xff) as u8),
         Err(f) => {
             eprintln!("vm: error: {}", f.msg);
@@ -122,7 +123,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> Result<i32, Failure> {
+fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     // Catch the forwarded signals from the start: one that comes while the
     // guest boots waits and reaches the container once it runs (and does
     // not kill us before we clean up).
@@ -178,34 +179,19 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
     let listeners = session::Listeners::bind(&vsock_path)
         .map_err(|e| format!("vsock sockets in {}: {e}", dir.path.display()))?;
 
+    let digests: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
+    let state = rootfs_cache::state_root(root.as_deref())?;
+    let mut cache = rootfs_cache::lookup(&state, &rootfs_cache::key(&digests), &id)?;
     let mut disks = vec![BlockConfig {
         path: scratch_path,
         read_only: false,
         id: "scratch".into(),
         window: None,
+        seal: None,
     }];
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for (i, l) in image.layers.iter().enumerate() {
-        let serial = format!("layer{i}");
-        disks.push(BlockConfig {
-            path: l.source.path.clone(),
-            read_only: true,
-            id: serial.clone(),
-            window: Some((l.source.offset, l.source.size)),
-        });
-        layers.push(Layer {
-            disk: serial,
-            size: l.source.size,
-            compression: match l.compression {
-                vm_image::Compression::None => Compression::None,
-                vm_image::Compression::Gzip => Compression::Gzip,
-                vm_image::Compression::Zstd => Compression::Zstd,
-            },
-            digest: l.digest.to_string(),
-        });
-    }
+    let rootfs = image_disks(&image, &cache, &mut disks);
     let run_spec = RunSpec {
-        layers,
+        rootfs,
         scratch_disk: "scratch".into(),
         process: Process {
             args: argv,
@@ -269,18 +255,28 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         session::Session::start(&listeners, run_spec, agent_timeout(), &exit).and_then(|s| {
             let handle = signals.handle();
             forward_signals(signals, s.sender());
-            let r = s.wait();
+            let r = s.wait(|| match &mut cache {
+                rootfs_cache::Entry::Miss(p) => p.seal(),
+                rootfs_cache::Entry::Hit(_) => {
+                    Err("the agent sealed a disk that was already sealed".into())
+                }
+            });
             handle.close();
             r
         });
     drop(raw);
 
     // The agent powers the guest off after its report; make sure it ends.
-    if result.is_ok() {
-        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-        while exit.get().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    // When the agent went away without a report, the guest is likely
+    // panicking: give it a moment to say so.
+    let grace = match &result {
+        Ok(_) => SHUTDOWN_GRACE,
+        Err(session::Error::VmEnded) => Duration::from_secs(3),
+        Err(_) => Duration::ZERO,
+    };
+    let deadline = std::time::Instant::now() + grace;
+    while exit.get().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
     exit.set(ExitReason::Stopped);
     let outcome = vm_thread
@@ -313,6 +309,55 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
                 console: outcome.console_tail,
             })
         }
+    }
+}
+
+/// The disks that carry the image: its cached root file system, or an
+/// empty one to unpack onto plus one read-only disk per layer blob.
+fn image_disks(
+    image: &vm_image::Image,
+    cache: &rootfs_cache::Entry,
+    disks: &mut Vec<BlockConfig>,
+) -> Rootfs {
+    const DISK: &str = "image";
+    let (path, read_only, seal) = match cache {
+        rootfs_cache::Entry::Hit(path) => (path.clone(), true, None),
+        rootfs_cache::Entry::Miss(p) => (p.tmp.clone(), false, Some(p.flag.clone())),
+    };
+    disks.push(BlockConfig {
+        path,
+        read_only,
+        id: DISK.into(),
+        window: None,
+        seal,
+    });
+    if read_only {
+        return Rootfs::Cached { disk: DISK.into() };
+    }
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (i, l) in image.layers.iter().enumerate() {
+        let serial = format!("layer{i}");
+        disks.push(BlockConfig {
+            path: l.source.path.clone(),
+            read_only: true,
+            id: serial.clone(),
+            window: Some((l.source.offset, l.source.size)),
+            seal: None,
+        });
+        layers.push(Layer {
+            disk: serial,
+            size: l.source.size,
+            compression: match l.compression {
+                vm_image::Compression::None => Compression::None,
+                vm_image::Compression::Gzip => Compression::Gzip,
+                vm_image::Compression::Zstd => Compression::Zstd,
+            },
+            digest: l.digest.to_string(),
+        });
+    }
+    Rootfs::Unpack {
+        disk: DISK.into(),
+        layers,
     }
 }
 

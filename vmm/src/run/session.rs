@@ -159,10 +159,16 @@ impl Session {
 
     /// Reads the agent's reports until the process has exited; returns
     /// its status once all of its output has been written out.
-    pub fn wait(mut self) -> Result<i32, Error> {
+    /// `seal` runs when the agent reports the image disk sealed; the
+    /// agent goes on once it returns.
+    pub fn wait(mut self, mut seal: impl FnMut() -> Result<(), String>) -> Result<i32, Error> {
         let code = loop {
             match read_frame::<_, AgentMessage>(&mut self.control) {
                 Ok(Some(AgentMessage::Started)) => {}
+                Ok(Some(AgentMessage::Sealed)) => {
+                    seal().map_err(Error::Protocol)?;
+                    self.sender().send(&HostMessage::Continue);
+                }
                 Ok(Some(AgentMessage::Exited { code })) => break code,
                 Ok(Some(AgentMessage::Failed { code, message })) => {
                     // Output the agent already sent comes first.

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::request::{self, DiskInfo, ID_BYTES, SECTOR_SIZE};
@@ -25,6 +26,9 @@ pub struct BlockConfig {
     /// The disk is `size` bytes of the file starting at `offset` (a blob
     /// inside an archive); `None` means the whole file.
     pub window: Option<(u64, u64)>,
+    /// Once this is set, the device refuses writes as if attached
+    /// read-only (the host seals a disk the guest has finished writing).
+    pub seal: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,7 @@ pub struct Block {
     pub(super) file: File,
     capacity_sectors: u64,
     read_only: bool,
+    seal: Option<Arc<AtomicBool>>,
     offset: u64,
     size: u64,
     id: [u8; ID_BYTES],
@@ -126,6 +131,7 @@ impl Block {
             file,
             capacity_sectors,
             read_only: cfg.read_only,
+            seal: cfg.seal.clone(),
             offset,
             size,
             id,
@@ -139,7 +145,11 @@ impl Block {
     pub fn process_queue(&mut self) {
         let info = DiskInfo {
             capacity_sectors: self.capacity_sectors,
-            read_only: self.read_only,
+            read_only: self.read_only
+                || self
+                    .seal
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Acquire)),
             offset: self.offset,
             size: self.size,
             id: &self.id,

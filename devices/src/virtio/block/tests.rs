@@ -43,6 +43,7 @@ fn device(mem: &GuestMem, disk: &Disk, read_only: bool, driver: &Driver) -> Bloc
         read_only,
         id: "serial-1".into(),
         window: None,
+        seal: None,
     };
     let mut dev = Block::new(&cfg, mem.clone(), irq).expect("block device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);
@@ -357,6 +358,7 @@ fn a_read_only_disk_may_end_mid_sector_and_reads_zeros_past_its_end() {
         read_only: false,
         id: String::new(),
         window: None,
+        seal: None,
     };
     assert!(Block::new(&rw, mem.clone(), irq).is_err());
 
@@ -396,6 +398,7 @@ fn a_window_of_a_file_is_a_disk_and_nothing_past_it_shows() {
         read_only: true,
         id: String::new(),
         window: Some((1000, 700)),
+        seal: None,
     };
     let mut dev = Block::new(&cfg, mem.clone(), irq).expect("device");
     let mut driver = Driver::new(&mem, 16);
@@ -419,4 +422,41 @@ fn a_window_of_a_file_is_a_disk_and_nothing_past_it_shows() {
         ..cfg
     };
     assert!(Block::new(&bad, mem.clone(), irq).is_err());
+}
+
+#[test]
+fn a_sealed_disk_refuses_writes_from_then_on() {
+    let mem = memory();
+    let disk = Disk::new("seal", 4, 0);
+    let (irq, _) = interrupt();
+    let seal = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cfg = BlockConfig {
+        path: disk.path.clone(),
+        read_only: false,
+        id: String::new(),
+        window: None,
+        seal: Some(seal.clone()),
+    };
+    let mut dev = Block::new(&cfg, mem.clone(), irq).expect("device");
+    let mut driver = Driver::new(&mem, 16);
+    dev.set_acked_features(VIRTIO_F_VERSION_1);
+    dev.activate(vec![driver.queue()]).expect("activate");
+    mem.write_slice(&[9u8; 512], GuestAddress(BUF))
+        .expect("data");
+    header(&mem, T_OUT, 0);
+    three(&driver, 512, 0);
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(status(&mem), S_OK);
+    seal.store(true, std::sync::atomic::Ordering::Release);
+    mem.write_slice(&[7u8; 512], GuestAddress(BUF))
+        .expect("data");
+    header(&mem, T_OUT, 1);
+    three(&driver, 512, 0);
+    driver.offer(0);
+    dev.process_queue();
+    assert_eq!(status(&mem), S_IOERR);
+    let bytes = disk.bytes();
+    assert!(bytes[..512].iter().all(|b| *b == 9));
+    assert!(bytes[512..].iter().all(|b| *b == 0));
 }
