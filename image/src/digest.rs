@@ -97,7 +97,12 @@ pub fn verify(src: &BlobSource, what: &'static str, digest: &Digest, size: u64) 
     Ok(())
 }
 
-fn check_size(src: &BlobSource, what: &'static str, digest: &Digest, size: u64) -> Result<()> {
+pub(crate) fn check_size(
+    src: &BlobSource,
+    what: &'static str,
+    digest: &Digest,
+    size: u64,
+) -> Result<()> {
     if src.size != size {
         return Err(Error::DigestMismatch {
             what,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 
 use crate::archive::Archive;
-use crate::digest::{read_verified, verify, Digest};
+use crate::digest::{check_size, read_verified, Digest};
 use crate::media::{self, MAX_JSON};
 use crate::{BlobSource, Error, Image, LayerBlob, Result, RunConfig};
 
@@ -186,7 +186,7 @@ fn image_from_manifest(
         let compression = media::layer_compression(l.media_type().as_ref())?;
         let digest = Digest::parse(l.digest().as_ref())?;
         let source = layout.blob("layer", &digest)?;
-        verify(&source, "layer", &digest, l.size())?;
+        check_size(&source, "layer", &digest, l.size())?;
         layers.push(LayerBlob {
             source,
             compression,

@@ -26,12 +26,21 @@ pub struct BlobSource {
     pub size: u64,
 }
 
-/// One verified layer.
+/// One layer. Its size is checked when the image is opened; its digest
+/// only by [`LayerBlob::verify`], which must pass before its content is
+/// used (a run that finds the image already unpacked skips the cost).
 #[derive(Debug, Clone)]
 pub struct LayerBlob {
     pub source: BlobSource,
     pub compression: Compression,
     pub digest: Digest,
+}
+
+impl LayerBlob {
+    /// Streams the blob through sha256 and compares it with its digest.
+    pub fn verify(&self) -> Result<()> {
+        digest::verify(&self.source, "layer", &self.digest, self.source.size)
+    }
 }
 
 /// What the image says about running it (the OCI config's `config`).
@@ -44,7 +53,7 @@ pub struct RunConfig {
     pub user: String,
 }
 
-/// An image ready to run: layers bottom first, all verified.
+/// An image: manifest and config verified, layers bottom first.
 #[derive(Debug, Clone)]
 pub struct Image {
     pub reference: String,
@@ -88,7 +97,8 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Opens and verifies the image a reference names.
+/// Opens the image a reference names, verifying its index, manifest and
+/// config (layers: see [`LayerBlob::verify`]).
 pub fn open(reference: &str) -> Result<Image> {
     let r = Reference::parse(reference)?;
     let mut image = match &r {

@@ -107,6 +107,13 @@ pub fn env() -> &'static Env {
     })
 }
 
+/// The Debian minbase OCI layout (tests/fixtures/build-debian-image,
+/// cached after the first build).
+pub fn debian_image() -> &'static Path {
+    static DEBIAN: OnceLock<PathBuf> = OnceLock::new();
+    DEBIAN.get_or_init(|| script_output_path(&repo_root(), "tests/fixtures/build-debian-image"))
+}
+
 pub struct ScriptOutput {
     pub code: Option<i32>,
     pub stdout: String,

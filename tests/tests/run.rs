@@ -2,7 +2,7 @@
 //! guest (in the nested KVM host when needed), Docker's flags and exit
 //! statuses. Each test runs many containers in one nested host.
 
-use vm_tests::{env, section, work_dir, ScriptOutput};
+use vm_tests::{debian_image, env, section, work_dir, ScriptOutput};
 
 /// A `vm run` that hung (nested-host flakiness) shows as 124 from the
 /// `timeout` each container run gets.
@@ -239,6 +239,9 @@ echo "== end"
 fn bad_images_and_flags_are_clear_errors_before_any_vm() {
     let e = env();
     let script = r#"
+# A state directory of its own: a cached root file system of the base
+# image would make the tampered layer irrelevant (it is never read).
+export VM_ROOT=$(mktemp -d)
 H=$IMAGES/hostile
 for c in digest-mismatch missing-blob media-type; do
     echo "== $c"
@@ -257,7 +260,8 @@ $VM run -w rel oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
 echo "== no-command"
 $VM run --entrypoint "" oci:$IMAGES/oci:busybox 2>&1; echo "rc=$?"
 echo "== leftovers"
-ls -d ${TMPDIR:-/tmp}/vm-run-* 2>/dev/null | wc -l
+ls -d ${TMPDIR:-/tmp}/vm-run-* $VM_ROOT/rootfs/.tmp-* 2>/dev/null | wc -l
+rm -rf "$VM_ROOT"
 echo "== end"
 "#;
     let out = e.run_here(script);
@@ -280,4 +284,36 @@ echo "== end"
         assert!(!s.contains("panicked"), "{case}: {out}");
     }
     assert_eq!(line_after(o, "leftovers"), "0", "{out}");
+}
+
+#[test]
+fn debian_minbase_image_runs_dpkg() {
+    let e = env();
+    let script = format!(
+        r#"
+D=oci:{debian}
+R="timeout 180 $VM run"
+echo "== dpkg"
+$R $D sh -c 'dpkg -l | grep -c "^ii"; cut -d. -f1 /etc/debian_version'; echo "rc=$?"
+echo "== nobody"
+$R -u nobody $D id; echo "rc=$?"
+echo "== apt"
+$R -w /var/lib $D sh -c 'pwd; command -v apt-get'
+echo "== end"
+"#,
+        debian = debian_image().display()
+    );
+    let out = e.run_with_kvm_retrying(&script, hung);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    let dpkg: Vec<&str> = line_after(o, "dpkg").lines().collect();
+    let installed: u32 = dpkg[0].parse().unwrap_or(0);
+    assert!(installed > 50, "dpkg -l lists {installed} packages: {out}");
+    assert_eq!(&dpkg[1..], ["12", "rc=0"], "{out}");
+    assert_eq!(
+        line_after(o, "nobody"),
+        "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)\nrc=0",
+        "{out}"
+    );
+    assert_eq!(line_after(o, "apt"), "/var/lib\n/usr/bin/apt-get", "{out}");
 }

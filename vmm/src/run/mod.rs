@@ -182,6 +182,13 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     let digests: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
     let state = rootfs_cache::state_root(root.as_deref())?;
     let mut cache = rootfs_cache::lookup(&state, &rootfs_cache::key(&digests), &id)?;
+    if matches!(cache, rootfs_cache::Entry::Miss(_)) {
+        // Layers are read only when unpacking; check them first.
+        for l in &image.layers {
+            l.verify()
+                .map_err(|e| format!("image {}: {e}", args.image))?;
+        }
+    }
     let mut disks = vec![BlockConfig {
         path: scratch_path,
         read_only: false,
