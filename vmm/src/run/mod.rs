@@ -11,6 +11,7 @@ mod rootfs_cache;
 mod scratch;
 mod session;
 pub mod spec;
+mod timing;
 mod tty;
 
 use std::path::PathBuf;
@@ -124,6 +125,7 @@ pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
 }
 
 fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
+    timing::start();
     // Catch the forwarded signals from the start: one that comes while the
     // guest boots waits and reaches the container once it runs (and does
     // not kill us before we clean up).
@@ -147,6 +149,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     let initrd = assets::initrd()?;
     let image = vm_image::open(&args.image).map_err(|e| format!("image {}: {e}", args.image))?;
 
+    timing::mark("image-opened");
     let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
     let mut env = spec::environment(&image.config.env, &env_lines, &args.env, |k| {
         std::env::var(k).ok()
@@ -197,6 +200,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         seal: None,
     }];
     let rootfs = image_disks(&image, &cache, &mut disks);
+    timing::mark(if matches!(cache, rootfs_cache::Entry::Hit(_)) { "disks-ready-cached" } else { "disks-ready" });
     let run_spec = RunSpec {
         rootfs,
         scratch_disk: "scratch".into(),
@@ -237,7 +241,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         ),
         cpus: args.cpus,
         memory_mib,
-        report_boot_time: args.debug,
+        report_boot_time: args.debug || timing::enabled(),
         disks,
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
@@ -248,6 +252,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         exit: exit.clone(),
     };
     vm::validate(&cfg).map_err(|e| e.to_string())?;
+    timing::mark("vm-starting");
     let vm_thread = std::thread::Builder::new()
         .name("vmm".into())
         .spawn(move || vm::run(cfg))
@@ -286,10 +291,12 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         std::thread::sleep(Duration::from_millis(10));
     }
     exit.set(ExitReason::Stopped);
+    timing::mark("vm-stopping");
     let outcome = vm_thread
         .join()
         .map_err(|_| Failure::from("the VMM thread panicked"))?
         .map_err(|e| Failure::from(e.to_string()))?;
+    timing::mark("vm-ended");
     match result {
         Ok(code) => Ok(code),
         Err(e) => {

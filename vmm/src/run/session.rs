@@ -125,6 +125,7 @@ impl Session {
             }
         }
         let _ = control.set_read_timeout(None);
+        super::timing::mark("agent-hello");
         let (terminal, stdin) = (spec.process.terminal, spec.process.stdin);
         write_frame(&mut control, &HostMessage::Run(Box::new(spec)))
             .map_err(|e| Error::Protocol(format!("sending the run spec: {e}")))?;
@@ -164,12 +165,16 @@ impl Session {
     pub fn wait(mut self, mut seal: impl FnMut() -> Result<(), String>) -> Result<i32, Error> {
         let code = loop {
             match read_frame::<_, AgentMessage>(&mut self.control) {
-                Ok(Some(AgentMessage::Started)) => {}
+                Ok(Some(AgentMessage::Started)) => super::timing::mark("process-started"),
                 Ok(Some(AgentMessage::Sealed)) => {
+                    super::timing::mark("image-unpacked");
                     seal().map_err(Error::Protocol)?;
                     self.sender().send(&HostMessage::Continue);
                 }
-                Ok(Some(AgentMessage::Exited { code })) => break code,
+                Ok(Some(AgentMessage::Exited { code })) => {
+                    super::timing::mark("process-exited");
+                    break code;
+                }
                 Ok(Some(AgentMessage::Failed { code, message })) => {
                     // Output the agent already sent comes first.
                     self.drain();
