@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-GUEST_MIB = 512  # vm run's default
+GUEST_MIB = 256  # vm run's default
 
 
 def timed(cmd, env=None, expect=None):

@@ -115,7 +115,8 @@ R="timeout 120 $VM run"
 echo "== layers"
 $R oci:$IMAGES/oci:layers sh -c 'cat /data/keep /data/added /opaque/new; ls /data | tr "\n" " "; ls /opaque | tr "\n" " "; echo'
 echo "== cache"
-export VM_ROOT=$W/state
+# tmpfs in the nested host (not the 9p share): SEEK_DATA must work there.
+export VM_ROOT=/tmp/cache-test-state
 $R oci:$IMAGES/oci:layers sh -c 'echo scribble > /data/keep; maj=$(cut -d: -f1 /sys/block/vdb/dev); mknod /tmp/vdb b $maj 16; dd if=/dev/zero of=/tmp/vdb bs=4096 count=64 conv=fsync 2>/dev/null && echo image-disk-written || echo image-disk-refused'
 ls $VM_ROOT/rootfs | grep -c '^[0-9a-f]*\.ext4$'
 $R oci:$IMAGES/oci:layers sh -c 'cat /data/keep; ls /opaque'
@@ -260,7 +261,7 @@ $VM run -w rel oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
 echo "== no-command"
 $VM run --entrypoint "" oci:$IMAGES/oci:busybox 2>&1; echo "rc=$?"
 echo "== leftovers"
-ls -d ${TMPDIR:-/tmp}/vm-run-* $VM_ROOT/rootfs/.tmp-* 2>/dev/null | wc -l
+ls -d ${TMPDIR:-/tmp}/vm-run-* $VM_ROOT/run/vm-run-* $VM_ROOT/rootfs/.tmp-* 2>/dev/null | wc -l
 rm -rf "$VM_ROOT"
 echo "== end"
 "#;

@@ -27,7 +27,8 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::vm::{self, VmConfig};
 
 const GUEST_CID: u64 = 3;
-const DEFAULT_MEMORY_MIB: u64 = 512;
+/// Enough for most containers; the guest kernel's boot grows with it.
+const DEFAULT_MEMORY_MIB: u64 = 256;
 /// What one layer may unpack to (VM_MAX_LAYER_SIZE overrides, e.g. 1g),
 /// and how many entries it may have.
 const MAX_LAYER_BYTES: u64 = scratch::SIZE;
@@ -175,15 +176,18 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         return Err(format!("the working directory {workdir:?} must be an absolute path").into());
     }
 
-    let dir = RunDir::create(&id)?;
-    let scratch_path = dir.path.join("scratch.img");
-    scratch::create(&scratch_path)?;
+    let state = rootfs_cache::state_root(root.as_deref())?;
+    // Sockets want a short path (TMPDIR); the scratch disk wants a real
+    // disk and the same file system as its template (the state root).
+    let dir = RunDir::create(std::env::temp_dir(), &id)?;
+    let disk_dir = RunDir::create(state.join("run"), &id)?;
+    let scratch_path = disk_dir.path.join("scratch.img");
     let vsock_path = dir.path.join("vsock");
     let listeners = session::Listeners::bind(&vsock_path)
         .map_err(|e| format!("vsock sockets in {}: {e}", dir.path.display()))?;
 
     let digests: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
-    let state = rootfs_cache::state_root(root.as_deref())?;
+    scratch::create(&state, &scratch_path)?;
     let mut cache = rootfs_cache::lookup(&state, &rootfs_cache::key(&digests), &id)?;
     if matches!(cache, rootfs_cache::Entry::Miss(_)) {
         // Layers are read only when unpacking; check them first.
@@ -200,7 +204,11 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         seal: None,
     }];
     let rootfs = image_disks(&image, &cache, &mut disks);
-    timing::mark(if matches!(cache, rootfs_cache::Entry::Hit(_)) { "disks-ready-cached" } else { "disks-ready" });
+    timing::mark(if matches!(cache, rootfs_cache::Entry::Hit(_)) {
+        "disks-ready-cached"
+    } else {
+        "disks-ready"
+    });
     let run_spec = RunSpec {
         rootfs,
         scratch_disk: "scratch".into(),
@@ -442,8 +450,10 @@ struct RunDir {
 }
 
 impl RunDir {
-    fn create(id: &str) -> Result<Self, String> {
-        let path = std::env::temp_dir().join(format!("vm-run-{}", &id[..16]));
+    fn create(parent: PathBuf, id: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        let path = parent.join(format!("vm-run-{}", &id[..16]));
         std::fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         Ok(Self { path })
     }

@@ -71,7 +71,8 @@ pub fn lookup(root: &Path, key: &str, run_id: &str) -> Result<Entry, String> {
         return Ok(Entry::Hit(path));
     }
     let tmp = dir.join(format!(".tmp-{run_id}.ext4"));
-    scratch::create(&tmp)?;
+    scratch::create(root, &tmp)?;
+    // (the template sits in `root`, the same file system as `dir`)
     Ok(Entry::Miss(Pending {
         tmp,
         path,
