@@ -18,8 +18,20 @@ const TEMPLATE: &str = "empty-ext4-v1-16g.img";
 /// Makes `path` a fresh, empty ext4 disk.
 pub fn create(state: &Path, path: &Path) -> Result<(), String> {
     let template = template(state)?;
-    sparse_copy(&template, path)
-        .map_err(|e| format!("copying {} to {}: {e}", template.display(), path.display()))
+    match sparse_copy(&template, path) {
+        Ok(()) => Ok(()),
+        // The file system cannot tell holes from data (9p, some network
+        // file systems): copying would read gigabytes of zeros.
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            let _ = std::fs::remove_file(path);
+            mkfs(path)
+        }
+        Err(e) => Err(format!(
+            "copying {} to {}: {e}",
+            template.display(),
+            path.display()
+        )),
+    }
 }
 
 fn template(state: &Path) -> Result<PathBuf, String> {
@@ -68,7 +80,20 @@ fn mkfs(path: &Path) -> Result<(), String> {
 /// same size (SEEK_DATA/SEEK_HOLE, then copy_file_range).
 pub fn sparse_copy(src: &Path, dst: &Path) -> io::Result<()> {
     let from = File::open(src)?;
-    let len = from.metadata()?.len();
+    let meta = from.metadata()?;
+    let len = meta.len();
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: lseek on an open descriptor; no memory is passed.
+        let hole = unsafe { libc::lseek(from.as_raw_fd(), 0, libc::SEEK_HOLE) };
+        let allocated = meta.blocks().saturating_mul(512);
+        if u64::try_from(hole).is_ok_and(|h| h >= len) && allocated < len / 2 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the file system does not report holes",
+            ));
+        }
+    }
     let to = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
