@@ -151,6 +151,7 @@ fn init() -> Result<i32, Fail> {
     if spec.process.terminal {
         attach_terminal(&spec.process)?;
     }
+    drop_capabilities()?;
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| Fail::setup(format!("sethostname: {e}")))?;
 
@@ -247,6 +248,44 @@ fn attach_terminal(p: &Process) -> Result<(), Fail> {
     let sock = unsafe { OwnedFd::from_raw_fd(PTY_SOCK_FD) };
     crate::pty::send_fd(sock.as_raw_fd(), pty.master.as_raw_fd())
         .map_err(|e| Fail::setup(format!("handing the pty to the agent: {e}")))?;
+    Ok(())
+}
+
+/// Docker's default capabilities; every other one leaves the bounding
+/// set, so neither root in the container nor a file capability can get it
+/// (no CAP_SYS_ADMIN: no mounts; no CAP_SYS_MODULE, CAP_SYS_TIME, ...).
+const DEFAULT_CAPS: &[u32] = &[
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+fn drop_capabilities() -> Result<(), Fail> {
+    for cap in 0..64u32 {
+        if DEFAULT_CAPS.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                break; // past the last capability this kernel knows
+            }
+            return Err(Fail::setup(format!("dropping capability {cap}: {e}")));
+        }
+    }
     Ok(())
 }
 

@@ -52,6 +52,8 @@ pub struct Stats {
     pub bytes: u64,
     pub skipped_devices: u64,
     pub whiteouts: u64,
+    /// Extended attributes the file system does not support.
+    pub skipped_xattrs: u64,
 }
 
 /// Counts what flows out of the decompressor and stops at the limit.
@@ -158,6 +160,7 @@ pub fn apply_layer<R: Read>(
         }
         let header = entry.header().clone();
         let kind = header.entry_type();
+        let xattrs = xattrs(&mut entry)?;
         let mode = header.mode().map_err(corrupt)? & 0o7777;
         let existing = kind_at(&dir, name);
         // Anything but a directory replacing a directory (or vice versa)
@@ -251,9 +254,55 @@ pub fn apply_layer<R: Read>(
             _ => continue,
         }
         set_metadata(&dir, name, &path, &header, mode, kind, opts)?;
+        // After chown, which drops security.capability.
+        stats.skipped_xattrs += set_xattrs(&dir, name, &path, &xattrs)?;
         created.insert(comps);
     }
     Ok(stats)
+}
+
+/// Extended attributes travel as PAX records `SCHILY.xattr.NAME`.
+const XATTR_PREFIX: &str = "SCHILY.xattr.";
+/// The kernel's limit for one value.
+const XATTR_MAX: usize = 64 * 1024;
+
+fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let Some(exts) = entry.pax_extensions().map_err(corrupt)? else {
+        return Ok(out);
+    };
+    for ext in exts {
+        let ext = ext.map_err(corrupt)?;
+        let Ok(key) = ext.key() else { continue };
+        let Some(name) = key.strip_prefix(XATTR_PREFIX) else {
+            continue;
+        };
+        if name.is_empty() || name.contains('\0') || ext.value_bytes().len() > XATTR_MAX {
+            return Err(corrupt(format!("bad extended attribute {name:?}")));
+        }
+        out.push((name.to_string(), ext.value_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Sets the attributes on `name` (never following it, even if it is a
+/// symlink: the path goes through our descriptor of its directory).
+/// Returns how many the file system refused as unsupported.
+fn set_xattrs(dir: &OwnedFd, name: &str, path: &str, attrs: &[(String, Vec<u8>)]) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut skipped = 0;
+    if attrs.is_empty() {
+        return Ok(0);
+    }
+    let at = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+    for (key, value) in attrs {
+        match fs::lsetxattr(at.as_str(), key.as_str(), value, fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::OPNOTSUPP) => skipped += 1,
+            Err(e) => return Err(fs_err("setxattr", path, e)),
+        }
+    }
+    Ok(skipped)
 }
 
 fn set_metadata(

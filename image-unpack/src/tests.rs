@@ -364,3 +364,45 @@ fn zstd_layers() {
     .expect("apply");
     assert_eq!(std::fs::read(s.root().join("z")).expect("read"), b"zstd!");
 }
+
+#[test]
+fn extended_attributes_are_kept_including_file_capabilities() {
+    let s = Scratch::new("xattr");
+    let mut b = tar::Builder::new(Vec::new());
+    // security.capability: revision 2, effective, permitted cap_net_raw (13).
+    let mut cap = Vec::new();
+    cap.extend_from_slice(&0x0200_0001u32.to_le_bytes());
+    cap.extend_from_slice(&(1u32 << 13).to_le_bytes());
+    cap.extend_from_slice(&[0u8; 12]);
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.note", b"hello".as_slice()),
+        ("SCHILY.xattr.security.capability", cap.as_slice()),
+    ])
+    .expect("pax");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(File);
+    h.set_mode(0o755);
+    h.set_size(3);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "ping", &b"elf"[..]).expect("append");
+    let data = b.into_inner().expect("tar");
+    let stats = apply_layer(
+        &s.fd(),
+        data.as_slice(),
+        Compression::None,
+        Limits::default(),
+        Options::default(),
+    )
+    .expect("apply");
+    let p = s.root().join("ping");
+    let mut buf = vec![0u8; 64];
+    let n = rustix::fs::getxattr(&p, "user.note", &mut buf).expect("user.note");
+    assert_eq!(&buf[..n], b"hello");
+    // security.* needs privilege; as root the capability must be there.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let n = rustix::fs::getxattr(&p, "security.capability", &mut buf).expect("capability");
+        assert_eq!(&buf[..n], cap.as_slice());
+    }
+    assert_eq!(stats.skipped_xattrs, 0);
+}

@@ -46,6 +46,9 @@ $R -u app $I sh -c 'echo "$(id -u) $(id -g) $(id -G) $HOME"'
 $R -u 1000:2000 $I sh -c 'echo "$(id -u) $(id -g) $(id -G)"'
 $R -u 4242 $I sh -c 'echo "$(id -u) $(id -g)"'
 $R -u nobody2 $I true 2>$W/err; echo "rc=$?"; cat $W/err
+echo "== capability"
+$R -u app $I sh -c 'cat /root/secret 2>/dev/null || echo denied; /opt/cap/cat /root/secret'
+$R $I sh -c '/opt/cap/true 2>/dev/null && echo sys-admin-granted || echo sys-admin-refused; grep CapBnd /proc/self/status'
 echo "== image-config"
 $R oci:$IMAGES/oci:app; echo "rc=$?"
 $R oci:$IMAGES/oci:app extra args
@@ -53,6 +56,8 @@ $R --entrypoint sh oci:$IMAGES/oci:app -c 'echo "$(id -un) $(pwd) $GREETING"'
 echo "== stdin"
 printf 'hi\nthere\n' | $R -i $I cat; echo "rc=$?"
 echo "no -i" | $R $I cat; echo "rc=$?"
+echo "== no-agent"
+VM_INITRD=$TEST_INITRD $R --rm --name no-agent $I true 2>&1; echo "rc=$?"
 echo "== hostname"
 $R -h myhost $I hostname
 $R $I sh -c 'hostname; cat /etc/hostname; grep -c localhost /etc/hosts'
@@ -89,12 +94,32 @@ echo "== end"
     assert_eq!(user[2], "4242 0", "{out}");
     assert_eq!(user[3], "rc=125", "{out}");
     assert!(user[4].contains("unable to find user nobody2"), "{out}");
+    // security.capability survived umoci, the layer, the unpack and the
+    // overlay: the capable copy of cat reads what plain cat may not. The
+    // bounding set is Docker's default one (0xa80425fb), so a file
+    // capability outside it cannot be had, even by root.
+    assert_eq!(
+        line_after(o, "capability"),
+        "denied\nroot's secret\nsys-admin-refused\nCapBnd:\t00000000a80425fb",
+        "{out}"
+    );
     assert_eq!(
         line_after(o, "image-config"),
         "default-cmd\nrc=0\nextra args\napp /home/app/work hello",
         "{out}"
     );
     assert_eq!(line_after(o, "stdin"), "hi\nthere\nrc=0\nrc=0", "{out}");
+    // A guest without our agent: a clear error and its console's end.
+    let no_agent = line_after(o, "no-agent");
+    assert!(no_agent.ends_with("rc=125"), "{out}");
+    assert!(
+        no_agent.contains("the guest ended before the container reported"),
+        "{out}"
+    );
+    assert!(
+        no_agent.contains("last lines of the guest console"),
+        "{out}"
+    );
     let host: Vec<&str> = line_after(o, "hostname").lines().collect();
     assert_eq!(host[0], "myhost", "{out}");
     assert_eq!(host[1].len(), 12, "default hostname is a short id: {out}");

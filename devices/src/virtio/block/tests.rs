@@ -342,6 +342,56 @@ fn avail_index_jump_marks_the_device_broken() {
     assert_eq!(status(&mem), S_OK);
 }
 
+/// A device over `cfg`, activated with one queue.
+fn activated<'m>(mem: &'m GuestMem, cfg: &BlockConfig) -> (Block, Driver<'m>) {
+    let (irq, _) = interrupt();
+    let mut dev = Block::new(cfg, mem.clone(), irq).expect("block device");
+    let driver = Driver::new(mem, 16);
+    dev.set_acked_features(VIRTIO_F_VERSION_1);
+    dev.activate(vec![driver.queue()]).expect("activate");
+    (dev, driver)
+}
+
+/// One request of `len` bytes at `sector` through `BUF`; a read's buffer
+/// is poisoned first. Returns the status byte.
+fn request(
+    mem: &GuestMem,
+    driver: &mut Driver,
+    dev: &mut Block,
+    type_: u32,
+    sector: u64,
+    len: u32,
+) -> u8 {
+    let flags = if type_ == T_IN {
+        mem.write_slice(&vec![0xffu8; len as usize], GuestAddress(BUF))
+            .expect("poison");
+        F_WRITE
+    } else {
+        0
+    };
+    header(mem, type_, sector);
+    three(driver, len, flags);
+    driver.offer(0);
+    dev.process_queue();
+    status(mem)
+}
+
+fn buffer(mem: &GuestMem, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    mem.read_slice(&mut buf, GuestAddress(BUF)).expect("read");
+    buf
+}
+
+fn config(disk: &Disk, read_only: bool) -> BlockConfig {
+    BlockConfig {
+        path: disk.path.clone(),
+        read_only,
+        id: String::new(),
+        window: None,
+        seal: None,
+    }
+}
+
 #[test]
 fn a_read_only_disk_may_end_mid_sector_and_reads_zeros_past_its_end() {
     let mem = memory();
@@ -353,35 +403,16 @@ fn a_read_only_disk_may_end_mid_sector_and_reads_zeros_past_its_end() {
         .expect("grow disk");
     // Writable, it is refused: only a read-only disk may be ragged.
     let (irq, _) = interrupt();
-    let rw = BlockConfig {
-        path: disk.path.clone(),
-        read_only: false,
-        id: String::new(),
-        window: None,
-        seal: None,
-    };
-    assert!(Block::new(&rw, mem.clone(), irq).is_err());
+    assert!(Block::new(&config(&disk, false), mem.clone(), irq).is_err());
 
-    let mut driver = Driver::new(&mem, 16);
-    let mut dev = device(&mem, &disk, true, &driver);
-    mem.write_slice(&[0xffu8; 1024], GuestAddress(BUF))
-        .expect("poison");
-    header(&mem, T_IN, 0);
-    three(&driver, 1024, F_WRITE);
-    driver.offer(0);
-    dev.process_queue();
-    assert_eq!(status(&mem), S_OK);
-    let mut buf = [0u8; 1024];
-    mem.read_slice(&mut buf, GuestAddress(BUF)).expect("read");
+    let (mut dev, mut driver) = activated(&mem, &config(&disk, true));
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_IN, 0, 1024), S_OK);
+    let buf = buffer(&mem, 1024);
     assert!(buf[..512].iter().all(|b| *b == 0x5a));
     assert!(buf[512..612].iter().all(|b| *b == 0x11));
     assert!(buf[612..].iter().all(|b| *b == 0));
     // Capacity is two sectors: a third is beyond the end.
-    header(&mem, T_IN, 2);
-    three(&driver, 512, F_WRITE);
-    driver.offer(0);
-    dev.process_queue();
-    assert_eq!(status(&mem), S_IOERR);
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_IN, 2, 512), S_IOERR);
 }
 
 #[test]
@@ -392,27 +423,13 @@ fn a_window_of_a_file_is_a_disk_and_nothing_past_it_shows() {
     body.extend_from_slice(&[0x22; 700]);
     body.extend_from_slice(&[0x33; 900]);
     std::fs::write(&disk.path, &body).expect("write");
-    let (irq, _) = interrupt();
     let cfg = BlockConfig {
-        path: disk.path.clone(),
-        read_only: true,
-        id: String::new(),
         window: Some((1000, 700)),
-        seal: None,
+        ..config(&disk, true)
     };
-    let mut dev = Block::new(&cfg, mem.clone(), irq).expect("device");
-    let mut driver = Driver::new(&mem, 16);
-    dev.set_acked_features(VIRTIO_F_VERSION_1);
-    dev.activate(vec![driver.queue()]).expect("activate");
-    mem.write_slice(&[0xffu8; 1024], GuestAddress(BUF))
-        .expect("poison");
-    header(&mem, T_IN, 0);
-    three(&driver, 1024, F_WRITE);
-    driver.offer(0);
-    dev.process_queue();
-    assert_eq!(status(&mem), S_OK);
-    let mut buf = [0u8; 1024];
-    mem.read_slice(&mut buf, GuestAddress(BUF)).expect("read");
+    let (mut dev, mut driver) = activated(&mem, &cfg);
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_IN, 0, 1024), S_OK);
+    let buf = buffer(&mem, 1024);
     assert!(buf[..700].iter().all(|b| *b == 0x22));
     assert!(buf[700..].iter().all(|b| *b == 0));
     // A window past the end of the file is refused.
@@ -428,34 +445,19 @@ fn a_window_of_a_file_is_a_disk_and_nothing_past_it_shows() {
 fn a_sealed_disk_refuses_writes_from_then_on() {
     let mem = memory();
     let disk = Disk::new("seal", 4, 0);
-    let (irq, _) = interrupt();
     let seal = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cfg = BlockConfig {
-        path: disk.path.clone(),
-        read_only: false,
-        id: String::new(),
-        window: None,
         seal: Some(seal.clone()),
+        ..config(&disk, false)
     };
-    let mut dev = Block::new(&cfg, mem.clone(), irq).expect("device");
-    let mut driver = Driver::new(&mem, 16);
-    dev.set_acked_features(VIRTIO_F_VERSION_1);
-    dev.activate(vec![driver.queue()]).expect("activate");
+    let (mut dev, mut driver) = activated(&mem, &cfg);
     mem.write_slice(&[9u8; 512], GuestAddress(BUF))
         .expect("data");
-    header(&mem, T_OUT, 0);
-    three(&driver, 512, 0);
-    driver.offer(0);
-    dev.process_queue();
-    assert_eq!(status(&mem), S_OK);
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_OUT, 0, 512), S_OK);
     seal.store(true, std::sync::atomic::Ordering::Release);
     mem.write_slice(&[7u8; 512], GuestAddress(BUF))
         .expect("data");
-    header(&mem, T_OUT, 1);
-    three(&driver, 512, 0);
-    driver.offer(0);
-    dev.process_queue();
-    assert_eq!(status(&mem), S_IOERR);
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_OUT, 1, 512), S_IOERR);
     let bytes = disk.bytes();
     assert!(bytes[..512].iter().all(|b| *b == 9));
     assert!(bytes[512..].iter().all(|b| *b == 0));
