@@ -154,6 +154,8 @@ $R --read-only $I sh -c 'touch /x 2>/dev/null && echo wrote || echo refused; ech
 $R $I sh -c 'touch /x && echo wrote'
 echo "== dev"
 $R $I sh -c 'ls /dev | tr "\n" " "; echo; head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; echo $$; ls /proc/1/ns >/dev/null && echo proc-ok'
+echo "== zombies"
+$R $I sh -c '(sleep 0.2 &); sleep 1; grep -l "^State:.Z" /proc/[0-9]*/status | wc -l; cat /proc/1/comm'
 echo "== sigterm"
 $VM run $I sh -c 'echo started; sleep 100' >$W/sig.out 2>&1 &
 pid=$!
@@ -203,6 +205,8 @@ echo "== end"
         );
     }
     assert_eq!(&dev[1..], ["4", "null-ok", "2", "proc-ok"], "{out}");
+    // The orphaned sleep was reaped by the container's init.
+    assert_eq!(line_after(o, "zombies"), "0\ninit", "{out}");
     let sig = line_after(o, "sigterm");
     assert!(sig.starts_with("rc=143\n"), "{out}");
     let took: u64 = sig
