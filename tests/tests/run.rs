@@ -56,6 +56,8 @@ $R --entrypoint sh oci:$IMAGES/oci:app -c 'echo "$(id -un) $(pwd) $GREETING"'
 echo "== stdin"
 printf 'hi\nthere\n' | $R -i $I cat; echo "rc=$?"
 echo "no -i" | $R $I cat; echo "rc=$?"
+echo "== resources"
+$R --cpus 1.5 -m 300m $I sh -c 'nproc; free -m | awk "/Mem:/ {{print \$2}}"'
 echo "== no-agent"
 VM_INITRD=$TEST_INITRD $R --rm --name no-agent $I true 2>&1; echo "rc=$?"
 echo "== hostname"
@@ -109,6 +111,10 @@ echo "== end"
         "{out}"
     );
     assert_eq!(line_after(o, "stdin"), "hi\nthere\nrc=0\nrc=0", "{out}");
+    let res: Vec<&str> = line_after(o, "resources").lines().collect();
+    assert_eq!(res[0], "2", "--cpus 1.5 rounds up: {out}");
+    let mib: u32 = res[1].parse().unwrap_or(0);
+    assert!((250..=300).contains(&mib), "-m 300m gives {mib} MiB: {out}");
     // A guest without our agent: a clear error and its console's end.
     let no_agent = line_after(o, "no-agent");
     assert!(no_agent.ends_with("rc=125"), "{out}");
