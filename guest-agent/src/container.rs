@@ -76,10 +76,18 @@ pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3], pty_sock: Option<RawFd>) -> Res
     if let Some(sock) = pty_sock {
         fds[4] = (sock, PTY_SOCK_FD);
     }
+    // The init starts with every signal blocked (a mask survives execve):
+    // one the host forwards before the init is ready stays pending instead
+    // of being dropped, as signals to a namespace's init without a handler
+    // are. It takes them with sigwait once the process runs.
+    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` is a valid sigset_t.
+    unsafe { libc::sigfillset(&mut all) };
     let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     // SAFETY: clone without CLONE_VM and without a new stack behaves like
     // fork(2). In the child only async-signal-safe calls follow (fcntl,
-    // dup2, execve, _exit) on data prepared before the call.
+    // dup2, sigprocmask, execve, _exit) on data prepared before the call.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -107,6 +115,7 @@ pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3], pty_sock: Option<RawFd>) -> Res
                     libc::dup2(high[i], *target);
                 }
             }
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(125);
         }

@@ -47,7 +47,10 @@ fn run(control_port: u32) -> io::Result<()> {
         None => return Err(io::Error::other("the host closed the connection")),
     };
     let streams = Streams::connect(&spec)?;
-    let started = prepare(&spec, &mut || seal_handshake(&mut control))
+    // Signals the host sent while we waited for it to seal the image disk
+    // are for the process: delivered once it runs.
+    let mut early = Vec::new();
+    let started = prepare(&spec, &mut || seal_handshake(&mut control, &mut early))
         .and_then(|init| start(&spec, &init, streams));
     let running = match started {
         Ok(r) => r,
@@ -60,6 +63,11 @@ fn run(control_port: u32) -> io::Result<()> {
         }
     };
     send(&mut control, &AgentMessage::Started)?;
+    for sig in early {
+        if let Ok(sig) = Signal::try_from(sig) {
+            let _ = kill(running.init, sig);
+        }
+    }
     let code = running.wait(&control);
     send(&mut control, &AgentMessage::Exited { code })?;
     await_hangup(&control);
@@ -249,12 +257,14 @@ fn unpack(spec: &RunSpec, root: &OwnedFd, layer: &Layer) -> Result<(), Fail> {
 
 /// Tells the host the image disk is sealed and waits until it has made
 /// the disk read-only on its side.
-fn seal_handshake(control: &mut File) -> Result<(), Fail> {
+/// Signals that arrive meanwhile are kept in `early`.
+fn seal_handshake(control: &mut File, early: &mut Vec<i32>) -> Result<(), Fail> {
     let fail = |e: &dyn std::fmt::Display| Fail::setup(format!("sealing the image disk: {e}"));
     send(control, &AgentMessage::Sealed).map_err(|e| fail(&e))?;
     loop {
         match read_frame::<_, HostMessage>(control) {
             Ok(Some(HostMessage::Continue)) => return Ok(()),
+            Ok(Some(HostMessage::Signal(n))) => early.push(n),
             Ok(Some(_)) => {}
             Ok(None) => return Err(fail(&"the host closed the connection")),
             Err(e) => return Err(fail(&e)),

@@ -170,6 +170,17 @@ t0=$(date +%s)
 kill -TERM $pid
 wait $pid; echo "rc=$?"
 echo "took=$(( $(date +%s) - t0 ))"
+echo "== sigterm-during-boot"
+# Sent while the guest still boots: it waits, then ends the container.
+$VM run $I sleep 30 >$W/early.out 2>&1 &
+pid=$!
+sleep 0.5
+t0=$(date +%s)
+kill -TERM $pid
+wait $pid; echo "rc=$?"
+echo "took=$(( $(date +%s) - t0 ))"
+# vm run itself was not killed (143 alone would not tell): it cleaned up.
+echo "left=$(ls -d ${{TMPDIR:-/tmp}}/vm-run-* 2>/dev/null | wc -l)"
 echo "== sigint-trapped"
 $VM run $I sh -c 'trap "echo got-int; exit 9" INT; echo ready; while :; do sleep 0.1; done' >$W/int.out 2>&1 &
 pid=$!
@@ -221,6 +232,15 @@ echo "== end"
         .and_then(|t| t.parse().ok())
         .expect("took");
     assert!(took < 60, "SIGTERM took {took}s: {out}");
+    let early = line_after(o, "sigterm-during-boot");
+    assert!(early.starts_with("rc=143\n"), "{out}");
+    let took: u64 = early
+        .lines()
+        .find_map(|l| l.strip_prefix("took="))
+        .and_then(|t| t.parse().ok())
+        .expect("took");
+    assert!(took < 25, "an early SIGTERM took {took}s: {out}");
+    assert!(early.ends_with("left=0"), "{out}");
     let int = line_after(o, "sigint-trapped");
     assert!(
         int.starts_with("rc=9\n") && int.contains("got-int"),
