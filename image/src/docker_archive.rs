@@ -9,7 +9,7 @@ use crate::archive::Archive;
 use crate::digest::{read_verified, Digest};
 use crate::layout::run_config;
 use crate::media::{self, MAX_JSON};
-use crate::{Error, Image, LayerBlob, Result};
+use crate::{Error, Image, LayerBlob, RawBlob, Result};
 
 #[derive(Deserialize)]
 struct Entry {
@@ -17,6 +17,8 @@ struct Entry {
     config: String,
     #[serde(rename = "Layers")]
     layers: Vec<String>,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
 }
 
 pub fn open(ar: &Archive) -> Result<Image> {
@@ -102,9 +104,36 @@ pub fn open(ar: &Archive) -> Result<Image> {
             digest,
         });
     }
+    // An OCI manifest for what the archive holds: its config, and its
+    // layers as uncompressed tars named by their diff_ids.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": cfg_digest.to_string(),
+            "size": cfg_data.len(),
+        },
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": l.digest.to_string(),
+            "size": l.source.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest).map_err(|e| invalid(e.to_string()))?;
     Ok(Image {
         reference: String::new(),
-        manifest_digest: Digest::of_bytes(&data),
+        manifest_digest: Digest::of_bytes(&manifest),
+        raw_manifest: RawBlob {
+            media_type: media::OCI_MANIFEST.into(),
+            data: manifest,
+        },
+        raw_config: RawBlob {
+            media_type: "application/vnd.oci.image.config.v1+json".into(),
+            data: cfg_data,
+        },
+        created: config.created().clone().unwrap_or_default(),
+        names: entry.repo_tags.clone().unwrap_or_default(),
         layers,
         config: run_config(&config),
     })

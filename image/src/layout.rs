@@ -9,7 +9,7 @@ use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use crate::archive::Archive;
 use crate::digest::{check_size, read_verified, Digest};
 use crate::media::{self, MAX_JSON};
-use crate::{BlobSource, Error, Image, LayerBlob, Result, RunConfig};
+use crate::{BlobSource, Error, Image, LayerBlob, RawBlob, Result, RunConfig};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Nested indexes followed before giving up (a loop in a hostile layout).
@@ -107,14 +107,34 @@ pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Image> {
             }
         },
     };
-    let (digest, manifest) = resolve(
+    let (digest, raw, manifest) = resolve(
         layout,
         chosen.media_type().to_string(),
         chosen.digest().to_string(),
         chosen.size(),
         0,
     )?;
-    image_from_manifest(layout, digest, &manifest)
+    let mut image = image_from_manifest(layout, digest, raw, &manifest)?;
+    image.names = chosen
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(REF_NAME))
+        .into_iter()
+        .cloned()
+        .collect();
+    Ok(image)
+}
+
+/// The image a descriptor names (a manifest, or an index to resolve).
+pub fn open_descriptor(
+    layout: &Layout,
+    media_type: &str,
+    digest: &Digest,
+    size: u64,
+) -> Result<Image> {
+    let (digest, raw, manifest) =
+        resolve(layout, media_type.to_string(), digest.to_string(), size, 0)?;
+    image_from_manifest(layout, digest, raw, &manifest)
 }
 
 /// Follows an index (or manifest list) down to the linux/amd64 manifest.
@@ -124,13 +144,14 @@ fn resolve(
     digest: String,
     size: u64,
     depth: usize,
-) -> Result<(Digest, ImageManifest)> {
+) -> Result<(Digest, RawBlob, ImageManifest)> {
     let d = Digest::parse(&digest)?;
     let src = layout.blob("manifest", &d)?;
     let data = read_verified(&src, "manifest", &d, size, MAX_JSON)?;
     match media_type.as_str() {
         media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
-            Ok((d.clone(), parse(&format!("manifest {d}"), &data)?))
+            let m = parse(&format!("manifest {d}"), &data)?;
+            Ok((d, RawBlob { media_type, data }, m))
         }
         media::OCI_INDEX | media::DOCKER_LIST => {
             if depth >= MAX_DEPTH {
@@ -167,6 +188,7 @@ fn resolve(
 fn image_from_manifest(
     layout: &Layout,
     manifest_digest: Digest,
+    raw_manifest: RawBlob,
     m: &ImageManifest,
 ) -> Result<Image> {
     let cfg_desc = m.config();
@@ -196,6 +218,13 @@ fn image_from_manifest(
     Ok(Image {
         reference: String::new(),
         manifest_digest,
+        raw_manifest,
+        raw_config: RawBlob {
+            media_type: cfg_desc.media_type().to_string(),
+            data: cfg_data,
+        },
+        created: config.created().clone().unwrap_or_default(),
+        names: Vec::new(),
         layers,
         config: run_config(&config),
     })

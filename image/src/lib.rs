@@ -9,7 +9,9 @@ mod digest;
 mod docker_archive;
 mod layout;
 mod media;
+pub mod name;
 mod reference;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -59,8 +61,24 @@ pub struct Image {
     pub reference: String,
     /// The digest of the manifest (the image's identity).
     pub manifest_digest: Digest,
+    /// The manifest and config as stored (verified), for copying the
+    /// image elsewhere. A docker archive gets an OCI manifest made for it.
+    pub raw_manifest: RawBlob,
+    pub raw_config: RawBlob,
+    /// When the image was made (RFC 3339), if it says.
+    pub created: String,
+    /// Names the source gives the image (docker-archive RepoTags, an OCI
+    /// layout's ref.name annotation).
+    pub names: Vec<String>,
     pub layers: Vec<LayerBlob>,
     pub config: RunConfig,
+}
+
+/// A small blob held in memory, with its media type.
+#[derive(Debug, Clone)]
+pub struct RawBlob {
+    pub media_type: String,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +129,32 @@ pub fn open(reference: &str) -> Result<Image> {
     }?;
     image.reference = reference.to_string();
     Ok(image)
+}
+
+/// Whether `s` names an image by transport (`oci:`, `oci-archive:`,
+/// `docker-archive:`) rather than by name.
+pub fn is_transport(s: &str) -> bool {
+    ["oci:", "oci-archive:", "docker-archive:"]
+        .iter()
+        .any(|t| s.starts_with(t))
+}
+
+/// Opens what `vm load -i PATH` is given: an OCI layout directory, or a
+/// docker-archive or oci-archive file (told apart by their contents).
+pub fn open_path(path: &std::path::Path) -> Result<Image> {
+    if path.is_dir() {
+        let mut img = layout::open(&layout::Layout::dir(path), None)?;
+        img.reference = format!("oci:{}", path.display());
+        return Ok(img);
+    }
+    let ar = archive::Archive::index(path)?;
+    let mut img = if ar.get("manifest.json").is_some() {
+        docker_archive::open(&ar)?
+    } else {
+        layout::open(&layout::Layout::archive(ar), None)?
+    };
+    img.reference = path.display().to_string();
+    Ok(img)
 }
 
 #[cfg(test)]

@@ -276,3 +276,58 @@ fn a_docker_archive_checks_layers_against_diff_ids() {
     ));
     let _ = std::fs::remove_file(&out);
 }
+
+#[test]
+fn the_store_keeps_verified_blobs_names_and_nothing_half_written() {
+    let d = Dir::new("store");
+    let state = d.0.join("state");
+    let store = store::Store::open(&state).expect("store");
+    // A blob that does not match its digest leaves nothing behind.
+    let want = Digest::of_bytes(b"right");
+    assert!(store
+        .put_blob(&mut &b"wrong"[..], &want, 5, "layer")
+        .is_err());
+    let blobs = state.join("images/blobs/sha256");
+    assert_eq!(std::fs::read_dir(&blobs).expect("dir").count(), 0);
+
+    let (src, _, _) = layout("store-src", LAYER, false, Some("busybox"));
+    let img = open(&oci_ref(&src.0, Some("busybox"))).expect("open");
+    let n = name::Name::parse("busybox").expect("name");
+    let md = store.add(&img, std::slice::from_ref(&n)).expect("add");
+    assert_eq!(md, img.manifest_digest);
+    // Twice, from two threads at once: one entry, no damage.
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let st = store::Store::open(&state).expect("store");
+                st.add(&img, std::slice::from_ref(&n)).expect("add again");
+            });
+        }
+    });
+    let list = store.list().expect("list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        list[0].name.as_deref(),
+        Some("docker.io/library/busybox:latest")
+    );
+    let again = store.image(&n).expect("by name");
+    again.layers[0].verify().expect("stored layer verifies");
+    assert_eq!(again.config.cmd, vec!["a", "b"]);
+    // Another name for it; an unknown name is NotFound.
+    let other = name::Name::parse("localhost:5000/x/y:1").expect("name");
+    store
+        .add(&again, std::slice::from_ref(&other))
+        .expect("tag");
+    assert_eq!(store.list().expect("list").len(), 2);
+    assert!(matches!(
+        store.image(&name::Name::parse("nope").expect("n")),
+        Err(Error::NotFound(_))
+    ));
+    // Nothing temporary is left.
+    let leftovers: Vec<_> = std::fs::read_dir(&blobs)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

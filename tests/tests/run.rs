@@ -373,3 +373,55 @@ echo "== end"
     );
     assert_eq!(line_after(o, "apt"), "/var/lib\n/usr/bin/apt-get", "{out}");
 }
+
+#[test]
+fn images_load_into_the_store_and_run_by_name() {
+    let e = env();
+    let script = r#"
+export VM_ROOT=/tmp/store-test
+R="timeout 120 $VM run"
+echo "== bad-load"
+# Into an empty store: the tampered layer is read, refused, nothing kept.
+$VM load -i $IMAGES/hostile/digest-mismatch 2>&1 | grep -c "does not match"
+ls -A $VM_ROOT/images/blobs/sha256 | wc -l
+echo "== load"
+# Two loads of the same archive at once: both succeed, one image.
+$VM load -i $IMAGES/busybox.docker.tar > /tmp/l1 2>&1 & p1=$!
+$VM load -i $IMAGES/busybox.docker.tar > /tmp/l2 2>&1 & p2=$!
+wait $p1; echo "rc=$?"; wait $p2; echo "rc=$?"
+cat /tmp/l1
+$VM load -i $IMAGES/busybox.oci.tar; echo "rc=$?"
+echo "== tag"
+$VM tag busybox localhost:5000/me/bb:v1; echo "rc=$?"
+$VM images | awk 'NR > 1 { print $1, $2 }' | sort
+$VM images --format json | grep -c '"Repository"'
+echo "== run"
+$R busybox sh -c 'echo by name'; echo "rc=$?"
+$R localhost:5000/me/bb:v1 sh -c 'echo by tag'; echo "rc=$?"
+$R nosuch true 2>&1; echo "rc=$?"
+echo "== end"
+"#;
+    let out = e.run_with_kvm_retrying(script, hung);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    assert_eq!(
+        line_after(o, "load"),
+        "rc=0\nrc=0\nLoaded image: busybox:latest\nLoaded image: busybox:latest\nrc=0",
+        "{out}"
+    );
+    assert_eq!(line_after(o, "bad-load"), "1\n0", "{out}");
+    // busybox from the docker archive was replaced by the one from the OCI
+    // archive (same name, last load wins), then tagged.
+    assert_eq!(
+        line_after(o, "tag"),
+        "rc=0\nbusybox latest\nlocalhost:5000/me/bb v1\n2",
+        "{out}"
+    );
+    let run = line_after(o, "run");
+    assert!(run.starts_with("by name\nrc=0\nby tag\nrc=0\n"), "{out}");
+    assert!(
+        run.contains("no image docker.io/library/nosuch:latest in the local store"),
+        "{out}"
+    );
+    assert!(run.ends_with("rc=125"), "{out}");
+}

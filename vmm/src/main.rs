@@ -5,6 +5,7 @@ mod console;
 mod device_manager;
 mod exit;
 mod host;
+mod images;
 mod loader;
 mod memory;
 mod run;
@@ -41,6 +42,14 @@ enum Command {
     Boot(BootArgs),
     /// Run a command in a new container, in its own microVM.
     Run(run::RunArgs),
+    /// Load an image from a docker-archive or oci-archive file or an OCI
+    /// layout into the local store.
+    Load(images::LoadArgs),
+    /// List the images in the local store.
+    #[command(alias = "ls")]
+    Images(images::ImagesArgs),
+    /// Give a stored image another name.
+    Tag(images::TagArgs),
 }
 
 #[derive(clap::Args)]
@@ -132,6 +141,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Boot(args) => boot(args),
         Command::Run(args) => run::main(args, cli.root),
+        Command::Load(args) => images::load(args, cli.root),
+        Command::Images(args) => images::images(args, cli.root),
+        Command::Tag(args) => images::tag(args, cli.root),
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod assets;
 mod rootfs_cache;
+pub use rootfs_cache::state_root;
 mod scratch;
 mod session;
 pub mod spec;
@@ -148,7 +149,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     }
     let kernel = assets::kernel()?;
     let initrd = assets::initrd()?;
-    let image = vm_image::open(&args.image).map_err(|e| format!("image {}: {e}", args.image))?;
+    let image = open_image(&args.image, root.as_deref())?;
 
     timing::mark("image-opened");
     let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
@@ -381,6 +382,25 @@ fn image_disks(
         disk: DISK.into(),
         layers,
     }
+}
+
+/// A transport reference (`oci:...`) opens the file; anything else is a
+/// name in the local store (`vm load`).
+fn open_image(reference: &str, root: Option<&std::path::Path>) -> Result<vm_image::Image, String> {
+    if vm_image::is_transport(reference) {
+        return vm_image::open(reference).map_err(|e| format!("image {reference}: {e}"));
+    }
+    let name = vm_image::name::Name::parse(reference).map_err(|e| {
+        format!("{e}; or use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
+    })?;
+    let store = vm_image::store::Store::open(&state_root(root)?).map_err(|e| e.to_string())?;
+    store.image(&name).map_err(|e| match e {
+        vm_image::Error::NotFound(_) => format!(
+            "no image {} in the local store; load one with `vm load -i FILE` (pulling from registries comes later)",
+            name
+        ),
+        e => format!("image {reference}: {e}"),
+    })
 }
 
 fn agent_timeout() -> Duration {

@@ -1,0 +1,289 @@
+//! The local image store: an OCI image layout under the state root
+//! (`<root>/images`), so that an image in it opens like any `oci:` one.
+//! Blobs are written to a temporary file, checked against their digest,
+//! flushed and renamed into place: a crash or a kill leaves no partial
+//! blob under a digest's name. `index.json` changes under an exclusive
+//! lock (flock), by writing a new file and renaming it over the old.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::layout::{self, Layout};
+use crate::name::Name;
+use crate::{Digest, Error, Image, Result};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// One name (or none) for one image in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: Option<String>,
+    pub manifest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An exclusive lock on the store, released when dropped.
+struct Lock(File);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Store {
+    /// Opens the store in `state_root`, creating an empty one if needed.
+    pub fn open(state_root: &Path) -> Result<Self> {
+        let dir = state_root.join("images");
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        let marker = dir.join("oci-layout");
+        if !marker.exists() {
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = dir.join("index.json");
+        if !index.exists() {
+            let s = Self { dir: dir.clone() };
+            let _lock = s.lock()?;
+            if !index.exists() {
+                write_atomic(&index, br#"{"schemaVersion":2,"manifests":[]}"#)?;
+            }
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> Result<Lock> {
+        let path = self.dir.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(&path)(io::Error::last_os_error()));
+        }
+        Ok(Lock(f))
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Streams a blob in, checking size and digest on the way; nothing is
+    /// visible under its name unless both match.
+    pub fn put_blob(
+        &self,
+        src: &mut dyn Read,
+        expected: &Digest,
+        size: u64,
+        what: &'static str,
+    ) -> Result<()> {
+        let path = self.blob_path(expected);
+        if path.is_file() {
+            return Ok(());
+        }
+        let tmp = self.dir.join("blobs/sha256").join(format!(
+            ".tmp-{}-{}",
+            expected.hex(),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n_total = 0u64;
+            loop {
+                let n = src.read(&mut buf).map_err(io_err(&tmp))?;
+                if n == 0 {
+                    break;
+                }
+                n_total += n as u64;
+                if n_total > size {
+                    break;
+                }
+                h.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(io_err(&tmp))?;
+            }
+            let got = Digest::parse(&format!("sha256:{}", hex(&h.finalize())))?;
+            if n_total != size || &got != expected {
+                return Err(Error::DigestMismatch {
+                    what,
+                    expected: expected.to_string(),
+                    detail: format!("got {n_total} bytes with sha256 {got}, expected {size} bytes"),
+                });
+            }
+            f.sync_all().map_err(io_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err(&path))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    pub fn put_bytes(&self, data: &[u8], what: &'static str) -> Result<Digest> {
+        let d = Digest::of_bytes(data);
+        self.put_blob(&mut &data[..], &d, data.len() as u64, what)?;
+        Ok(d)
+    }
+
+    /// Copies a verified image in (layers are checked as they are copied)
+    /// and gives it `names` (normalised); an image without names is kept
+    /// untagged.
+    pub fn add(&self, image: &Image, names: &[Name]) -> Result<Digest> {
+        for l in &image.layers {
+            if !self.has_blob(&l.digest) {
+                self.put_blob(&mut l.source.reader()?, &l.digest, l.source.size, "layer")?;
+            }
+        }
+        self.put_bytes(&image.raw_config.data, "image config")?;
+        let md = self.put_bytes(&image.raw_manifest.data, "manifest")?;
+        let size = image.raw_manifest.data.len() as u64;
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let manifests = index["manifests"]
+            .as_array_mut()
+            .ok_or_else(|| self.bad_index())?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        // A name moves to this image; an untagged entry of it goes.
+        manifests.retain(|m| {
+            let name = m["annotations"][REF_NAME].as_str();
+            match name {
+                Some(n) => !names.iter().any(|x| x == n),
+                None => m["digest"].as_str() != Some(&md.to_string()),
+            }
+        });
+        let desc = |name: Option<&str>| {
+            let mut d = json!({"mediaType": image.raw_manifest.media_type, "digest": md.to_string(), "size": size});
+            if let Some(n) = name {
+                d["annotations"] = json!({ REF_NAME: n });
+            }
+            d
+        };
+        if names.is_empty() {
+            if !manifests
+                .iter()
+                .any(|m| m["digest"].as_str() == Some(&md.to_string()))
+            {
+                manifests.push(desc(None));
+            }
+        } else {
+            for n in &names {
+                manifests.push(desc(Some(n)));
+            }
+        }
+        self.write_index(&index)?;
+        Ok(md)
+    }
+
+    /// Every name (and untagged image) in the store.
+    pub fn list(&self) -> Result<Vec<Entry>> {
+        let index = self.read_index()?;
+        let mut out = Vec::new();
+        for m in index["manifests"]
+            .as_array()
+            .ok_or_else(|| self.bad_index())?
+        {
+            let Some(d) = m["digest"].as_str().and_then(|d| Digest::parse(d).ok()) else {
+                continue;
+            };
+            out.push(Entry {
+                name: m["annotations"][REF_NAME].as_str().map(str::to_string),
+                manifest: d,
+                size: m["size"].as_u64().unwrap_or(0),
+                media_type: m["mediaType"]
+                    .as_str()
+                    .unwrap_or(crate::media::OCI_MANIFEST)
+                    .to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Opens a stored image by name (or by manifest digest).
+    pub fn image(&self, name: &Name) -> Result<Image> {
+        let mut img = layout::open(&Layout::dir(&self.dir), Some(&name.to_string())).map_err(
+            |e| match e {
+                Error::NotFound(_) => {
+                    Error::NotFound(format!("no image {name} in the local store"))
+                }
+                e => e,
+            },
+        )?;
+        img.reference = name.to_string();
+        Ok(img)
+    }
+
+    /// Opens the image an entry of `list` names.
+    pub fn entry_image(&self, e: &Entry) -> Result<Image> {
+        layout::open_descriptor(&Layout::dir(&self.dir), &e.media_type, &e.manifest, e.size)
+    }
+
+    fn read_index(&self) -> Result<Value> {
+        let path = self.dir.join("index.json");
+        let data = std::fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&data).map_err(|_| self.bad_index())
+    }
+
+    fn write_index(&self, v: &Value) -> Result<()> {
+        let data = serde_json::to_vec_pretty(v).map_err(|_| self.bad_index())?;
+        write_atomic(&self.dir.join("index.json"), &data)
+    }
+
+    fn bad_index(&self) -> Error {
+        Error::Invalid {
+            what: format!(
+                "the image store's index {}",
+                self.dir.join("index.json").display()
+            ),
+            detail: "not an OCI index".into(),
+        }
+    }
+}
+
+/// Writes `path` through a temporary file, flushed and renamed.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map_err(io_err(path))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

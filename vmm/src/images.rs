@@ -1,0 +1,156 @@
+//! Image commands on the local store: `vm load`, `vm images`, `vm tag`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vm_image::name::Name;
+use vm_image::store::Store;
+
+use crate::run::state_root;
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// A docker-archive or oci-archive file, or an OCI layout directory.
+    #[arg(short = 'i', long = "input", value_name = "PATH")]
+    input: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ImagesArgs {
+    /// `table` (default) or `json` (one object a line, like Docker's
+    /// `--format json`).
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+#[derive(clap::Args)]
+pub struct TagArgs {
+    /// The image (name or name:tag) to tag.
+    source: String,
+    /// The new name.
+    target: String,
+}
+
+fn store(root: Option<PathBuf>) -> Result<Store, String> {
+    let root = state_root(root.as_deref())?;
+    Store::open(&root).map_err(|e| e.to_string())
+}
+
+fn finish(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vm: error: {e}");
+            ExitCode::from(crate::EXIT_VM_FAILED)
+        }
+    }
+}
+
+pub fn load(args: LoadArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let store = store(root)?;
+        let image = vm_image::open_path(&args.input)
+            .map_err(|e| format!("{}: {e}", args.input.display()))?;
+        let mut names = Vec::new();
+        for n in &image.names {
+            match Name::parse(n) {
+                Ok(n) => names.push(n),
+                Err(e) => eprintln!("vm: warning: {}: skipping name: {e}", args.input.display()),
+            }
+        }
+        let digest = store
+            .add(&image, &names)
+            .map_err(|e| format!("{}: {e}", args.input.display()))?;
+        if names.is_empty() {
+            println!("Loaded image ID: {digest}");
+        }
+        for n in &names {
+            println!(
+                "Loaded image: {}:{}",
+                n.familiar_repository(),
+                n.tag.as_deref().unwrap_or("latest")
+            );
+        }
+        Ok(())
+    })())
+}
+
+pub fn images(args: ImagesArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let json = match args.format.as_str() {
+            "table" => false,
+            "json" => true,
+            other => return Err(format!("unknown --format {other:?}; use table or json")),
+        };
+        let store = store(root)?;
+        let entries = store.list().map_err(|e| e.to_string())?;
+        if !json {
+            println!(
+                "{:<40} {:<16} {:<14} {:<22} {:>10}",
+                "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
+            );
+        }
+        for e in &entries {
+            let img = store
+                .entry_image(e)
+                .map_err(|err| format!("{}: {err}", e.manifest))?;
+            let (repo, tag) = match e.name.as_deref().map(Name::parse) {
+                Some(Ok(n)) => (
+                    n.familiar_repository(),
+                    n.tag.clone().unwrap_or_else(|| "<none>".into()),
+                ),
+                _ => ("<none>".to_string(), "<none>".to_string()),
+            };
+            let id = vm_image::Digest::of_bytes(&img.raw_config.data);
+            let size: u64 = img.layers.iter().map(|l| l.source.size).sum::<u64>()
+                + img.raw_config.data.len() as u64;
+            let created = img
+                .created
+                .get(..19)
+                .unwrap_or(&img.created)
+                .replace('T', " ");
+            if json {
+                let v = serde_json::json!({
+                    "Repository": repo, "Tag": tag, "ID": id.to_string(),
+                    "Digest": e.manifest.to_string(), "CreatedAt": img.created, "Size": size,
+                });
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<40} {:<16} {:<14} {:<22} {:>10}",
+                    repo,
+                    tag,
+                    &id.hex()[..12],
+                    created,
+                    human(size)
+                );
+            }
+        }
+        Ok(())
+    })())
+}
+
+pub fn tag(args: TagArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let store = store(root)?;
+        let src = Name::parse(&args.source).map_err(|e| e.to_string())?;
+        let dst = Name::parse(&args.target).map_err(|e| e.to_string())?;
+        let image = store.image(&src).map_err(|e| e.to_string())?;
+        store.add(&image, &[dst]).map_err(|e| e.to_string())?;
+        Ok(())
+    })())
+}
+
+/// Sizes as Docker prints them (decimal units).
+fn human(n: u64) -> String {
+    let f = n as f64;
+    if f >= 1e9 {
+        format!("{:.2}GB", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.1}MB", f / 1e6)
+    } else if f >= 1e3 {
+        format!("{:.1}kB", f / 1e3)
+    } else {
+        format!("{n}B")
+    }
+}
