@@ -11,6 +11,7 @@ mod layout;
 mod media;
 pub mod name;
 mod reference;
+pub mod registry;
 pub mod store;
 
 use std::path::PathBuf;

@@ -167,22 +167,32 @@ impl Store {
         self.put_bytes(&image.raw_config.data, "image config")?;
         let md = self.put_bytes(&image.raw_manifest.data, "manifest")?;
         let size = image.raw_manifest.data.len() as u64;
+        self.name_manifest(&image.raw_manifest.media_type, &md, size, names)?;
+        Ok(md)
+    }
+
+    /// Points `names` at a stored manifest (or keeps it untagged when
+    /// there are none); a name moves from whatever it named before.
+    pub fn name_manifest(
+        &self,
+        media_type: &str,
+        md: &Digest,
+        size: u64,
+        names: &[Name],
+    ) -> Result<()> {
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
         let manifests = index["manifests"]
             .as_array_mut()
             .ok_or_else(|| self.bad_index())?;
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        // A name moves to this image; an untagged entry of it goes.
-        manifests.retain(|m| {
-            let name = m["annotations"][REF_NAME].as_str();
-            match name {
-                Some(n) => !names.iter().any(|x| x == n),
-                None => m["digest"].as_str() != Some(&md.to_string()),
-            }
+        let digest = md.to_string();
+        manifests.retain(|m| match m["annotations"][REF_NAME].as_str() {
+            Some(n) => !names.iter().any(|x| x == n),
+            None => m["digest"].as_str() != Some(&digest),
         });
         let desc = |name: Option<&str>| {
-            let mut d = json!({"mediaType": image.raw_manifest.media_type, "digest": md.to_string(), "size": size});
+            let mut d = json!({"mediaType": media_type, "digest": digest, "size": size});
             if let Some(n) = name {
                 d["annotations"] = json!({ REF_NAME: n });
             }
@@ -191,7 +201,7 @@ impl Store {
         if names.is_empty() {
             if !manifests
                 .iter()
-                .any(|m| m["digest"].as_str() == Some(&md.to_string()))
+                .any(|m| m["digest"].as_str() == Some(&digest))
             {
                 manifests.push(desc(None));
             }
@@ -200,8 +210,7 @@ impl Store {
                 manifests.push(desc(Some(n)));
             }
         }
-        self.write_index(&index)?;
-        Ok(md)
+        self.write_index(&index)
     }
 
     /// Every name (and untagged image) in the store.

@@ -425,3 +425,59 @@ echo "== end"
     );
     assert!(run.ends_with("rc=125"), "{out}");
 }
+
+#[test]
+fn images_pull_from_a_real_registry_and_run() {
+    let e = env();
+    let script = r#"
+# Debian's docker-registry (distribution 2.8) on loopback in this host.
+export TMPDIR=/tmp
+D=$(mktemp -d)
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/data\nhttp:\n  addr: 127.0.0.1:5055\n' "$D" > $D/config.yml
+docker-registry serve $D/config.yml > $D/log 2>&1 &
+reg=$!
+for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/5055) 2>/dev/null && break; sleep 0.1; done
+skopeo copy --quiet --dest-tls-verify=false oci:$IMAGES/oci:busybox docker://127.0.0.1:5055/test/busybox:1.0
+skopeo copy --quiet --dest-tls-verify=false oci:$IMAGES/oci:app docker://127.0.0.1:5055/test/app:latest
+export VM_ROOT=/tmp/pull-test
+echo "== run-pulls"
+timeout 120 $VM run 127.0.0.1:5055/test/busybox:1.0 sh -c 'echo pulled and ran'; echo "rc=$?"
+$VM images | awk 'NR > 1 { print $1, $2 }'
+echo "== pull"
+$VM pull 127.0.0.1:5055/test/app | tail -1; echo "rc=$?"
+timeout 120 $VM run --pull never 127.0.0.1:5055/test/app; echo "rc=$?"
+echo "== errors"
+$VM pull 127.0.0.1:5055/test/busybox:missing 2>&1; echo "rc=$?"
+$VM pull 127.0.0.1:5999/nobody/home 2>&1 | grep -c "cannot reach the registry"
+# Tamper with the app image's layer on the registry's disk.
+export VM_ROOT=/tmp/pull-test-2
+layer=$(skopeo inspect --tls-verify=false --raw docker://127.0.0.1:5055/test/app:latest | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"][7:])')
+f=$D/data/docker/registry/v2/blobs/sha256/${layer:0:2}/$layer/data
+printf 'X' | dd of=$f bs=1 seek=100 conv=notrunc 2>/dev/null
+$VM pull 127.0.0.1:5055/test/app 2>&1 | grep -c "does not match"
+ls -A $VM_ROOT/images/blobs/sha256 | grep -c "^$layer" || true
+$VM images | wc -l
+kill $reg
+echo "== end"
+"#;
+    let out = e.run_with_kvm_retrying(script, hung);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    assert_eq!(
+        line_after(o, "run-pulls"),
+        "pulled and ran\nrc=0\n127.0.0.1:5055/test/busybox 1.0",
+        "{out}"
+    );
+    assert_eq!(
+        line_after(o, "pull"),
+        "Downloaded: 127.0.0.1:5055/test/app:latest\nrc=0\ndefault-cmd\nrc=0",
+        "{out}"
+    );
+    let errors = line_after(o, "errors");
+    let lines: Vec<&str> = errors.lines().collect();
+    assert!(lines[0].contains("not found (404)"), "{out}");
+    assert_eq!(lines[1], "rc=125", "{out}");
+    // Unreachable: a clear message. Tampered: refused, the layer not
+    // stored, no image named (only the header line).
+    assert_eq!(&lines[2..], ["1", "1", "0", "1"], "{out}");
+}

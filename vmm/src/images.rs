@@ -154,3 +154,45 @@ fn human(n: u64) -> String {
         format!("{n}B")
     }
 }
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// The image: NAME[:TAG] or NAME@DIGEST (`busybox` means
+    /// docker.io/library/busybox:latest).
+    name: String,
+    /// Reach this registry (host[:port]) over plain HTTP.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure: Vec<String>,
+}
+
+pub fn pull(args: PullArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let store = store(root)?;
+        let name = Name::parse(&args.name).map_err(|e| e.to_string())?;
+        let digest = pull_into(&store, &name, &args.insecure)?;
+        println!("Digest: {digest}");
+        println!("Downloaded: {name}");
+        Ok(())
+    })())
+}
+
+/// Pulls `name` into `store`, with progress lines on a terminal.
+pub fn pull_into(
+    store: &Store,
+    name: &Name,
+    insecure: &[String],
+) -> Result<vm_image::Digest, String> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let opts = vm_image::registry::Options {
+        insecure: insecure.to_vec(),
+        credentials: None,
+    };
+    let mut progress = |msg: &str| {
+        if tty {
+            eprintln!("{msg}");
+        }
+    };
+    vm_image::registry::pull(store, name, &opts, &mut progress)
+        .map_err(|e| format!("pulling {name}: {e}"))
+}

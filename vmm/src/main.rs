@@ -50,6 +50,8 @@ enum Command {
     Images(images::ImagesArgs),
     /// Give a stored image another name.
     Tag(images::TagArgs),
+    /// Pull an image from a registry into the local store.
+    Pull(images::PullArgs),
 }
 
 #[derive(clap::Args)]
@@ -144,6 +146,7 @@ fn main() -> ExitCode {
         Command::Load(args) => images::load(args, cli.root),
         Command::Images(args) => images::images(args, cli.root),
         Command::Tag(args) => images::tag(args, cli.root),
+        Command::Pull(args) => images::pull(args, cli.root),
     }
 }
 

@@ -85,6 +85,9 @@ pub struct RunArgs {
     /// Show the guest kernel's console on stderr.
     #[arg(long)]
     debug: bool,
+    /// Pull the image: `missing` (default), `always` or `never`.
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pull: String,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -149,7 +152,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     }
     let kernel = assets::kernel()?;
     let initrd = assets::initrd()?;
-    let image = open_image(&args.image, root.as_deref())?;
+    let image = open_image(&args.image, &args.pull, root.as_deref())?;
 
     timing::mark("image-opened");
     let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
@@ -386,7 +389,11 @@ fn image_disks(
 
 /// A transport reference (`oci:...`) opens the file; anything else is a
 /// name in the local store (`vm load`).
-fn open_image(reference: &str, root: Option<&std::path::Path>) -> Result<vm_image::Image, String> {
+fn open_image(
+    reference: &str,
+    pull: &str,
+    root: Option<&std::path::Path>,
+) -> Result<vm_image::Image, String> {
     if vm_image::is_transport(reference) {
         return vm_image::open(reference).map_err(|e| format!("image {reference}: {e}"));
     }
@@ -394,13 +401,21 @@ fn open_image(reference: &str, root: Option<&std::path::Path>) -> Result<vm_imag
         format!("{e}; or use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
     })?;
     let store = vm_image::store::Store::open(&state_root(root)?).map_err(|e| e.to_string())?;
-    store.image(&name).map_err(|e| match e {
-        vm_image::Error::NotFound(_) => format!(
-            "no image {} in the local store; load one with `vm load -i FILE` (pulling from registries comes later)",
-            name
-        ),
-        e => format!("image {reference}: {e}"),
-    })
+    if pull == "always" {
+        crate::images::pull_into(&store, &name, &[])?;
+    }
+    match store.image(&name) {
+        Err(vm_image::Error::NotFound(_)) if pull == "missing" => {
+            crate::images::pull_into(&store, &name, &[])?;
+            store
+                .image(&name)
+                .map_err(|e| format!("image {reference}: {e}"))
+        }
+        Err(vm_image::Error::NotFound(_)) => Err(format!(
+            "no image {name} in the local store (--pull never); load one with `vm load -i FILE` or `vm pull` it"
+        )),
+        r => r.map_err(|e| format!("image {reference}: {e}")),
+    }
 }
 
 fn agent_timeout() -> Duration {
