@@ -251,6 +251,70 @@ impl Store {
         Ok(img)
     }
 
+    /// Removes `name` from the store; blobs that no remaining image uses
+    /// are deleted. Returns the blobs removed.
+    pub fn remove(&self, name: &Name) -> Result<usize> {
+        let _lock = self.lock()?;
+        let mut index = self.read_index()?;
+        let manifests = index["manifests"]
+            .as_array_mut()
+            .ok_or_else(|| self.bad_index())?;
+        let before = manifests.len();
+        let n = name.to_string();
+        manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(n.as_str()));
+        if manifests.len() == before {
+            return Err(Error::NotFound(format!(
+                "no image {name} in the local store"
+            )));
+        }
+        self.write_index(&index)?;
+        self.collect_garbage()
+    }
+
+    /// Deletes every blob that no image in the index references (their
+    /// manifests, configs and layers, through one level of index).
+    fn collect_garbage(&self) -> Result<usize> {
+        let mut keep = std::collections::HashSet::new();
+        let mut todo: Vec<(Digest, usize)> =
+            self.list()?.into_iter().map(|e| (e.manifest, 0)).collect();
+        while let Some((d, depth)) = todo.pop() {
+            if !keep.insert(d.hex().to_string()) || depth > 2 {
+                continue;
+            }
+            let data = std::fs::read(self.blob_path(&d)).unwrap_or_default();
+            let v: Value = serde_json::from_slice(&data).unwrap_or(Value::Null);
+            // Configs and layers are leaves; nested manifests are followed.
+            for leaf in
+                std::iter::once(&v["config"]).chain(v["layers"].as_array().into_iter().flatten())
+            {
+                if let Some(h) = leaf["digest"]
+                    .as_str()
+                    .and_then(|d| d.strip_prefix("sha256:"))
+                {
+                    keep.insert(h.to_string());
+                }
+            }
+            for m in v["manifests"].as_array().into_iter().flatten() {
+                if let Some(nd) = m["digest"].as_str().and_then(|d| Digest::parse(d).ok()) {
+                    todo.push((nd, depth + 1));
+                }
+            }
+        }
+        let dir = self.dir.join("blobs/sha256");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || keep.contains(&name) {
+                continue;
+            }
+            if std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Opens the image an entry of `list` names.
     pub fn entry_image(&self, e: &Entry) -> Result<Image> {
         layout::open_descriptor(&Layout::dir(&self.dir), &e.media_type, &e.manifest, e.size)

@@ -398,7 +398,14 @@ $VM images --format json | grep -c '"Repository"'
 echo "== run"
 $R busybox sh -c 'echo by name'; echo "rc=$?"
 $R localhost:5000/me/bb:v1 sh -c 'echo by tag'; echo "rc=$?"
-$R nosuch true 2>&1; echo "rc=$?"
+$R --pull never nosuch true 2>&1; echo "rc=$?"
+echo "== rmi"
+$VM image inspect busybox | grep -c '"ManifestDigest"'
+$VM rmi localhost:5000/me/bb:v1
+$VM images | awk 'NR > 1 { print $1, $2 }'
+$VM rmi busybox > /dev/null; echo "rc=$?"
+ls -A $VM_ROOT/images/blobs/sha256 | wc -l
+$VM rmi busybox 2>&1; echo "rc=$?"
 echo "== end"
 "#;
     let out = e.run_with_kvm_retrying(script, hung);
@@ -424,6 +431,13 @@ echo "== end"
         "{out}"
     );
     assert!(run.ends_with("rc=125"), "{out}");
+    // Removing the last name of an image removes its blobs too.
+    assert_eq!(
+        line_after(o, "rmi"),
+        "1\nUntagged: localhost:5000/me/bb:v1\nbusybox latest\nrc=0\n0\n\
+         vm: error: no image docker.io/library/busybox:latest in the local store\nrc=125",
+        "{out}"
+    );
 }
 
 #[test]

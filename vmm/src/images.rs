@@ -196,3 +196,74 @@ pub fn pull_into(
     vm_image::registry::pull(store, name, &opts, &mut progress)
         .map_err(|e| format!("pulling {name}: {e}"))
 }
+
+#[derive(clap::Args)]
+pub struct RmiArgs {
+    /// Images to remove, by name.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let store = store(root)?;
+        for n in &args.names {
+            let name = Name::parse(n).map_err(|e| e.to_string())?;
+            store.remove(&name).map_err(|e| e.to_string())?;
+            println!(
+                "Untagged: {}:{}",
+                name.familiar_repository(),
+                name.tag.as_deref().unwrap_or("latest")
+            );
+        }
+        Ok(())
+    })())
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Images to inspect, by name.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// `vm image inspect`: a JSON array, one object an image, in the spirit
+/// of Docker's (Id is the config digest).
+pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let store = store(root)?;
+        let mut out = Vec::new();
+        for n in &args.names {
+            let name = Name::parse(n).map_err(|e| e.to_string())?;
+            let img = store.image(&name).map_err(|e| e.to_string())?;
+            let config: serde_json::Value =
+                serde_json::from_slice(&img.raw_config.data).unwrap_or(serde_json::Value::Null);
+            let repo_tags: Vec<String> = store
+                .list()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|e| e.manifest == img.manifest_digest)
+                .filter_map(|e| e.name)
+                .collect();
+            out.push(serde_json::json!({
+                "Id": vm_image::Digest::of_bytes(&img.raw_config.data).to_string(),
+                "RepoTags": repo_tags,
+                "ManifestDigest": img.manifest_digest.to_string(),
+                "Created": img.created,
+                "Architecture": config["architecture"],
+                "Os": config["os"],
+                "Config": config["config"],
+                "RootFS": config["rootfs"],
+                "Layers": img.layers.iter().map(|l| serde_json::json!({
+                    "Digest": l.digest.to_string(), "Size": l.source.size,
+                })).collect::<Vec<_>>(),
+                "Size": img.layers.iter().map(|l| l.source.size).sum::<u64>(),
+            }));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+        Ok(())
+    })())
+}

@@ -52,6 +52,21 @@ enum Command {
     Tag(images::TagArgs),
     /// Pull an image from a registry into the local store.
     Pull(images::PullArgs),
+    /// Remove images from the local store (and blobs nothing else uses).
+    Rmi(images::RmiArgs),
+    /// Image commands (`vm image inspect`).
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Show stored images as JSON.
+    Inspect(images::InspectArgs),
+    /// Remove an image (as `vm rmi`).
+    Rm(images::RmiArgs),
+    /// List images (as `vm images`).
+    Ls(images::ImagesArgs),
 }
 
 #[derive(clap::Args)]
@@ -147,6 +162,10 @@ fn main() -> ExitCode {
         Command::Images(args) => images::images(args, cli.root),
         Command::Tag(args) => images::tag(args, cli.root),
         Command::Pull(args) => images::pull(args, cli.root),
+        Command::Rmi(args) => images::rmi(args, cli.root),
+        Command::Image(ImageCommand::Inspect(args)) => images::inspect(args, cli.root),
+        Command::Image(ImageCommand::Rm(args)) => images::rmi(args, cli.root),
+        Command::Image(ImageCommand::Ls(args)) => images::images(args, cli.root),
     }
 }
 
