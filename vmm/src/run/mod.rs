@@ -131,10 +131,6 @@ pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
 
 fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     timing::start();
-    // Catch the forwarded signals from the start: one that comes while the
-    // guest boots waits and reaches the container once it runs (and does
-    // not kill us before we clean up).
-    let signals = catch_signals()?;
     if let Some(n) = &args.name {
         if n.is_empty()
             || !n
@@ -183,6 +179,12 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     let state = rootfs_cache::state_root(root.as_deref())?;
     // Sockets want a short path (TMPDIR); the scratch disk wants a real
     // disk and the same file system as its template (the state root).
+    // From here on the forwarded signals are caught: one that comes while
+    // the guest boots waits and reaches the container once it runs (and
+    // does not kill us before we clean up). Before, while the image is
+    // read or pulled, Ctrl-C simply ends `vm run` (the store's writes are
+    // atomic).
+    let signals = catch_signals()?;
     let dir = RunDir::create(std::env::temp_dir(), &id)?;
     let disk_dir = RunDir::create(state.join("run"), &id)?;
     let scratch_path = disk_dir.path.join("scratch.img");
@@ -396,6 +398,24 @@ fn open_image(
 ) -> Result<vm_image::Image, String> {
     if vm_image::is_transport(reference) {
         return vm_image::open(reference).map_err(|e| format!("image {reference}: {e}"));
+    }
+    // skopeo's other transports, and URLs, are not names.
+    const OTHER: &[&str] = &[
+        "dir:",
+        "containers-storage:",
+        "docker-daemon:",
+        "ostree:",
+        "sif:",
+    ];
+    if let Some(t) = reference.split_once("://").map(|(t, _)| t).or_else(|| {
+        OTHER
+            .iter()
+            .find(|t| reference.starts_with(**t))
+            .map(|t| t.trim_end_matches(':'))
+    }) {
+        return Err(format!(
+            "unknown image transport {t:?} in {reference:?}; use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, or an image name (busybox, host:port/repo:tag)"
+        ));
     }
     let name = vm_image::name::Name::parse(reference).map_err(|e| {
         format!("{e}; or use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
