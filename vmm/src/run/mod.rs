@@ -177,14 +177,14 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     }
 
     let state = rootfs_cache::state_root(root.as_deref())?;
-    // Sockets want a short path (TMPDIR); the scratch disk wants a real
-    // disk and the same file system as its template (the state root).
     // From here on the forwarded signals are caught: one that comes while
     // the guest boots waits and reaches the container once it runs (and
     // does not kill us before we clean up). Before, while the image is
     // read or pulled, Ctrl-C simply ends `vm run` (the store's writes are
     // atomic).
     let signals = catch_signals()?;
+    // Sockets want a short path (TMPDIR); the scratch disk wants a real
+    // disk and the same file system as its template (the state root).
     let dir = RunDir::create(std::env::temp_dir(), &id)?;
     let disk_dir = RunDir::create(state.join("run"), &id)?;
     let scratch_path = disk_dir.path.join("scratch.img");
