@@ -1,6 +1,7 @@
 //! Running one container for `vm run`: talk to the host, unpack the image
-//! onto the scratch disk, start the container's init, move stdio between
-//! it and the host, report how it ended.
+//! onto its disk (or mount the cached one), put the scratch disk over it,
+//! start the container's init, move stdio between it and the host, report
+//! how it ended.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
