@@ -12,6 +12,7 @@ mod media;
 pub mod name;
 mod reference;
 pub mod registry;
+pub mod save;
 pub mod store;
 
 use std::path::PathBuf;

@@ -496,3 +496,48 @@ echo "== end"
     // stored, no image named (only the header line).
     assert_eq!(&lines[2..], ["1", "1", "0", "1"], "{out}");
 }
+
+#[test]
+fn images_save_as_archives_that_skopeo_reads_back() {
+    let e = env();
+    let w = work_dir("save");
+    let script = format!(
+        r#"
+W={w}
+export VM_ROOT=$W/state
+$VM load -i $IMAGES/busybox.oci.tar > /dev/null
+orig=$(skopeo inspect --format '{{{{.Digest}}}}' oci-archive:$IMAGES/busybox.oci.tar:busybox)
+echo "== save"
+$VM save -o $W/b.docker.tar busybox; echo "rc=$?"
+$VM save --format oci-archive -o $W/b.oci.tar busybox; echo "rc=$?"
+echo "== skopeo"
+[ "$(skopeo inspect --format '{{{{.Digest}}}}' oci-archive:$W/b.oci.tar)" = "$orig" ] && echo same-manifest
+skopeo inspect --format '{{{{len .Layers}}}}' docker-archive:$W/b.docker.tar
+echo "== reload"
+export VM_ROOT=$W/state2
+$VM load -i $W/b.docker.tar
+$VM images | awk 'NR > 1 {{ print $1, $2 }}'
+echo "== missing"
+$VM save -o $W/x.tar nosuch 2>&1; echo "rc=$?"
+ls $W/x.tar* 2>/dev/null | wc -l
+echo "== end"
+"#,
+        w = w.display()
+    );
+    let out = e.run_here(&script);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    assert_eq!(line_after(o, "save"), "rc=0\nrc=0", "{out}");
+    assert_eq!(line_after(o, "skopeo"), "same-manifest\n1", "{out}");
+    assert_eq!(
+        line_after(o, "reload"),
+        "Loaded image: busybox:latest\nbusybox latest",
+        "{out}"
+    );
+    let missing = line_after(o, "missing");
+    assert!(
+        missing.contains("no image docker.io/library/nosuch:latest"),
+        "{out}"
+    );
+    assert!(missing.ends_with("rc=125\n0"), "{out}");
+}

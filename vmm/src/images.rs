@@ -267,3 +267,30 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
         Ok(())
     })())
 }
+
+#[derive(clap::Args)]
+pub struct SaveArgs {
+    /// The archive to write.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// `docker-archive` (what `docker save` writes) or `oci-archive`.
+    #[arg(long, default_value = "docker-archive", value_parser = ["docker-archive", "oci-archive"])]
+    format: String,
+    /// The image, by name.
+    name: String,
+}
+
+pub fn save(args: SaveArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let store = store(root)?;
+        let name = Name::parse(&args.name).map_err(|e| e.to_string())?;
+        let image = store.image(&name).map_err(|e| e.to_string())?;
+        let format = if args.format == "oci-archive" {
+            vm_image::save::Format::OciArchive
+        } else {
+            vm_image::save::Format::DockerArchive
+        };
+        vm_image::save::save(&image, std::slice::from_ref(&name), format, &args.output)
+            .map_err(|e| format!("saving {name} to {}: {e}", args.output.display()))
+    })())
+}

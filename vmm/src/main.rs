@@ -54,6 +54,8 @@ enum Command {
     Pull(images::PullArgs),
     /// Remove images from the local store (and blobs nothing else uses).
     Rmi(images::RmiArgs),
+    /// Write a stored image to a docker-archive or oci-archive file.
+    Save(images::SaveArgs),
     /// Image commands (`vm image inspect`).
     #[command(subcommand)]
     Image(ImageCommand),
@@ -163,6 +165,7 @@ fn main() -> ExitCode {
         Command::Tag(args) => images::tag(args, cli.root),
         Command::Pull(args) => images::pull(args, cli.root),
         Command::Rmi(args) => images::rmi(args, cli.root),
+        Command::Save(args) => images::save(args, cli.root),
         Command::Image(ImageCommand::Inspect(args)) => images::inspect(args, cli.root),
         Command::Image(ImageCommand::Rm(args)) => images::rmi(args, cli.root),
         Command::Image(ImageCommand::Ls(args)) => images::images(args, cli.root),
