@@ -1,7 +1,7 @@
 //! sha256 digests and checking blobs against them.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read, Write};
 
 use sha2::{Digest as _, Sha256};
 
@@ -68,33 +68,58 @@ pub fn read_verified(
     }
     check_size(src, what, digest, size)?;
     let data = src.read_small()?;
-    let got = Digest::of_bytes(&data);
-    if &got != digest {
-        return Err(mismatch(what, digest, &got));
-    }
+    check_bytes(what, digest, &data)?;
     Ok(data)
 }
 
 /// Streams a blob through sha256 and compares size and digest.
 pub fn verify(src: &BlobSource, what: &'static str, digest: &Digest, size: u64) -> Result<()> {
     check_size(src, what, digest, size)?;
-    let mut f = src.reader()?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| src.io(e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let got = Digest {
-        hex: hex(&h.finalize()),
-    };
+    let (got, _) =
+        copy_hashing(&mut src.reader()?, &mut io::sink(), u64::MAX).map_err(|e| src.io(e))?;
     if &got != digest {
         return Err(mismatch(what, digest, &got));
     }
     Ok(())
+}
+
+/// `data` must have the digest `want`.
+pub(crate) fn check_bytes(what: &'static str, want: &Digest, data: &[u8]) -> Result<()> {
+    let got = Digest::of_bytes(data);
+    if &got != want {
+        return Err(mismatch(what, want, &got));
+    }
+    Ok(())
+}
+
+/// Copies `src` to `dst` until end of file, through sha256; returns the
+/// digest and the byte count. It stops once more than `limit` bytes have
+/// come (the count then says so).
+pub(crate) fn copy_hashing(
+    src: &mut dyn Read,
+    dst: &mut dyn Write,
+    limit: u64,
+) -> io::Result<(Digest, u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    while total <= limit {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    Ok((
+        Digest {
+            hex: hex(&h.finalize()),
+        },
+        total,
+    ))
 }
 
 pub(crate) fn check_size(

@@ -107,14 +107,8 @@ pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Image> {
             }
         },
     };
-    let (digest, raw, manifest) = resolve(
-        layout,
-        chosen.media_type().to_string(),
-        chosen.digest().to_string(),
-        chosen.size(),
-        0,
-    )?;
-    let mut image = image_from_manifest(layout, digest, raw, &manifest)?;
+    let digest = Digest::parse(chosen.digest().as_ref())?;
+    let mut image = open_descriptor(layout, chosen.media_type().as_ref(), &digest, chosen.size())?;
     image.names = chosen
         .annotations()
         .as_ref()
@@ -132,25 +126,24 @@ pub fn open_descriptor(
     digest: &Digest,
     size: u64,
 ) -> Result<Image> {
-    let (digest, raw, manifest) =
-        resolve(layout, media_type.to_string(), digest.to_string(), size, 0)?;
+    let (digest, raw, manifest) = resolve(layout, media_type, digest.clone(), size, 0)?;
     image_from_manifest(layout, digest, raw, &manifest)
 }
 
 /// Follows an index (or manifest list) down to the linux/amd64 manifest.
 fn resolve(
     layout: &Layout,
-    media_type: String,
-    digest: String,
+    media_type: &str,
+    d: Digest,
     size: u64,
     depth: usize,
 ) -> Result<(Digest, RawBlob, ImageManifest)> {
-    let d = Digest::parse(&digest)?;
     let src = layout.blob("manifest", &d)?;
     let data = read_verified(&src, "manifest", &d, size, MAX_JSON)?;
-    match media_type.as_str() {
+    match media_type {
         media::OCI_MANIFEST | media::DOCKER_MANIFEST => {
             let m = parse(&format!("manifest {d}"), &data)?;
+            let media_type = media_type.to_string();
             Ok((d, RawBlob { media_type, data }, m))
         }
         media::OCI_INDEX | media::DOCKER_LIST => {
@@ -172,8 +165,8 @@ fn resolve(
                 .ok_or_else(|| Error::NotFound(format!("index {d} has no linux/amd64 image")))?;
             resolve(
                 layout,
-                pick.media_type().to_string(),
-                pick.digest().to_string(),
+                pick.media_type().as_ref(),
+                Digest::parse(pick.digest().as_ref())?,
                 pick.size(),
                 depth + 1,
             )

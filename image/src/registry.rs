@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use crate::digest::check_bytes;
 use crate::media::{self, MAX_JSON};
 use crate::name::{Name, DEFAULT_REGISTRY};
 use crate::store::Store;
@@ -196,7 +197,7 @@ pub fn pull(
     };
     let (mut media_type, mut data) = c.manifest(&reference)?;
     if let Some(d) = &name.digest {
-        check(d, &data, "manifest")?;
+        check_bytes("manifest", d, &data)?;
     }
     for _ in 0..4 {
         if media_type != media::OCI_INDEX && media_type != media::DOCKER_LIST {
@@ -217,7 +218,7 @@ pub fn pull(
             .ok_or_else(|| Error::NotFound(format!("{name} has no linux/amd64 image")))?;
         let d = Digest::parse(pick["digest"].as_str().unwrap_or_default())?;
         let (mt, bytes) = c.manifest(&d.to_string())?;
-        check(&d, &bytes, "manifest")?;
+        check_bytes("manifest", &d, &bytes)?;
         (media_type, data) = (mt, bytes);
     }
     if media_type != media::OCI_MANIFEST && media_type != media::DOCKER_MANIFEST {
@@ -273,16 +274,4 @@ pub fn pull(
         std::slice::from_ref(name),
     )?;
     Ok(md)
-}
-
-fn check(want: &Digest, data: &[u8], what: &'static str) -> Result<()> {
-    let got = Digest::of_bytes(data);
-    if &got != want {
-        return Err(Error::DigestMismatch {
-            what,
-            expected: want.to_string(),
-            detail: format!("the registry sent {got}"),
-        });
-    }
-    Ok(())
 }

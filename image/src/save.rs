@@ -4,12 +4,12 @@
 //! the way out). Written to a temporary file and renamed.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
+use crate::digest::copy_hashing;
 use crate::name::Name;
 use crate::{Compression, Digest, Error, Image, Result};
 
@@ -153,24 +153,13 @@ fn docker(b: &mut tar::Builder<File>, image: &Image, names: &[Name], path: &Path
                 zstd::stream::read::Decoder::new(l.source.reader()?).map_err(io_err(path))?,
             ),
         };
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = reader.read(&mut buf).map_err(io_err(path))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            scratch.write_all(&buf[..n]).map_err(io_err(path))?;
-            size += n as u64;
-        }
-        let got: String = h.finalize().iter().map(|x| format!("{x:02x}")).collect();
-        if got != want.hex() {
+        let (got, size) =
+            copy_hashing(&mut reader, &mut scratch, u64::MAX).map_err(io_err(path))?;
+        if got != want {
             return Err(Error::DigestMismatch {
                 what: "layer",
                 expected: want.to_string(),
-                detail: format!("uncompressed, layer {} has sha256:{got}", l.digest),
+                detail: format!("uncompressed, layer {} has {got}", l.digest),
             });
         }
         scratch.seek(SeekFrom::Start(0)).map_err(io_err(path))?;

@@ -11,8 +11,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 
+use crate::digest::copy_hashing;
 use crate::layout::{self, Layout};
 use crate::name::Name;
 use crate::{Digest, Error, Image, Result};
@@ -117,22 +117,7 @@ impl Store {
         ));
         let result = (|| {
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut n_total = 0u64;
-            loop {
-                let n = src.read(&mut buf).map_err(io_err(&tmp))?;
-                if n == 0 {
-                    break;
-                }
-                n_total += n as u64;
-                if n_total > size {
-                    break;
-                }
-                h.update(&buf[..n]);
-                f.write_all(&buf[..n]).map_err(io_err(&tmp))?;
-            }
-            let got = Digest::parse(&format!("sha256:{}", hex(&h.finalize())))?;
+            let (got, n_total) = copy_hashing(src, &mut f, size).map_err(io_err(&tmp))?;
             if n_total != size || &got != expected {
                 return Err(Error::DigestMismatch {
                     what,
@@ -355,8 +340,4 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     r.map_err(io_err(path))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -148,7 +148,8 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     }
     let kernel = assets::kernel()?;
     let initrd = assets::initrd()?;
-    let image = open_image(&args.image, &args.pull, root.as_deref())?;
+    let state = rootfs_cache::state_root(root.as_deref())?;
+    let image = open_image(&args.image, &args.pull, &state)?;
 
     timing::mark("image-opened");
     let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
@@ -176,7 +177,6 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         return Err(format!("the working directory {workdir:?} must be an absolute path").into());
     }
 
-    let state = rootfs_cache::state_root(root.as_deref())?;
     // From here on the forwarded signals are caught: one that comes while
     // the guest boots waits and reaches the container once it runs (and
     // does not kill us before we clean up). Before, while the image is
@@ -394,7 +394,7 @@ fn image_disks(
 fn open_image(
     reference: &str,
     pull: &str,
-    root: Option<&std::path::Path>,
+    state: &std::path::Path,
 ) -> Result<vm_image::Image, String> {
     if vm_image::is_transport(reference) {
         return vm_image::open(reference).map_err(|e| format!("image {reference}: {e}"));
@@ -420,7 +420,7 @@ fn open_image(
     let name = vm_image::name::Name::parse(reference).map_err(|e| {
         format!("{e}; or use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
     })?;
-    let store = vm_image::store::Store::open(&state_root(root)?).map_err(|e| e.to_string())?;
+    let store = vm_image::store::Store::open(state).map_err(|e| e.to_string())?;
     if pull == "always" {
         crate::images::pull_into(&store, &name, &[])?;
     }

@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-
 use super::scratch;
 
 /// Bump when what the agent makes of the same layers changes.
@@ -54,13 +52,14 @@ pub fn state_root(flag: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 pub fn key(layer_digests: &[String]) -> String {
-    let mut h = Sha256::new();
-    h.update(RECIPE.as_bytes());
+    let mut text = RECIPE.to_string();
     for d in layer_digests {
-        h.update(b"\n");
-        h.update(d.as_bytes());
+        text.push('\n');
+        text.push_str(d);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    vm_image::Digest::of_bytes(text.as_bytes())
+        .hex()
+        .to_string()
 }
 
 pub fn lookup(root: &Path, key: &str, run_id: &str) -> Result<Entry, String> {

@@ -37,15 +37,17 @@ impl Drop for Disk {
 }
 
 fn device(mem: &GuestMem, disk: &Disk, read_only: bool, driver: &Driver) -> Block {
-    let (irq, _) = interrupt();
     let cfg = BlockConfig {
-        path: disk.path.clone(),
-        read_only,
         id: "serial-1".into(),
-        window: None,
-        seal: None,
+        ..config(disk, read_only)
     };
-    let mut dev = Block::new(&cfg, mem.clone(), irq).expect("block device");
+    start(mem, &cfg, driver)
+}
+
+/// A device over `cfg`, activated with `driver`'s queue.
+fn start(mem: &GuestMem, cfg: &BlockConfig, driver: &Driver) -> Block {
+    let (irq, _) = interrupt();
+    let mut dev = Block::new(cfg, mem.clone(), irq).expect("block device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);
     dev.activate(vec![driver.queue()]).expect("activate");
     dev
@@ -342,14 +344,10 @@ fn avail_index_jump_marks_the_device_broken() {
     assert_eq!(status(&mem), S_OK);
 }
 
-/// A device over `cfg`, activated with one queue.
+/// A device over `cfg`, activated with a new driver's queue.
 fn activated<'m>(mem: &'m GuestMem, cfg: &BlockConfig) -> (Block, Driver<'m>) {
-    let (irq, _) = interrupt();
-    let mut dev = Block::new(cfg, mem.clone(), irq).expect("block device");
     let driver = Driver::new(mem, 16);
-    dev.set_acked_features(VIRTIO_F_VERSION_1);
-    dev.activate(vec![driver.queue()]).expect("activate");
-    (dev, driver)
+    (start(mem, cfg, &driver), driver)
 }
 
 /// One request of `len` bytes at `sector` through `BUF`; a read's buffer
