@@ -4,6 +4,7 @@
 //! use. Layer contents are never parsed here: the guest unpacks them.
 
 mod archive;
+pub mod auth;
 mod blob;
 mod digest;
 mod docker_archive;
@@ -113,6 +114,9 @@ pub enum Error {
     Invalid { what: String, detail: String },
     #[error("{0}")]
     NotFound(String),
+    /// A registry refused or failed a request (or could not be reached).
+    #[error("{0}")]
+    Registry(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -23,6 +23,28 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// What a removal deleted.
+#[derive(Debug, Default)]
+pub struct Freed {
+    /// Manifests of the images that are gone entirely.
+    pub images: Vec<Digest>,
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+/// Whether the process that named a temporary blob `.tmp-HEX-PID` runs.
+fn writer_alive(tmp_name: &str) -> bool {
+    match tmp_name
+        .rsplit('-')
+        .next()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        // Not ours to judge.
+        None => true,
+    }
+}
+
 /// One name (or none) for one image in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -39,8 +61,13 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
     }
 }
 
-/// An exclusive lock on the store, released when dropped.
+/// A lock on a file of the store, released when dropped.
 struct Lock(File);
+
+/// See [`Store::writing`].
+pub struct WriteGuard {
+    _lock: Lock,
+}
 
 impl Drop for Lock {
     fn drop(&mut self) {
@@ -74,8 +101,39 @@ impl Store {
         &self.dir
     }
 
+    /// The exclusive lock every change of `index.json` holds.
     fn lock(&self) -> Result<Lock> {
-        let path = self.dir.join("lock");
+        self.flock("lock", libc::LOCK_EX)?
+            .ok_or_else(|| self.bad_index())
+    }
+
+    /// Held (shared) by whoever writes blobs that no index entry names
+    /// yet (a load, a pull), until it has named them; garbage collection
+    /// sweeps blobs only when it can take it exclusively.
+    pub fn writing(&self) -> Result<WriteGuard> {
+        let lock = self.flock("writers.lock", libc::LOCK_SH)?;
+        self.remove_dead_temps();
+        Ok(WriteGuard {
+            _lock: lock.ok_or_else(|| self.bad_index())?,
+        })
+    }
+
+    /// Removes the temporary blobs of writers that were killed.
+    fn remove_dead_temps(&self) {
+        let dir = self.dir.join("blobs/sha256");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.strip_prefix(".tmp-").is_some_and(|t| !writer_alive(t)) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// flock(2) on a file in the store; `None` when `op` has LOCK_NB and
+    /// someone else holds it.
+    fn flock(&self, file: &str, op: libc::c_int) -> Result<Option<Lock>> {
+        let path = self.dir.join(file);
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -83,10 +141,14 @@ impl Store {
             .open(&path)
             .map_err(io_err(&path))?;
         // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(&path)(io::Error::last_os_error()));
+        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(io_err(&path)(e));
         }
-        Ok(Lock(f))
+        Ok(Some(Lock(f)))
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
@@ -144,6 +206,7 @@ impl Store {
     /// and gives it `names` (normalised); an image without names is kept
     /// untagged.
     pub fn add(&self, image: &Image, names: &[Name]) -> Result<Digest> {
+        let _writing = self.writing()?;
         for l in &image.layers {
             if !self.has_blob(&l.digest) {
                 self.put_blob(&mut l.source.reader()?, &l.digest, l.source.size, "layer")?;
@@ -172,10 +235,25 @@ impl Store {
             .ok_or_else(|| self.bad_index())?;
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let digest = md.to_string();
-        manifests.retain(|m| match m["annotations"][REF_NAME].as_str() {
-            Some(n) => !names.iter().any(|x| x == n),
-            None => m["digest"].as_str() != Some(&digest),
-        });
+        let (mut kept, dropped): (Vec<Value>, Vec<Value>) =
+            manifests
+                .drain(..)
+                .partition(|m| match m["annotations"][REF_NAME].as_str() {
+                    Some(n) => !names.iter().any(|x| x == n),
+                    None => m["digest"].as_str() != Some(&digest),
+                });
+        // An image whose last name moved to another stays, untagged
+        // (`<none>`, "dangling"), until `vm image prune` or `vm rmi`.
+        for mut m in dropped {
+            let d = m["digest"].clone();
+            if d.as_str() != Some(&digest) && !kept.iter().any(|k| k["digest"] == d) {
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("annotations");
+                }
+                kept.push(m);
+            }
+        }
+        *manifests = kept;
         let desc = |name: Option<&str>| {
             let mut d = json!({"mediaType": media_type, "digest": digest, "size": size});
             if let Some(n) = name {
@@ -237,28 +315,58 @@ impl Store {
     }
 
     /// Removes `name` from the store; blobs that no remaining image uses
-    /// are deleted. Returns the blobs removed.
-    pub fn remove(&self, name: &Name) -> Result<usize> {
+    /// are deleted.
+    pub fn remove(&self, name: &Name) -> Result<Freed> {
+        let n = name.to_string();
+        self.remove_where(|m| m["annotations"][REF_NAME].as_str() == Some(n.as_str()))?
+            .ok_or_else(|| Error::NotFound(format!("no image {name} in the local store")))
+    }
+
+    /// Removes every entry (all names) of the image whose manifest digest
+    /// is `manifest`.
+    pub fn remove_image(&self, manifest: &Digest) -> Result<Freed> {
+        let d = manifest.to_string();
+        self.remove_where(|m| m["digest"].as_str() == Some(d.as_str()))?
+            .ok_or_else(|| Error::NotFound(format!("no image {manifest} in the local store")))
+    }
+
+    /// Removes the untagged ("dangling") images.
+    pub fn prune(&self) -> Result<Freed> {
+        Ok(self
+            .remove_where(|m| m["annotations"][REF_NAME].is_null())?
+            .unwrap_or_default())
+    }
+
+    /// Drops the index entries `pick` chooses, then the blobs nothing
+    /// uses any more; `None` when nothing was picked.
+    fn remove_where(&self, pick: impl Fn(&Value) -> bool) -> Result<Option<Freed>> {
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
         let manifests = index["manifests"]
             .as_array_mut()
             .ok_or_else(|| self.bad_index())?;
-        let before = manifests.len();
-        let n = name.to_string();
-        manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(n.as_str()));
-        if manifests.len() == before {
-            return Err(Error::NotFound(format!(
-                "no image {name} in the local store"
-            )));
+        let (gone, kept): (Vec<Value>, Vec<Value>) = manifests.drain(..).partition(&pick);
+        *manifests = kept;
+        if gone.is_empty() {
+            return Ok(None);
         }
         self.write_index(&index)?;
-        self.collect_garbage()
+        let mut freed = self.collect_garbage()?;
+        for m in gone {
+            if let Some(d) = m["digest"].as_str().and_then(|d| Digest::parse(d).ok()) {
+                if !self.has_blob(&d) && !freed.images.contains(&d) {
+                    freed.images.push(d);
+                }
+            }
+        }
+        Ok(Some(freed))
     }
 
     /// Deletes every blob that no image in the index references (their
-    /// manifests, configs and layers, through one level of index).
-    fn collect_garbage(&self) -> Result<usize> {
+    /// manifests, configs and layers, through one level of index), and
+    /// temporary files left by writers that were killed. Call with the
+    /// lock held.
+    fn collect_garbage(&self) -> Result<Freed> {
         let mut keep = std::collections::HashSet::new();
         let mut todo: Vec<(Digest, usize)> =
             self.list()?.into_iter().map(|e| (e.manifest, 0)).collect();
@@ -286,18 +394,30 @@ impl Store {
             }
         }
         let dir = self.dir.join("blobs/sha256");
-        let mut removed = 0;
+        let mut freed = Freed::default();
+        // A load or pull in progress may have blobs not yet named: leave
+        // every blob for a later sweep.
+        let Some(_sweeping) = self.flock("writers.lock", libc::LOCK_EX | libc::LOCK_NB)? else {
+            return Ok(freed);
+        };
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || keep.contains(&name) {
+            let unused = if let Some(tmp) = name.strip_prefix(".tmp-") {
+                !writer_alive(tmp)
+            } else {
+                !keep.contains(&name)
+            };
+            if !unused {
                 continue;
             }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             if std::fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
+                freed.blobs += 1;
+                freed.bytes += size;
             }
         }
-        Ok(removed)
+        Ok(freed)
     }
 
     /// Opens the image an entry of `list` names.

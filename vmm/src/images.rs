@@ -1,4 +1,5 @@
-//! Image commands on the local store: `vm load`, `vm images`, `vm tag`.
+//! Image commands on the local store: `vm load`, `vm images`, `vm tag`,
+//! `vm rmi`, `vm image inspect`, `vm save`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,12 +32,12 @@ pub struct TagArgs {
     target: String,
 }
 
-fn store(root: Option<PathBuf>) -> Result<Store, String> {
+pub fn store(root: Option<PathBuf>) -> Result<Store, String> {
     let root = state_root(root.as_deref())?;
     Store::open(&root).map_err(|e| e.to_string())
 }
 
-fn finish(r: Result<(), String>) -> ExitCode {
+pub fn finish(r: Result<(), String>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -156,66 +157,123 @@ fn human(n: u64) -> String {
 }
 
 #[derive(clap::Args)]
-pub struct PullArgs {
-    /// The image: NAME[:TAG] or NAME@DIGEST (`busybox` means
-    /// docker.io/library/busybox:latest).
-    name: String,
-    /// Reach this registry (host[:port]) over plain HTTP.
-    #[arg(long = "insecure-registry", value_name = "HOST")]
-    insecure: Vec<String>,
-}
-
-pub fn pull(args: PullArgs, root: Option<PathBuf>) -> ExitCode {
-    finish((|| {
-        let store = store(root)?;
-        let name = Name::parse(&args.name).map_err(|e| e.to_string())?;
-        let digest = pull_into(&store, &name, &args.insecure)?;
-        println!("Digest: {digest}");
-        println!("Downloaded: {name}");
-        Ok(())
-    })())
-}
-
-/// Pulls `name` into `store`, with progress lines on a terminal.
-pub fn pull_into(
-    store: &Store,
-    name: &Name,
-    insecure: &[String],
-) -> Result<vm_image::Digest, String> {
-    use std::io::IsTerminal;
-    let tty = std::io::stderr().is_terminal();
-    let opts = vm_image::registry::Options {
-        insecure: insecure.to_vec(),
-        credentials: None,
-    };
-    let mut progress = |msg: &str| {
-        if tty {
-            eprintln!("{msg}");
-        }
-    };
-    vm_image::registry::pull(store, name, &opts, &mut progress)
-        .map_err(|e| format!("pulling {name}: {e}"))
-}
-
-#[derive(clap::Args)]
 pub struct RmiArgs {
-    /// Images to remove, by name.
+    /// Images to remove: names, or image IDs (a prefix of at least four
+    /// hex digits, as `vm images` shows them).
     #[arg(required = true)]
     names: Vec<String>,
+    /// Remove an image given by ID even when it has several names.
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// The stored image whose ID (config digest) or manifest digest starts
+/// with `id`; `None` when `id` does not look like one or matches nothing.
+fn image_by_id(store: &Store, id: &str) -> Result<Option<(vm_image::Digest, usize)>, String> {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    if hex.len() < 4
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Ok(None);
+    }
+    let mut found: Vec<(vm_image::Digest, usize)> = Vec::new();
+    for e in store.list().map_err(|e| e.to_string())? {
+        let config = store
+            .entry_image(&e)
+            .map(|img| vm_image::Digest::of_bytes(&img.raw_config.data))
+            .map_err(|err| format!("{}: {err}", e.manifest))?;
+        if config.hex().starts_with(hex) || e.manifest.hex().starts_with(hex) {
+            match found.iter_mut().find(|(d, _)| *d == e.manifest) {
+                Some((_, names)) => *names += usize::from(e.name.is_some()),
+                None => found.push((e.manifest, usize::from(e.name.is_some()))),
+            }
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(format!(
+            "{id} matches {} images; give more of the ID",
+            found.len()
+        )),
+    }
 }
 
 pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
         let store = store(root)?;
         for n in &args.names {
-            let name = Name::parse(n).map_err(|e| e.to_string())?;
-            store.remove(&name).map_err(|e| e.to_string())?;
-            println!(
-                "Untagged: {}:{}",
-                name.familiar_repository(),
-                name.tag.as_deref().unwrap_or("latest")
-            );
+            let freed = if let Some((manifest, names)) = image_by_id(&store, n)? {
+                if names > 1 && !args.force {
+                    return Err(format!(
+                        "image {n} has {names} names; remove them by name, or use --force"
+                    ));
+                }
+                store.remove_image(&manifest).map_err(|e| e.to_string())?
+            } else {
+                let name = Name::parse(n).map_err(|e| e.to_string())?;
+                let freed = store.remove(&name).map_err(|e| e.to_string())?;
+                println!(
+                    "Untagged: {}:{}",
+                    name.familiar_repository(),
+                    name.tag.as_deref().unwrap_or("latest")
+                );
+                freed
+            };
+            for d in &freed.images {
+                println!("Deleted: {d}");
+            }
         }
+        Ok(())
+    })())
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// `vm image prune`: removes untagged images, the blobs nothing uses,
+/// and cached root file systems of images no longer in the store.
+pub fn prune(args: PruneArgs, root: Option<PathBuf>) -> ExitCode {
+    finish((|| {
+        let state = state_root(root.as_deref())?;
+        let store = Store::open(&state).map_err(|e| e.to_string())?;
+        if !args.force {
+            eprint!("WARNING! This will remove all dangling images and the unpacked root file systems no stored image uses.\nAre you sure you want to continue? [y/N] ");
+            let mut answer = String::new();
+            let _ = std::io::stdin().read_line(&mut answer);
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                return Ok(());
+            }
+        }
+        let freed = store.prune().map_err(|e| e.to_string())?;
+        if !freed.images.is_empty() {
+            println!("Deleted Images:");
+            for d in &freed.images {
+                println!("deleted: {d}");
+            }
+        }
+        let mut used = std::collections::HashSet::new();
+        for e in store.list().map_err(|e| e.to_string())? {
+            let img = store
+                .entry_image(&e)
+                .map_err(|err| format!("{}: {err}", e.manifest))?;
+            let digests: Vec<String> = img.layers.iter().map(|l| l.digest.to_string()).collect();
+            used.insert(format!("{}.ext4", crate::run::rootfs_key(&digests)));
+        }
+        let (caches, cache_bytes) = crate::run::prune_rootfs_cache(&state, &used)?;
+        if caches > 0 {
+            println!("Deleted cached root file systems: {caches}");
+        }
+        println!(
+            "Total reclaimed space: {}",
+            human(freed.bytes + cache_bytes)
+        );
         Ok(())
     })())
 }

@@ -8,6 +8,7 @@ mod host;
 mod images;
 mod loader;
 mod memory;
+mod registry;
 mod run;
 mod vcpu;
 mod vm;
@@ -51,12 +52,18 @@ enum Command {
     /// Give a stored image another name.
     Tag(images::TagArgs),
     /// Pull an image from a registry into the local store.
-    Pull(images::PullArgs),
+    Pull(registry::PullArgs),
+    /// Upload a stored image to a registry.
+    Push(registry::PushArgs),
+    /// Check and store credentials for a registry.
+    Login(registry::LoginArgs),
+    /// Forget the stored credentials for a registry.
+    Logout(registry::LogoutArgs),
     /// Remove images from the local store (and blobs nothing else uses).
     Rmi(images::RmiArgs),
     /// Write a stored image to a docker-archive or oci-archive file.
     Save(images::SaveArgs),
-    /// Image commands (`vm image inspect`).
+    /// Image commands (`vm image inspect|rm|ls|prune`).
     #[command(subcommand)]
     Image(ImageCommand),
 }
@@ -69,6 +76,8 @@ enum ImageCommand {
     Rm(images::RmiArgs),
     /// List images (as `vm images`).
     Ls(images::ImagesArgs),
+    /// Remove untagged images and unused cached root file systems.
+    Prune(images::PruneArgs),
 }
 
 #[derive(clap::Args)]
@@ -163,12 +172,16 @@ fn main() -> ExitCode {
         Command::Load(args) => images::load(args, cli.root),
         Command::Images(args) => images::images(args, cli.root),
         Command::Tag(args) => images::tag(args, cli.root),
-        Command::Pull(args) => images::pull(args, cli.root),
+        Command::Pull(args) => registry::pull(args, cli.root),
+        Command::Push(args) => registry::push(args, cli.root),
+        Command::Login(args) => registry::login(args),
+        Command::Logout(args) => registry::logout(args),
         Command::Rmi(args) => images::rmi(args, cli.root),
         Command::Save(args) => images::save(args, cli.root),
         Command::Image(ImageCommand::Inspect(args)) => images::inspect(args, cli.root),
         Command::Image(ImageCommand::Rm(args)) => images::rmi(args, cli.root),
         Command::Image(ImageCommand::Ls(args)) => images::images(args, cli.root),
+        Command::Image(ImageCommand::Prune(args)) => images::prune(args, cli.root),
     }
 }
 

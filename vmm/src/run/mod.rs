@@ -8,7 +8,7 @@
 
 mod assets;
 mod rootfs_cache;
-pub use rootfs_cache::state_root;
+pub use rootfs_cache::{key as rootfs_key, prune as prune_rootfs_cache, state_root};
 mod scratch;
 mod session;
 pub mod spec;
@@ -422,11 +422,11 @@ fn open_image(
     })?;
     let store = vm_image::store::Store::open(state).map_err(|e| e.to_string())?;
     if pull == "always" {
-        crate::images::pull_into(&store, &name, &[])?;
+        crate::registry::pull_into(&store, &name, &Default::default())?;
     }
     match store.image(&name) {
         Err(vm_image::Error::NotFound(_)) if pull == "missing" => {
-            crate::images::pull_into(&store, &name, &[])?;
+            crate::registry::pull_into(&store, &name, &Default::default())?;
             store
                 .image(&name)
                 .map_err(|e| format!("image {reference}: {e}"))

@@ -80,6 +80,36 @@ pub fn lookup(root: &Path, key: &str, run_id: &str) -> Result<Entry, String> {
     }))
 }
 
+/// Deletes the cached root file systems whose file names are not in
+/// `used`; returns how many and their allocated bytes. A run that has one
+/// attached keeps reading it (the file goes when it closes).
+pub fn prune(
+    root: &Path,
+    used: &std::collections::HashSet<String>,
+) -> Result<(usize, u64), String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = root.join("rootfs");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    let (mut n, mut bytes) = (0, 0);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Temporary files belong to runs in progress.
+        if name.starts_with('.') || !name.ends_with(".ext4") || used.contains(&name) {
+            continue;
+        }
+        let size = e.metadata().map(|m| m.blocks() * 512).unwrap_or(0);
+        if std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+            bytes += size;
+        }
+    }
+    Ok((n, bytes))
+}
+
 impl Pending {
     /// The agent is done writing: refuse further writes, flush, publish.
     /// A concurrent run that published first wins; ours is dropped.

@@ -1,0 +1,346 @@
+//! The OCI distribution API, as a client: pulling into the store
+//! ([`pull`]), pushing from it ([`push`]) and checking credentials
+//! ([`login`]). Requests carry basic credentials or a bearer token got by
+//! answering the registry's `WWW-Authenticate` challenge; transient
+//! failures (connection errors, 5xx, 429) are retried with backoff. HTTPS
+//! with the system's web roots plus any CA files given, except plain HTTP
+//! for localhost, 127.0.0.1 and registries named insecure.
+
+mod pull;
+mod push;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::media::MAX_JSON;
+use crate::name::{Name, DEFAULT_REGISTRY};
+use crate::{Error, Result};
+
+pub use pull::pull;
+pub use push::push;
+
+const ATTEMPTS: u32 = 3;
+
+#[derive(Default)]
+pub struct Options {
+    /// Registries to reach over plain HTTP (besides localhost).
+    pub insecure: Vec<String>,
+    /// `user:password` for basic auth, or for the token endpoint.
+    pub credentials: Option<String>,
+    /// PEM files of certificate authorities to trust besides the usual.
+    pub ca_files: Vec<PathBuf>,
+}
+
+/// What a request sends.
+enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    /// A stream of `size` bytes, opened anew for each attempt.
+    Stream(&'a dyn Fn() -> Result<Box<dyn Read + 'a>>, u64),
+}
+
+struct Client {
+    agent: ureq::Agent,
+    /// `scheme://host[:port]`.
+    origin: String,
+    repo: String,
+    credentials: Option<String>,
+    token: Option<String>,
+}
+
+fn net(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Registry(format!("{what}: {e}"))
+}
+
+/// The host a name's registry is reached at.
+fn host_of(registry: &str) -> &str {
+    if registry == DEFAULT_REGISTRY {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
+/// A TLS configuration trusting the web roots and the CAs in `files`.
+fn tls_config(files: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for f in files {
+        let bad = |detail: String| Error::Invalid {
+            what: format!("CA file {}", f.display()),
+            detail,
+        };
+        let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(f)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .map_err(|e| net("TLS", e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The `message`s of a registry's error body (`{"errors": [...]}`), or
+/// the start of the body when it is something else.
+fn error_text(resp: ureq::Response) -> String {
+    let mut body = String::new();
+    let _ = resp.into_reader().take(4096).read_to_string(&mut body);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let msgs: Vec<String> = v["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let code = e["code"].as_str().unwrap_or_default();
+            let msg = e["message"].as_str().unwrap_or_default();
+            format!("{code}: {msg}")
+        })
+        .collect();
+    if msgs.is_empty() {
+        body.chars().filter(|c| !c.is_control()).take(200).collect()
+    } else {
+        msgs.join("; ")
+    }
+}
+
+impl Client {
+    fn new(registry: &str, repo: &str, opts: &Options) -> Result<Self> {
+        let host = host_of(registry);
+        let bare = host.split(':').next().unwrap_or_default();
+        let plain_allowed = bare == "localhost"
+            || bare.starts_with("127.")
+            || opts.insecure.iter().any(|i| i == host || i == registry);
+        let mut agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(60));
+        if !opts.ca_files.is_empty() {
+            agent = agent.tls_config(tls_config(&opts.ca_files)?);
+        }
+        let agent = agent.build();
+        let https = format!("https://{host}");
+        let origin = if plain_allowed {
+            choose_scheme(&agent, host, https)?
+        } else {
+            https
+        };
+        Ok(Self {
+            agent,
+            origin,
+            repo: repo.to_string(),
+            credentials: opts.credentials.clone(),
+            token: None,
+        })
+    }
+
+    fn for_name(name: &Name, opts: &Options) -> Result<Self> {
+        Self::new(&name.registry, &name.repository, opts)
+    }
+
+    /// A URL in this repository (`blobs/...`, `manifests/...`).
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.origin, self.repo)
+    }
+
+    /// One request with auth: a 401 is answered once (the challenge) and
+    /// the request sent again; transient failures are retried with
+    /// backoff. A 404 is [`Error::NotFound`]; other failures are
+    /// [`Error::Registry`] with the registry's own message.
+    fn send(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Body,
+    ) -> Result<ureq::Response> {
+        let mut attempt = 0;
+        let mut challenged = false;
+        loop {
+            let mut req = self.agent.request(method, url);
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            if let Some(t) = &self.token {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            } else if let Some(c) = &self.credentials {
+                req = req.set("Authorization", &basic(c));
+            }
+            let result = match body {
+                Body::Empty => req.call(),
+                Body::Bytes(b) => req.send_bytes(b),
+                Body::Stream(open, size) => {
+                    req.set("Content-Length", &size.to_string()).send(open()?)
+                }
+            };
+            let retry = match result {
+                Ok(r) => return Ok(r),
+                Err(ureq::Error::Status(401, r)) if !challenged => {
+                    challenged = true;
+                    let challenge = r.header("WWW-Authenticate").unwrap_or_default().to_string();
+                    self.authenticate(&challenge)?;
+                    continue;
+                }
+                Err(ureq::Error::Status(401, r)) => {
+                    return Err(Error::Registry(format!(
+                        "{url}: unauthorized (401: {}): check the credentials (`vm login`)",
+                        error_text(r)
+                    )))
+                }
+                Err(ureq::Error::Status(404, r)) => {
+                    return Err(Error::NotFound(format!(
+                        "{url}: not found (404{})",
+                        match error_text(r) {
+                            t if t.is_empty() => String::new(),
+                            t => format!(": {t}"),
+                        }
+                    )))
+                }
+                Err(ureq::Error::Status(code, r)) => {
+                    let transient = code >= 500 || code == 429;
+                    let e = net(url, format!("HTTP {code}: {}", error_text(r)));
+                    if !transient {
+                        return Err(e);
+                    }
+                    e
+                }
+                // ureq's message names the URL already.
+                Err(e) => {
+                    let text = e.to_string();
+                    let hint = ca_hint(&text, self.origin.split("://").nth(1).unwrap_or_default());
+                    if !hint.is_empty() {
+                        return Err(Error::Registry(format!("{text}{hint}")));
+                    }
+                    Error::Registry(format!("cannot reach the registry: {text}"))
+                }
+            };
+            attempt += 1;
+            if attempt >= ATTEMPTS {
+                return Err(retry);
+            }
+            std::thread::sleep(Duration::from_millis(200 << attempt));
+        }
+    }
+
+    fn get(&mut self, path: &str, accept: Option<&str>) -> Result<ureq::Response> {
+        let url = self.url(path);
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+        self.send("GET", &url, &headers, &Body::Empty)
+    }
+
+    fn authenticate(&mut self, challenge: &str) -> Result<()> {
+        let Some(params) = challenge.strip_prefix("Bearer ") else {
+            // Basic: the credentials go with the next request as they are.
+            if self.credentials.is_none() {
+                return Err(Error::Registry(format!(
+                    "{}: the registry wants credentials: `vm login {}` first",
+                    self.origin,
+                    self.origin.split("://").nth(1).unwrap_or_default()
+                )));
+            }
+            return Ok(());
+        };
+        let field = |k: &str| {
+            params.split(',').find_map(|p| {
+                let (key, v) = p.trim().split_once('=')?;
+                (key == k).then(|| v.trim_matches('"').to_string())
+            })
+        };
+        let realm =
+            field("realm").ok_or_else(|| net(&self.origin, "bearer challenge without a realm"))?;
+        let mut req = self.agent.get(&realm);
+        if let Some(s) = field("service") {
+            req = req.query("service", &s);
+        }
+        let scope = field("scope")
+            .or_else(|| (!self.repo.is_empty()).then(|| format!("repository:{}:pull", self.repo)));
+        if let Some(s) = scope {
+            req = req.query("scope", &s);
+        }
+        if let Some(c) = &self.credentials {
+            req = req.set("Authorization", &basic(c));
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code @ (401 | 403), r)) => {
+                return Err(Error::Registry(format!(
+                    "{realm}: the token service refused the credentials ({code}: {}); check them (`vm login`)",
+                    error_text(r)
+                )))
+            }
+            Err(e) => return Err(net(&realm, e)),
+        };
+        let mut body = String::new();
+        resp.into_reader()
+            .take(MAX_JSON)
+            .read_to_string(&mut body)
+            .map_err(|e| net(&realm, e))?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| net(&realm, e))?;
+        let token = v["token"].as_str().or_else(|| v["access_token"].as_str());
+        self.token = Some(
+            token
+                .ok_or_else(|| net(&realm, "no token in the answer"))?
+                .to_string(),
+        );
+        Ok(())
+    }
+}
+
+/// For a registry that may speak plain HTTP: HTTPS when it answers
+/// that (any HTTP status will do), else HTTP, as Docker does.
+fn choose_scheme(agent: &ureq::Agent, host: &str, https: String) -> Result<String> {
+    let tls_error = match agent.get(&format!("{https}/v2/")).call() {
+        Ok(_) | Err(ureq::Error::Status(..)) => return Ok(https),
+        Err(e) => e,
+    };
+    let http = format!("http://{host}");
+    match agent.get(&format!("{http}/v2/")).call() {
+        Ok(_) => Ok(http),
+        Err(ureq::Error::Status(code, _)) if code != 400 => Ok(http),
+        Err(ureq::Error::Status(..)) => Err(Error::Registry(format!(
+            "{https}: the registry speaks HTTPS but the connection failed: {tls_error}{}",
+            ca_hint(&tls_error.to_string(), host)
+        ))),
+        Err(e) => Err(Error::Registry(format!("cannot reach the registry: {e}"))),
+    }
+}
+
+/// What to do about a certificate the client does not trust.
+fn ca_hint(error: &str, host: &str) -> String {
+    if error.contains("certificate") {
+        format!("; if the registry's certificate is signed by a private CA, pass it with --ca-file FILE or put it in {}/certs.d/{host}/ca.crt", crate::auth::config_dir().display())
+    } else {
+        String::new()
+    }
+}
+
+fn basic(credentials: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+/// Checks that `registry` accepts the credentials in `opts` (what `vm
+/// login` does before it stores them): `GET /v2/` must succeed.
+pub fn login(registry: &str, opts: &Options) -> Result<()> {
+    let mut c = Client::new(registry, "", opts)?;
+    let url = format!("{}/v2/", c.origin);
+    c.send("GET", &url, &[], &Body::Empty).map(drop)
+}

@@ -1,0 +1,143 @@
+//! Pulling: the manifest (an index resolved to linux/amd64 first), then
+//! each blob the store lacks, streamed in and checked against its digest
+//! and size on the way; the name is set only when everything is stored.
+
+use std::io::Read;
+
+use super::{net, Client, Options, ATTEMPTS};
+use crate::digest::check_bytes;
+use crate::media::{self, MAX_JSON};
+use crate::name::Name;
+use crate::store::Store;
+use crate::{Digest, Error, Result};
+
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// A manifest or index, at most MAX_JSON bytes, with its media type.
+fn manifest(c: &mut Client, reference: &str) -> Result<(String, Vec<u8>)> {
+    let resp = c.get(&format!("manifests/{reference}"), Some(ACCEPT))?;
+    let media_type = resp.content_type().to_string();
+    let mut data = Vec::new();
+    resp.into_reader()
+        .take(MAX_JSON + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| net(reference, e))?;
+    if data.len() as u64 > MAX_JSON {
+        return Err(Error::Invalid {
+            what: format!("manifest {reference}"),
+            detail: format!("larger than the {MAX_JSON}-byte limit"),
+        });
+    }
+    // Some registries answer with a generic Content-Type; the document's
+    // own mediaType then says what it is.
+    let known = [
+        media::OCI_INDEX,
+        media::OCI_MANIFEST,
+        media::DOCKER_LIST,
+        media::DOCKER_MANIFEST,
+    ];
+    if !known.contains(&media_type.as_str()) {
+        let inner = serde_json::from_slice::<serde_json::Value>(&data)
+            .ok()
+            .and_then(|v| v["mediaType"].as_str().map(str::to_string));
+        if let Some(mt) = inner.filter(|mt| known.contains(&mt.as_str())) {
+            return Ok((mt, data));
+        }
+    }
+    Ok((media_type, data))
+}
+
+/// Pulls `name` into the store and names it; returns the manifest digest.
+pub fn pull(
+    store: &Store,
+    name: &Name,
+    opts: &Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Digest> {
+    let mut c = Client::for_name(name, opts)?;
+    let _writing = store.writing()?;
+    let reference = match (&name.digest, &name.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "latest".into(),
+    };
+    let (mut media_type, mut data) = manifest(&mut c, &reference)?;
+    if let Some(d) = &name.digest {
+        check_bytes("manifest", d, &data)?;
+    }
+    for _ in 0..4 {
+        if media_type != media::OCI_INDEX && media_type != media::DOCKER_LIST {
+            break;
+        }
+        let index: serde_json::Value =
+            serde_json::from_slice(&data).map_err(|e| Error::Invalid {
+                what: "index".into(),
+                detail: e.to_string(),
+            })?;
+        let pick = index["manifests"]
+            .as_array()
+            .and_then(|ms| {
+                ms.iter().find(|m| {
+                    m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64"
+                })
+            })
+            .ok_or_else(|| Error::NotFound(format!("{name} has no linux/amd64 image")))?;
+        let d = Digest::parse(pick["digest"].as_str().unwrap_or_default())?;
+        let (mt, bytes) = manifest(&mut c, &d.to_string())?;
+        check_bytes("manifest", &d, &bytes)?;
+        (media_type, data) = (mt, bytes);
+    }
+    if media_type != media::OCI_MANIFEST && media_type != media::DOCKER_MANIFEST {
+        return Err(Error::UnsupportedMediaType {
+            what: "manifest",
+            media_type,
+        });
+    }
+    let m: serde_json::Value = serde_json::from_slice(&data).map_err(|e| Error::Invalid {
+        what: "manifest".into(),
+        detail: e.to_string(),
+    })?;
+    let mut blobs = vec![(&m["config"], "image config")];
+    blobs.extend(
+        m["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| (l, "layer")),
+    );
+    for (desc, what) in blobs {
+        if what == "layer" {
+            media::layer_compression(desc["mediaType"].as_str().unwrap_or_default())?;
+        }
+        let d = Digest::parse(desc["digest"].as_str().unwrap_or_default())?;
+        let size = desc["size"].as_u64().ok_or_else(|| Error::Invalid {
+            what: format!("{what} {d}"),
+            detail: "no size".into(),
+        })?;
+        if store.has_blob(&d) {
+            continue;
+        }
+        progress(&format!(
+            "{}: downloading {} ({size} bytes)",
+            &d.hex()[..12],
+            what
+        ));
+        let mut tries = 0;
+        loop {
+            let resp = c.get(&format!("blobs/{d}"), None)?;
+            match store.put_blob(&mut resp.into_reader().take(size + 1), &d, size, what) {
+                Ok(()) => break,
+                Err(Error::Read { .. }) if tries + 1 < ATTEMPTS => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let md = store.put_bytes(&data, "manifest")?;
+    store.name_manifest(
+        &media_type,
+        &md,
+        data.len() as u64,
+        std::slice::from_ref(name),
+    )?;
+    Ok(md)
+}
