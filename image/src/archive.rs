@@ -38,7 +38,15 @@ impl Archive {
             if n >= MAX_ENTRIES {
                 return Err(invalid(format!("more than {MAX_ENTRIES} entries")));
             }
-            let entry = entry.map_err(|e| invalid(e.to_string()))?;
+            // tar's message can quote the bad header's bytes: say only
+            // what is wrong, and where.
+            let entry = entry.map_err(|e| {
+                let what = e.to_string();
+                let what = what.split([':', '\n']).next().unwrap_or_default();
+                invalid(format!(
+                    "not a tar archive, or a damaged one (entry {n}: {what}); expected a docker-archive or oci-archive file"
+                ))
+            })?;
             let name = {
                 let p = entry.path().map_err(|e| invalid(e.to_string()))?;
                 match normalize(&p) {

@@ -72,7 +72,8 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, data: &[u8]) -> Result<T> {
     })
 }
 
-pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Image> {
+/// The layout's `index.json`, once its `oci-layout` marker is checked.
+fn read_index(layout: &Layout) -> Result<ImageIndex> {
     let name = layout.describe();
     let marker = layout.file("oci-layout").ok_or_else(|| {
         Error::NotFound(format!(
@@ -83,8 +84,12 @@ pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Image> {
     let index_src = layout
         .file("index.json")
         .ok_or_else(|| Error::NotFound(format!("{name} has no index.json")))?;
-    let index: ImageIndex = parse(&format!("{name}: index.json"), &index_src.read_small()?)?;
+    parse(&format!("{name}: index.json"), &index_src.read_small()?)
+}
 
+pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Image> {
+    let name = layout.describe();
+    let index = read_index(layout)?;
     let manifests = index.manifests();
     let chosen = match tag {
         Some(t) => manifests
@@ -117,6 +122,34 @@ pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Image> {
         .cloned()
         .collect();
     Ok(image)
+}
+
+/// Every image in the layout, each once with all its names.
+pub fn open_all(layout: &Layout) -> Result<Vec<Image>> {
+    let index = read_index(layout)?;
+    let mut images: Vec<Image> = Vec::new();
+    for d in index.manifests() {
+        let digest = Digest::parse(d.digest().as_ref())?;
+        let tag = d
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(REF_NAME))
+            .cloned();
+        if let Some(img) = images.iter_mut().find(|i| i.manifest_digest == digest) {
+            img.names.extend(tag);
+            continue;
+        }
+        let mut img = open_descriptor(layout, d.media_type().as_ref(), &digest, d.size())?;
+        img.names = tag.into_iter().collect();
+        images.push(img);
+    }
+    if images.is_empty() {
+        return Err(Error::NotFound(format!(
+            "{} holds no image",
+            layout.describe()
+        )));
+    }
+    Ok(images)
 }
 
 /// The image a descriptor names (a manifest, or an index to resolve).

@@ -163,5 +163,24 @@ pub fn open_path(path: &std::path::Path) -> Result<Image> {
     Ok(img)
 }
 
+/// Every image a file or directory holds (`vm load`): all the images of
+/// an OCI layout or archive, or a docker archive's image.
+pub fn open_path_all(path: &std::path::Path) -> Result<Vec<Image>> {
+    let (layout, reference) = if path.is_dir() {
+        (layout::Layout::dir(path), format!("oci:{}", path.display()))
+    } else {
+        let ar = archive::Archive::index(path)?;
+        if ar.get("manifest.json").is_some() {
+            return open_path(path).map(|i| vec![i]);
+        }
+        (layout::Layout::archive(ar), path.display().to_string())
+    };
+    let mut images = layout::open_all(&layout)?;
+    for i in &mut images {
+        i.reference.clone_from(&reference);
+    }
+    Ok(images)
+}
+
 #[cfg(test)]
 mod tests;

@@ -181,10 +181,15 @@ impl Store {
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
             let (got, n_total) = copy_hashing(src, &mut f, size).map_err(io_err(&tmp))?;
             if n_total != size || &got != expected {
+                let detail = if n_total > size {
+                    format!("it is longer than the {size} bytes its descriptor gives")
+                } else {
+                    format!("got {n_total} bytes with sha256 {got}, expected {size} bytes")
+                };
                 return Err(Error::DigestMismatch {
                     what,
                     expected: expected.to_string(),
-                    detail: format!("got {n_total} bytes with sha256 {got}, expected {size} bytes"),
+                    detail,
                 });
             }
             f.sync_all().map_err(io_err(&tmp))?;

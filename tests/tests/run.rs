@@ -394,7 +394,7 @@ cat /tmp/l1
 $VM load -i $IMAGES/busybox.oci.tar; echo "rc=$?"
 echo "== tag"
 $VM tag busybox localhost:5000/me/bb:v1; echo "rc=$?"
-$VM images | awk 'NR > 1 { print $1, $2 }' | sort
+$VM images | awk 'NR > 1 { print $1, $2 }' | LC_ALL=C sort
 $VM images --format json | grep -c '"Repository"'
 echo "== run"
 $R busybox sh -c 'echo by name'; echo "rc=$?"
@@ -403,10 +403,17 @@ $R --pull never nosuch true 2>&1; echo "rc=$?"
 echo "== rmi"
 $VM image inspect busybox | grep -c '"ManifestDigest"'
 $VM rmi localhost:5000/me/bb:v1
-$VM images | awk 'NR > 1 { print $1, $2 }'
+$VM images | awk 'NR > 1 { print $1, $2 }' | LC_ALL=C sort
+ls $VM_ROOT/rootfs/*.ext4 | wc -l
 $VM rmi busybox > /dev/null; echo "rc=$?"
-ls -A $VM_ROOT/images/blobs/sha256 | wc -l
 $VM rmi busybox 2>&1; echo "rc=$?"
+echo "== prune"
+# Left: the untagged image (the docker archive's, whose name moved) and
+# the unpacked root file system of the image just removed.
+$VM image prune --force | grep -c -e '^deleted: sha256:' -e '^Deleted cached root file systems: 1$'
+$VM images | wc -l
+ls -A $VM_ROOT/images/blobs/sha256 | wc -l
+ls $VM_ROOT/rootfs/*.ext4 2>/dev/null | wc -l
 echo "== end"
 "#;
     let out = e.run_with_kvm_retrying(script, hung);
@@ -419,10 +426,11 @@ echo "== end"
     );
     assert_eq!(line_after(o, "bad-load"), "1\n0", "{out}");
     // busybox from the docker archive was replaced by the one from the OCI
-    // archive (same name, last load wins), then tagged.
+    // archive (same name, last load wins; the first stays, untagged), then
+    // tagged.
     assert_eq!(
         line_after(o, "tag"),
-        "rc=0\nbusybox latest\nlocalhost:5000/me/bb v1\n2",
+        "rc=0\n<none> <none>\nbusybox latest\nlocalhost:5000/me/bb v1\n3",
         "{out}"
     );
     let run = line_after(o, "run");
@@ -432,13 +440,15 @@ echo "== end"
         "{out}"
     );
     assert!(run.ends_with("rc=125"), "{out}");
-    // Removing the last name of an image removes its blobs too.
     assert_eq!(
         line_after(o, "rmi"),
-        "1\nUntagged: localhost:5000/me/bb:v1\nbusybox latest\nrc=0\n0\n\
+        "1\nUntagged: localhost:5000/me/bb:v1\n<none> <none>\nbusybox latest\n1\nrc=0\n\
          vm: error: no image docker.io/library/busybox:latest in the local store\nrc=125",
         "{out}"
     );
+    // Pruning removes the untagged image, then every blob and cached root
+    // file system is unused and goes too.
+    assert_eq!(line_after(o, "prune"), "2\n1\n0\n0", "{out}");
 }
 
 #[test]

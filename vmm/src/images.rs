@@ -50,27 +50,31 @@ pub fn finish(r: Result<(), String>) -> ExitCode {
 pub fn load(args: LoadArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
         let store = store(root)?;
-        let image = vm_image::open_path(&args.input)
+        let images = vm_image::open_path_all(&args.input)
             .map_err(|e| format!("{}: {e}", args.input.display()))?;
-        let mut names = Vec::new();
-        for n in &image.names {
-            match Name::parse(n) {
-                Ok(n) => names.push(n),
-                Err(e) => eprintln!("vm: warning: {}: skipping name: {e}", args.input.display()),
+        for image in &images {
+            let mut names = Vec::new();
+            for n in &image.names {
+                match Name::parse(n) {
+                    Ok(n) => names.push(n),
+                    Err(e) => {
+                        eprintln!("vm: warning: {}: skipping name: {e}", args.input.display())
+                    }
+                }
             }
-        }
-        let digest = store
-            .add(&image, &names)
-            .map_err(|e| format!("{}: {e}", args.input.display()))?;
-        if names.is_empty() {
-            println!("Loaded image ID: {digest}");
-        }
-        for n in &names {
-            println!(
-                "Loaded image: {}:{}",
-                n.familiar_repository(),
-                n.tag.as_deref().unwrap_or("latest")
-            );
+            let digest = store
+                .add(image, &names)
+                .map_err(|e| format!("{}: {e}", args.input.display()))?;
+            if names.is_empty() {
+                println!("Loaded image ID: {digest}");
+            }
+            for n in &names {
+                println!(
+                    "Loaded image: {}:{}",
+                    n.familiar_repository(),
+                    n.tag.as_deref().unwrap_or("latest")
+                );
+            }
         }
         Ok(())
     })())

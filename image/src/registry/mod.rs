@@ -244,15 +244,19 @@ impl Client {
         self.send("GET", &url, &headers, &Body::Empty)
     }
 
+    fn wants_credentials(&self) -> Error {
+        Error::Registry(format!(
+            "{}: the registry wants credentials: `vm login {}` first",
+            self.origin,
+            self.origin.split("://").nth(1).unwrap_or_default()
+        ))
+    }
+
     fn authenticate(&mut self, challenge: &str) -> Result<()> {
         let Some(params) = challenge.strip_prefix("Bearer ") else {
             // Basic: the credentials go with the next request as they are.
             if self.credentials.is_none() {
-                return Err(Error::Registry(format!(
-                    "{}: the registry wants credentials: `vm login {}` first",
-                    self.origin,
-                    self.origin.split("://").nth(1).unwrap_or_default()
-                )));
+                return Err(self.wants_credentials());
             }
             return Ok(());
         };
@@ -278,6 +282,9 @@ impl Client {
         }
         let resp = match req.call() {
             Ok(r) => r,
+            Err(ureq::Error::Status(401 | 403, _)) if self.credentials.is_none() => {
+                return Err(self.wants_credentials())
+            }
             Err(ureq::Error::Status(code @ (401 | 403), r)) => {
                 return Err(Error::Registry(format!(
                     "{realm}: the token service refused the credentials ({code}: {}); check them (`vm login`)",
