@@ -43,6 +43,7 @@ enum Body<'a> {
     Stream(&'a dyn Fn() -> Result<Box<dyn Read + 'a>>, u64),
 }
 
+#[derive(Clone)]
 struct Client {
     agent: ureq::Agent,
     /// `scheme://host[:port]`.

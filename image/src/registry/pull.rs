@@ -3,6 +3,7 @@
 //! and size on the way; the name is set only when everything is stored.
 
 use std::io::Read;
+use std::sync::{mpsc, Mutex};
 
 use super::{net, Client, Options, ATTEMPTS};
 use crate::digest::check_bytes;
@@ -10,6 +11,9 @@ use crate::media::{self, MAX_JSON};
 use crate::name::Name;
 use crate::store::Store;
 use crate::{Digest, Error, Result};
+
+/// Blobs downloaded at once.
+const PARALLEL: usize = 3;
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -105,6 +109,7 @@ pub fn pull(
             .flatten()
             .map(|l| (l, "layer")),
     );
+    let mut todo = Vec::new();
     for (desc, what) in blobs {
         if what == "layer" {
             media::layer_compression(desc["mediaType"].as_str().unwrap_or_default())?;
@@ -114,24 +119,11 @@ pub fn pull(
             what: format!("{what} {d}"),
             detail: "no size".into(),
         })?;
-        if store.has_blob(&d) {
-            continue;
-        }
-        progress(&format!(
-            "{}: downloading {} ({size} bytes)",
-            &d.hex()[..12],
-            what
-        ));
-        let mut tries = 0;
-        loop {
-            let resp = c.get(&format!("blobs/{d}"), None)?;
-            match store.put_blob(&mut resp.into_reader().take(size + 1), &d, size, what) {
-                Ok(()) => break,
-                Err(Error::Read { .. }) if tries + 1 < ATTEMPTS => tries += 1,
-                Err(e) => return Err(e),
-            }
+        if !store.has_blob(&d) && !todo.iter().any(|(t, _, _)| t == &d) {
+            todo.push((d, size, what));
         }
     }
+    download(&c, store, todo, progress)?;
     let md = store.put_bytes(&data, "manifest")?;
     store.name_manifest(
         &media_type,
@@ -140,4 +132,66 @@ pub fn pull(
         std::slice::from_ref(name),
     )?;
     Ok(md)
+}
+
+/// Downloads blobs into the store, a few at a time; stops at the first
+/// failure (blobs already stored stay: they are checked and named by
+/// digest, and the next pull skips them).
+fn download(
+    c: &Client,
+    store: &Store,
+    todo: Vec<(Digest, u64, &'static str)>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let workers = todo.len().min(PARALLEL);
+    let queue = Mutex::new(todo.into_iter());
+    let next = || queue.lock().ok().and_then(|mut q| q.next());
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let mut c = c.clone();
+                let tx = tx.clone();
+                let next = &next;
+                let queue = &queue;
+                s.spawn(move || -> Result<()> {
+                    while let Some((d, size, what)) = next() {
+                        let short = &d.hex()[..12];
+                        let _ = tx.send(format!("{short}: downloading {what} ({size} bytes)"));
+                        if let Err(e) = fetch(&mut c, store, &d, size, what) {
+                            // Leave the rest undone.
+                            if let Ok(mut q) = queue.lock() {
+                                q.by_ref().for_each(drop);
+                            }
+                            return Err(e);
+                        }
+                        let _ = tx.send(format!("{short}: done"));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(tx);
+        for msg in rx {
+            progress(&msg);
+        }
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(Error::Registry("a download thread panicked".into())))
+        })
+    })
+}
+
+/// One blob into the store; a connection that breaks mid-blob is tried
+/// again.
+fn fetch(c: &mut Client, store: &Store, d: &Digest, size: u64, what: &'static str) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        let resp = c.get(&format!("blobs/{d}"), None)?;
+        match store.put_blob(&mut resp.into_reader().take(size + 1), d, size, what) {
+            Ok(()) => return Ok(()),
+            Err(Error::Read { .. }) if tries + 1 < ATTEMPTS => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
