@@ -85,6 +85,9 @@ pub struct Layer {
     pub digest: String,
 }
 
+/// How a layer blob is compressed. The one definition, shared by the
+/// image code on the host (`vm-image`), this protocol and the unpacker in
+/// the guest (`image-unpack`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use agent_protocol::{
-    port, read_frame, write_frame, AgentMessage, Compression, HostMessage, Layer, Rootfs, RunSpec,
+    port, read_frame, write_frame, AgentMessage, HostMessage, Layer, Rootfs, RunSpec,
 };
 use nix::mount::MsFlags;
 use nix::sys::signal::{kill, Signal};
@@ -234,15 +234,10 @@ fn unpack(spec: &RunSpec, root: &OwnedFd, layer: &Layer) -> Result<(), Fail> {
     let setup = |e: &dyn std::fmt::Display| Fail::setup(format!("layer {}: {e}", layer.digest));
     let dev = disks::by_serial(&layer.disk).map_err(|e| setup(&e))?;
     let f = File::open(&dev).map_err(|e| setup(&e))?;
-    let compression = match layer.compression {
-        Compression::None => image_unpack::Compression::None,
-        Compression::Gzip => image_unpack::Compression::Gzip,
-        Compression::Zstd => image_unpack::Compression::Zstd,
-    };
     image_unpack::apply_layer(
         root,
         io::BufReader::with_capacity(256 * 1024, f.take(layer.size)),
-        compression,
+        layer.compression,
         image_unpack::Limits {
             max_bytes: spec.max_layer_bytes,
             max_entries: spec.max_layer_entries,

@@ -14,12 +14,7 @@ use crate::{Error, Result};
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
+pub use agent_protocol::Compression;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

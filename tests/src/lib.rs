@@ -220,6 +220,26 @@ impl Env {
     }
 }
 
+/// A shell function for test scripts: `start_registry NAME PORT` starts
+/// Debian's docker-registry on 127.0.0.1:PORT with its data and config in
+/// `$W` (extra config lines on stdin, e.g. `http:` TLS settings), waits
+/// until it listens, and has it killed when the script exits.
+pub const START_REGISTRY: &str = r#"
+start_registry() {
+    name=$1 port=$2
+    {
+        printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/%s-data\n' "$W" "$name"
+        printf 'http:\n  addr: 127.0.0.1:%s\n' "$port"
+        cat
+    } > "$W/$name.yml"
+    docker-registry serve "$W/$name.yml" > "$W/$name.log" 2>&1 &
+    pids="${pids:-} $!"
+    for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.1; done
+    echo "registry $name did not start"; cat "$W/$name.log"; exit 1
+}
+trap 'kill ${pids:-} 2>/dev/null' EXIT
+"#;
+
 /// The text between `== NAME` and the next `== ` marker line.
 pub fn section<'a>(text: &'a str, name: &str) -> &'a str {
     let marker = format!("== {name}\n");

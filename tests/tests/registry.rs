@@ -5,29 +5,11 @@
 //! Hub's bearer flow and hostile answers. None of this boots a guest, so
 //! it runs on this machine directly.
 
-use vm_tests::{debian_image, env, section, work_dir};
+use vm_tests::{debian_image, env, section, work_dir, START_REGISTRY};
 
 fn after<'a>(text: &'a str, name: &str) -> &'a str {
     section(text, name).trim_end()
 }
-
-/// Starts docker-registry from a config (`$1`: name, `$2`: port, extra
-/// `http:` lines on stdin) and waits until it listens.
-const REGISTRY_FN: &str = r#"
-start_registry() {
-    name=$1 port=$2
-    {
-        printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/%s-data\n' "$W" "$name"
-        printf 'http:\n  addr: 127.0.0.1:%s\n' "$port"
-        cat
-    } > "$W/$name.yml"
-    docker-registry serve "$W/$name.yml" > "$W/$name.log" 2>&1 &
-    pids="${pids:-} $!"
-    for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.1; done
-    echo "registry $name did not start"; cat "$W/$name.log"; exit 1
-}
-trap 'kill ${pids:-} 2>/dev/null' EXIT
-"#;
 
 #[test]
 fn registry_login_push_and_pull_over_tls_with_basic_auth() {
@@ -38,7 +20,7 @@ fn registry_login_push_and_pull_over_tls_with_basic_auth() {
 W={w}
 cd $W
 export VM_ROOT=$W/state VM_CONFIG=$W/config DOCKER_CONFIG=$W/docker
-{REGISTRY_FN}
+{START_REGISTRY}
 # A CA, a server certificate for 127.0.0.1 signed by it, a password file.
 openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=vm-test-ca 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null
@@ -244,7 +226,7 @@ fn registry_pull_killed_midway_then_pulled_again() {
         r#"
 W={w}
 export VM_ROOT=$W/state VM_CONFIG=$W/config DOCKER_CONFIG=$W/docker
-{REGISTRY_FN}
+{START_REGISTRY}
 start_registry plain 5058 < /dev/null
 skopeo copy --quiet --dest-tls-verify=false oci:{debian}:debian docker://127.0.0.1:5058/deb/debian:12
 B=$VM_ROOT/images/blobs/sha256

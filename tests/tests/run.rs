@@ -2,7 +2,7 @@
 //! guest (in the nested KVM host when needed), Docker's flags and exit
 //! statuses. Each test runs many containers in one nested host.
 
-use vm_tests::{debian_image, env, section, work_dir, ScriptOutput};
+use vm_tests::{debian_image, env, section, work_dir, ScriptOutput, START_REGISTRY};
 
 /// A `vm run` that hung (nested-host flakiness) shows as 124 from the
 /// `timeout` each container run gets.
@@ -454,14 +454,12 @@ echo "== end"
 #[test]
 fn images_pull_from_a_real_registry_and_run() {
     let e = env();
-    let script = r#"
+    let script = [
+        "export TMPDIR=/tmp\nW=$(mktemp -d)\n",
+        START_REGISTRY,
+        r#"
 # Debian's docker-registry (distribution 2.8) on loopback in this host.
-export TMPDIR=/tmp
-D=$(mktemp -d)
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/data\nhttp:\n  addr: 127.0.0.1:5055\n' "$D" > $D/config.yml
-docker-registry serve $D/config.yml > $D/log 2>&1 &
-reg=$!
-for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/5055) 2>/dev/null && break; sleep 0.1; done
+start_registry reg 5055 < /dev/null
 skopeo copy --quiet --dest-tls-verify=false oci:$IMAGES/oci:busybox docker://127.0.0.1:5055/test/busybox:1.0
 skopeo copy --quiet --dest-tls-verify=false oci:$IMAGES/oci:app docker://127.0.0.1:5055/test/app:latest
 export VM_ROOT=/tmp/pull-test
@@ -477,15 +475,16 @@ $VM pull 127.0.0.1:5999/nobody/home 2>&1 | grep -c "cannot reach the registry"
 # Tamper with the app image's layer on the registry's disk.
 export VM_ROOT=/tmp/pull-test-2
 layer=$(skopeo inspect --tls-verify=false --raw docker://127.0.0.1:5055/test/app:latest | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"][7:])')
-f=$D/data/docker/registry/v2/blobs/sha256/${layer:0:2}/$layer/data
+f=$W/reg-data/docker/registry/v2/blobs/sha256/${layer:0:2}/$layer/data
 printf 'X' | dd of=$f bs=1 seek=100 conv=notrunc 2>/dev/null
 $VM pull 127.0.0.1:5055/test/app 2>&1 | grep -c "does not match"
 ls -A $VM_ROOT/images/blobs/sha256 | grep -c "^$layer" || true
 $VM images | wc -l
-kill $reg
 echo "== end"
-"#;
-    let out = e.run_with_kvm_retrying(script, hung);
+"#,
+    ]
+    .concat();
+    let out = e.run_with_kvm_retrying(&script, hung);
     assert_eq!(out.code, Some(0), "{out}");
     let o = &out.stdout;
     assert_eq!(
@@ -500,7 +499,7 @@ echo "== end"
     );
     let errors = line_after(o, "errors");
     let lines: Vec<&str> = errors.lines().collect();
-    assert!(lines[0].contains("not found (404)"), "{out}");
+    assert!(lines[0].contains("not found (404: MANIFEST_UNKNOWN"), "{out}");
     assert_eq!(lines[1], "rc=125", "{out}");
     // Unreachable: a clear message. Tampered: refused, the layer not
     // stored, no image named (only the header line).

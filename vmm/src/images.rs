@@ -147,7 +147,7 @@ pub fn tag(args: TagArgs, root: Option<PathBuf>) -> ExitCode {
 }
 
 /// Sizes as Docker prints them (decimal units).
-fn human(n: u64) -> String {
+pub fn human(n: u64) -> String {
     let f = n as f64;
     if f >= 1e9 {
         format!("{:.2}GB", f / 1e9)

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use vm_image::auth::Config;
 use vm_image::name::{Name, DEFAULT_REGISTRY};
-use vm_image::registry::Options;
+use vm_image::registry::{Options, Progress};
 use vm_image::store::Store;
 
-use crate::images::{finish, store};
+use crate::images::{finish, human, store};
 
 /// How to reach a registry: shared by pull, push and login.
 #[derive(clap::Args, Default, Clone)]
@@ -39,12 +39,41 @@ fn options(registry: &str, args: &ConnectArgs) -> Result<Options, String> {
     })
 }
 
-/// Progress lines go to a terminal only.
-fn progress() -> impl FnMut(&str) {
-    let tty = std::io::stderr().is_terminal();
-    move |msg: &str| {
-        if tty {
-            eprintln!("{msg}");
+/// Progress on a terminal: step lines, and a status line of bytes moved
+/// that is rewritten in place and cleared at the end. Nothing when
+/// stderr is not a terminal.
+struct Meter {
+    tty: bool,
+    status_shown: bool,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            status_shown: false,
+        }
+    }
+
+    fn report(&mut self, p: Progress) {
+        if !self.tty {
+            return;
+        }
+        match p {
+            Progress::Line(l) => eprint!("\r\x1b[K{l}\n"),
+            Progress::Bytes { done, total } => {
+                eprint!("\r\x1b[K{} / {}", human(done), human(total));
+                self.status_shown = true;
+            }
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        if self.status_shown {
+            eprint!("\r\x1b[K");
         }
     }
 }
@@ -76,7 +105,8 @@ pub fn pull_into(
     connect: &ConnectArgs,
 ) -> Result<vm_image::Digest, String> {
     let opts = options(&name.registry, connect)?;
-    vm_image::registry::pull(store, name, &opts, &mut progress())
+    let mut meter = Meter::new();
+    vm_image::registry::pull(store, name, &opts, &mut |p| meter.report(p))
         .map_err(|e| format!("pulling {name}: {e}"))
 }
 
@@ -95,8 +125,10 @@ pub fn push(args: PushArgs, root: Option<PathBuf>) -> ExitCode {
         let name = Name::parse(&args.name).map_err(|e| e.to_string())?;
         let image = store.image(&name).map_err(|e| e.to_string())?;
         let opts = options(&name.registry, &args.connect)?;
-        let digest = vm_image::registry::push(&image, &name, &opts, &mut progress())
-            .map_err(|e| format!("pushing {name}: {e}"))?;
+        let mut meter = Meter::new();
+        let pushed = vm_image::registry::push(&image, &name, &opts, &mut |p| meter.report(p));
+        drop(meter);
+        let digest = pushed.map_err(|e| format!("pushing {name}: {e}"))?;
         println!(
             "{}: digest: {digest} size: {}",
             name.tag.as_deref().unwrap_or("latest"),

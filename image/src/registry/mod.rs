@@ -35,6 +35,47 @@ pub struct Options {
     pub ca_files: Vec<PathBuf>,
 }
 
+/// What a pull or push reports as it goes.
+pub enum Progress<'a> {
+    /// A step: a blob started, finished or found already there.
+    Line(&'a str),
+    /// Bytes moved so far, of the total to move.
+    Bytes { done: u64, total: u64 },
+}
+
+/// A reader that adds what it reads to a shared counter.
+struct Counting<'a, R> {
+    inner: R,
+    counter: &'a std::sync::atomic::AtomicU64,
+    read: u64,
+}
+
+impl<'a, R> Counting<'a, R> {
+    fn new(inner: R, counter: &'a std::sync::atomic::AtomicU64) -> Self {
+        Self {
+            inner,
+            counter,
+            read: 0,
+        }
+    }
+
+    /// Takes back what this reader counted (its transfer is retried).
+    fn uncount(&self) {
+        self.counter
+            .fetch_sub(self.read, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        self.counter
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// What a request sends.
 enum Body<'a> {
     Empty,

@@ -3,9 +3,12 @@
 //! and size on the way; the name is set only when everything is stored.
 
 use std::io::Read;
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use super::{net, Client, Options, ATTEMPTS};
+use super::{net, Client, Counting, Options, Progress, ATTEMPTS};
 use crate::digest::check_bytes;
 use crate::media::{self, MAX_JSON};
 use crate::name::Name;
@@ -56,7 +59,7 @@ pub fn pull(
     store: &Store,
     name: &Name,
     opts: &Options,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Digest> {
     let mut c = Client::for_name(name, opts)?;
     let _writing = store.writing()?;
@@ -141,9 +144,11 @@ fn download(
     c: &Client,
     store: &Store,
     todo: Vec<(Digest, u64, &'static str)>,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     let workers = todo.len().min(PARALLEL);
+    let total = todo.iter().map(|(_, size, _)| size).sum();
+    let moved = AtomicU64::new(0);
     let queue = Mutex::new(todo.into_iter());
     let next = || queue.lock().ok().and_then(|mut q| q.next());
     let (tx, rx) = mpsc::channel::<String>();
@@ -152,13 +157,12 @@ fn download(
             .map(|_| {
                 let mut c = c.clone();
                 let tx = tx.clone();
-                let next = &next;
-                let queue = &queue;
+                let (next, queue, moved) = (&next, &queue, &moved);
                 s.spawn(move || -> Result<()> {
                     while let Some((d, size, what)) = next() {
                         let short = &d.hex()[..12];
                         let _ = tx.send(format!("{short}: downloading {what} ({size} bytes)"));
-                        if let Err(e) = fetch(&mut c, store, &d, size, what) {
+                        if let Err(e) = fetch(&mut c, store, &d, size, what, moved) {
                             // Leave the rest undone.
                             if let Ok(mut q) = queue.lock() {
                                 q.by_ref().for_each(drop);
@@ -172,8 +176,14 @@ fn download(
             })
             .collect();
         drop(tx);
-        for msg in rx {
-            progress(&msg);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => progress(Progress::Line(&line)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let done = moved.load(Ordering::Relaxed);
+            progress(Progress::Bytes { done, total });
         }
         handles.into_iter().try_for_each(|h| {
             h.join()
@@ -184,14 +194,28 @@ fn download(
 
 /// One blob into the store; a connection that breaks mid-blob is tried
 /// again.
-fn fetch(c: &mut Client, store: &Store, d: &Digest, size: u64, what: &'static str) -> Result<()> {
+fn fetch(
+    c: &mut Client,
+    store: &Store,
+    d: &Digest,
+    size: u64,
+    what: &'static str,
+    moved: &AtomicU64,
+) -> Result<()> {
     let mut tries = 0;
     loop {
         let resp = c.get(&format!("blobs/{d}"), None)?;
-        match store.put_blob(&mut resp.into_reader().take(size + 1), d, size, what) {
+        let mut body = Counting::new(resp.into_reader(), moved);
+        match store.put_blob(&mut (&mut body).take(size + 1), d, size, what) {
             Ok(()) => return Ok(()),
-            Err(Error::Read { .. }) if tries + 1 < ATTEMPTS => tries += 1,
-            Err(e) => return Err(e),
+            Err(Error::Read { .. }) if tries + 1 < ATTEMPTS => {
+                body.uncount();
+                tries += 1;
+            }
+            Err(e) => {
+                body.uncount();
+                return Err(e);
+            }
         }
     }
 }

@@ -5,7 +5,9 @@
 
 use std::io::Read;
 
-use super::{net, Body, Client, Options};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{net, Body, Client, Counting, Options, Progress};
 use crate::name::Name;
 use crate::{BlobSource, Digest, Error, Image, Result};
 
@@ -22,7 +24,7 @@ pub fn push(
     image: &Image,
     name: &Name,
     opts: &Options,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Digest> {
     let mut c = Client::for_name(name, opts)?;
     let config_digest = Digest::of_bytes(&image.raw_config.data);
@@ -34,18 +36,29 @@ pub fn push(
     for l in &image.layers {
         blobs.push((&l.digest, Source::File(&l.source), l.source.size));
     }
+    let total = blobs.iter().map(|(_, _, size)| size).sum();
+    let moved = AtomicU64::new(0);
     for (digest, source, size) in blobs {
         let short = &digest.hex()[..12];
         if exists(&mut c, digest)? {
-            progress(&format!("{short}: already exists"));
+            progress(Progress::Line(&format!("{short}: already exists")));
+            moved.fetch_add(size, Ordering::Relaxed);
             continue;
         }
-        progress(&format!("{short}: pushing {size} bytes"));
-        let open = || match source {
-            Source::Bytes(b) => Ok(Box::new(b) as Box<dyn Read>),
-            Source::File(f) => Ok(Box::new(f.reader()?) as Box<dyn Read>),
+        progress(Progress::Line(&format!("{short}: pushing {size} bytes")));
+        let before = moved.load(Ordering::Relaxed);
+        let open = || {
+            // Each attempt counts from where this blob started.
+            moved.store(before, Ordering::Relaxed);
+            let r: Box<dyn Read> = match source {
+                Source::Bytes(b) => Box::new(b),
+                Source::File(f) => Box::new(f.reader()?),
+            };
+            Ok(Box::new(Counting::new(r, &moved)) as Box<dyn Read>)
         };
         upload(&mut c, digest, &Body::Stream(&open, size))?;
+        let done = moved.load(Ordering::Relaxed);
+        progress(Progress::Bytes { done, total });
     }
     let reference = match (&name.tag, &name.digest) {
         (Some(t), _) => t.clone(),

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_protocol::{Compression, HostMessage, Layer, Process, Rootfs, RunSpec};
+use agent_protocol::{HostMessage, Layer, Process, Rootfs, RunSpec};
 use devices::virtio::block::BlockConfig;
 use devices::virtio::vsock::VsockConfig;
 
@@ -375,11 +375,7 @@ fn image_disks(
         layers.push(Layer {
             disk: serial,
             size: l.source.size,
-            compression: match l.compression {
-                vm_image::Compression::None => Compression::None,
-                vm_image::Compression::Gzip => Compression::Gzip,
-                vm_image::Compression::Zstd => Compression::Zstd,
-            },
+            compression: l.compression,
             digest: l.digest.to_string(),
         });
     }

@@ -34,6 +34,9 @@ impl Owed {
 }
 
 pub struct Connection {
+    /// When it was made (a host-initiated one times out while the guest
+    /// does not answer).
+    pub since: std::time::Instant,
     pub stream: UnixStream,
     pub state: State,
     /// Port on the host side (CID 2).
@@ -67,6 +70,7 @@ pub enum GuestDataError {
 impl Connection {
     pub fn new(stream: UnixStream, state: State, local_port: u32) -> Self {
         Self {
+            since: std::time::Instant::now(),
             stream,
             state,
             local_port,

@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events};
 use virtio_queue::QueueT;
@@ -14,6 +15,7 @@ use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::Bytes;
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, State};
 use super::proto::*;
@@ -34,7 +36,14 @@ const MAX_STRAY: usize = 256;
 /// First port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 pub const TOKEN_LISTENER: u32 = TOKEN_BACKEND;
-const FIRST_CONN_TOKEN: u32 = TOKEN_BACKEND + 1;
+pub const TOKEN_TIMER: u32 = TOKEN_BACKEND + 1;
+const FIRST_CONN_TOKEN: u32 = TOKEN_BACKEND + 2;
+/// How long a host-initiated connection waits for the guest to accept it
+/// (Firecracker's figure), and a host client to send its `CONNECT` line.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often those are checked while any is pending.
+const TIMER_TICK: Duration = Duration::from_millis(500);
 /// Longest `CONNECT <port>\n` line accepted from a host client.
 const MAX_HANDSHAKE: usize = 32;
 
@@ -66,6 +75,7 @@ pub enum Error {
 struct Handshake {
     stream: UnixStream,
     line: Vec<u8>,
+    since: Instant,
 }
 
 /// What a token registered with the event loop stands for.
@@ -109,6 +119,9 @@ pub struct Vsock {
     rx_work: VecDeque<Key>,
     rx_queued: HashSet<Key>,
     stray: VecDeque<Route>,
+    /// Ticks while handshakes or host-initiated connections are pending.
+    pub(super) timer: TimerFd,
+    timer_armed: bool,
 }
 
 impl Vsock {
@@ -138,6 +151,8 @@ impl Vsock {
             rx_work: VecDeque::new(),
             rx_queued: HashSet::new(),
             stray: VecDeque::new(),
+            timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
+            timer_armed: false,
         })
     }
 
@@ -270,6 +285,56 @@ impl Vsock {
         }
         self.stash.remove(&key);
         self.schedule(key);
+    }
+
+    /// Starts the timer ticking if it is not (something is pending).
+    pub(super) fn arm_timer(&mut self) {
+        if !self.timer_armed && self.timer.reset(TIMER_TICK, Some(TIMER_TICK)).is_ok() {
+            self.timer_armed = true;
+        }
+    }
+
+    /// A timer tick: host clients that never sent their `CONNECT` line,
+    /// and host-initiated connections the guest never answered, are
+    /// refused (`ERR timeout`) and closed; the guest gets a reset for the
+    /// latter. The timer stops when nothing is left pending.
+    pub(super) fn expire_pending(&mut self, ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        let late: Vec<u32> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| h.since.elapsed() >= HANDSHAKE_TIMEOUT)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            if let Some(mut h) = self.handshakes.remove(&t) {
+                let _ = h.stream.write_all(b"ERR timeout waiting for CONNECT\n");
+                self.unregister(t, h.stream.as_raw_fd(), ops);
+            }
+        }
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Connecting && !c.owed.rst)
+            .filter(|(_, c)| c.since.elapsed() >= CONNECT_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            if let Some(c) = self.conns.get_mut(&key) {
+                let _ = c
+                    .stream
+                    .write_all(b"ERR timeout: the guest did not accept the connection\n");
+            }
+            self.kill(key, ops);
+        }
+        let pending = !self.handshakes.is_empty()
+            || self
+                .conns
+                .values()
+                .any(|c| c.state == State::Connecting && !c.owed.rst);
+        if !pending && self.timer.clear().is_ok() {
+            self.timer_armed = false;
+        }
     }
 
     /// Forget every connection (device reset).

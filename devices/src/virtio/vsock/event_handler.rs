@@ -5,7 +5,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::AsRawFd;
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{Vsock, RX, TOKEN_LISTENER, TX};
+use super::device::{Vsock, RX, TOKEN_LISTENER, TOKEN_TIMER, TX};
 use crate::virtio::core::TOKEN_ACTIVATE;
 
 const EVT: usize = 2;
@@ -30,6 +30,10 @@ impl MutEventSubscriber for Vsock {
                 // We never send transport events; the buffers stay queued.
                 let _ = self.core.queue_evts[EVT].read();
             }
+            TOKEN_TIMER => {
+                self.expire_pending(ops);
+                self.process_rx(ops);
+            }
             TOKEN_LISTENER => {
                 self.accept_host_clients(ops);
                 self.process_rx(ops);
@@ -46,6 +50,10 @@ impl MutEventSubscriber for Vsock {
         let fd = self.listener.as_raw_fd();
         if let Err(e) = ops.add(Events::with_data_raw(fd, TOKEN_LISTENER, EventSet::IN)) {
             eprintln!("vm: vsock: cannot watch the listener: {e:?}");
+        }
+        let fd = self.timer.as_raw_fd();
+        if let Err(e) = ops.add(Events::with_data_raw(fd, TOKEN_TIMER, EventSet::IN)) {
+            eprintln!("vm: vsock: cannot watch the timer: {e:?}");
         }
     }
 }

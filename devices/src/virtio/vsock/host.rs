@@ -32,8 +32,10 @@ impl Vsock {
                             Handshake {
                                 stream,
                                 line: Vec::new(),
+                                since: std::time::Instant::now(),
                             },
                         );
+                        self.arm_timer();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -93,6 +95,7 @@ impl Vsock {
         let mut conn = Connection::new(stream, State::Connecting, local);
         conn.owed.request = true;
         self.add_conn((local, port), conn, ops);
+        self.arm_timer();
     }
 
     fn allocate_local_port(&mut self, peer: u32) -> Option<u32> {

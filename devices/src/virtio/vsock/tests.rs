@@ -299,3 +299,51 @@ fn guest_exceeding_our_buffer_is_reset() {
     assert!(ops.contains(&OP_RST), "got {ops:?}");
     assert_eq!(rig.dev.lock().expect("lock").buffered_bytes(), 0);
 }
+
+#[test]
+fn host_connection_the_guest_never_answers_times_out() {
+    let mem = memory();
+    let mut rig = Rig::new(&mem, "timeout");
+    let mut client = UnixStream::connect(&rig.path).expect("connect");
+    client.write_all(b"CONNECT 5000\n").expect("handshake");
+    // A second client that never says CONNECT at all.
+    let mut mute = UnixStream::connect(&rig.path).expect("connect");
+    client
+        .set_read_timeout(Some(std::time::Duration::from_millis(50)))
+        .expect("timeout");
+    mute.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+        .expect("timeout");
+    // The guest takes the REQUEST and never answers.
+    for _ in 0..4 {
+        rig.em.run_with_timeout(50).expect("event loop");
+    }
+    rig.give_rx(1);
+    assert_eq!(rig.rx_packet(0).0, OP_REQUEST);
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut mute_got = Vec::new();
+    while start.elapsed() < std::time::Duration::from_secs(8) {
+        rig.em.run_with_timeout(50).expect("event loop");
+        let mut buf = [0u8; 128];
+        if let Ok(n) = client.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        if let Ok(n) = mute.read(&mut buf) {
+            mute_got.extend_from_slice(&buf[..n]);
+        }
+        if !got.is_empty() && !mute_got.is_empty() {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("ERR timeout"), "client got {text:?}");
+    let mute_text = String::from_utf8_lossy(&mute_got);
+    assert!(
+        mute_text.starts_with("ERR timeout waiting for CONNECT"),
+        "mute client got {mute_text:?}"
+    );
+    // Then the guest is told to forget it.
+    rig.give_rx(1);
+    assert_eq!(rig.rx.used_count(), 2);
+    assert_eq!(rig.rx_packet(1).0, OP_RST);
+}
