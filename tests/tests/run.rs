@@ -200,6 +200,15 @@ script -qec "$VM run -t $I sh -c 'tty; stty size; test -t 0 && echo stdin-is-tty
 echo "== tty-interactive"
 printf 'echo $((6*7))\nexit 3\n' | script -qec "$VM run -it $I sh" /dev/null > $W/tty.out; echo "rc=$?"
 tr -d '\r' < $W/tty.out | grep -x 42
+echo "== tty-resize"
+# The terminal vm run sits on changes size: the container's follows.
+export INNER='stty size; echo ready; i=0; while [ $i -lt 300 ]; do [ "$(stty size)" = "40 100" ] && echo resized && exit 0; sleep 0.1; i=$((i+1)); done; echo never'
+script -qfec 'tty > '$W'/tty.name; exec $VM run -t '$I' sh -c "$INNER"' $W/resize.out < /dev/null > /dev/null &
+sp=$!
+for i in $(seq 1 600); do grep -q ready $W/resize.out 2>/dev/null && break; sleep 0.1; done
+stty -F $(cat $W/tty.name) rows 40 cols 100
+wait $sp; echo "rc=$?"
+tr -d '\r' < $W/resize.out | grep -x -e '24 80' -e resized -e never
 echo "== end"
 "#,
         w = w.display()
@@ -251,6 +260,9 @@ echo "== end"
     assert!(tty[0].starts_with("/dev/pts/"), "{out}");
     assert!(tty.contains(&"stdin-is-tty"), "{out}");
     assert_eq!(line_after(o, "tty-interactive"), "rc=3\n42", "{out}");
+    // No size on vm run's terminal at first (script's pty from /dev/null):
+    // 24x80; then SIGWINCH carries the new one in.
+    assert_eq!(line_after(o, "tty-resize"), "rc=0\n24 80\nresized", "{out}");
 }
 
 #[test]
@@ -499,7 +511,10 @@ echo "== end"
     );
     let errors = line_after(o, "errors");
     let lines: Vec<&str> = errors.lines().collect();
-    assert!(lines[0].contains("not found (404: MANIFEST_UNKNOWN"), "{out}");
+    assert!(
+        lines[0].contains("not found (404: MANIFEST_UNKNOWN"),
+        "{out}"
+    );
     assert_eq!(lines[1], "rc=125", "{out}");
     // Unreachable: a clear message. Tampered: refused, the layer not
     // stored, no image named (only the header line).

@@ -132,16 +132,8 @@ pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
 fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     timing::start();
     if let Some(n) = &args.name {
-        if n.is_empty()
-            || !n
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-            || !n.starts_with(|c: char| c.is_ascii_alphanumeric())
-        {
-            return Err(format!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit").into());
-        }
+        check_name(n)?;
     }
-    let memory_mib = args.memory.unwrap_or(DEFAULT_MEMORY_MIB);
     let mut env_lines = Vec::new();
     for f in &args.env_file {
         env_lines.extend(spec::read_env_file(f)?);
@@ -152,30 +144,12 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     let image = open_image(&args.image, &args.pull, &state)?;
 
     timing::mark("image-opened");
-    let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
-    let mut env = spec::environment(&image.config.env, &env_lines, &args.env, |k| {
-        std::env::var(k).ok()
-    })?;
-    if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
-        env.push("TERM=xterm".into());
-    }
     let id = container_id();
     let hostname = args
         .hostname
         .clone()
         .unwrap_or_else(|| id[..12].to_string());
-    let (rows, cols) = if args.tty {
-        tty::size().unwrap_or((24, 80))
-    } else {
-        (0, 0)
-    };
-    let workdir = args
-        .workdir
-        .clone()
-        .unwrap_or(image.config.working_dir.clone());
-    if !workdir.is_empty() && !workdir.starts_with('/') {
-        return Err(format!("the working directory {workdir:?} must be an absolute path").into());
-    }
+    let process = process_spec(&args, &image, &env_lines)?;
 
     // From here on the forwarded signals are caught: one that comes while
     // the guest boots waits and reaches the container once it runs (and
@@ -218,20 +192,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     let run_spec = RunSpec {
         rootfs,
         scratch_disk: "scratch".into(),
-        process: Process {
-            args: argv,
-            env,
-            cwd: if workdir.is_empty() {
-                "/".into()
-            } else {
-                workdir
-            },
-            user: args.user.clone().unwrap_or(image.config.user.clone()),
-            terminal: args.tty,
-            stdin: args.interactive,
-            rows,
-            cols,
-        },
+        process,
         hostname,
         read_only: args.read_only,
         max_layer_bytes: max_layer_bytes()?,
@@ -239,32 +200,7 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     };
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| format!("eventfd: {e}"))?);
-    let console: Box<dyn std::io::Write + Send> = if args.debug {
-        Box::new(std::io::stderr())
-    } else {
-        Box::new(std::io::sink())
-    };
-    let quiet = if args.debug { "" } else { " quiet" };
-    let cfg = VmConfig {
-        kernel,
-        initrd: Some(initrd),
-        cmdline: format!(
-            "console=ttyS0{quiet} {}={}",
-            agent_protocol::CMDLINE_PARAM,
-            agent_protocol::port::CONTROL
-        ),
-        cpus: args.cpus,
-        memory_mib,
-        report_boot_time: args.debug || timing::enabled(),
-        disks,
-        vsock: Some(VsockConfig {
-            guest_cid: GUEST_CID,
-            uds_path: vsock_path,
-        }),
-        console,
-        console_input: false,
-        exit: exit.clone(),
-    };
+    let cfg = vm_config(&args, kernel, initrd, disks, vsock_path, exit.clone());
     vm::validate(&cfg).map_err(|e| e.to_string())?;
     timing::mark("vm-starting");
     let vm_thread = std::thread::Builder::new()
@@ -311,31 +247,124 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         .map_err(|_| Failure::from("the VMM thread panicked"))?
         .map_err(|e| Failure::from(e.to_string()))?;
     timing::mark("vm-ended");
-    match result {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            let msg = match (e, &outcome.reason) {
-                (_, ExitReason::Panic(p)) => format!("the guest kernel panicked: {p}"),
-                (_, ExitReason::TripleFault { cpu, .. }) => {
-                    format!("the guest triple-faulted on vCPU {cpu}")
-                }
-                (_, ExitReason::InternalError { cpu, detail }) => {
-                    format!("KVM could not run the guest on vCPU {cpu}: {detail}")
-                }
-                (_, ExitReason::VmmError(m)) => m.clone(),
-                (session::Error::Timeout(what), _) => format!(
-                    "the guest agent did not open its {what} connection within {} s",
-                    agent_timeout().as_secs()
-                ),
-                (session::Error::Protocol(m), _) => m,
-                (session::Error::VmEnded, _) => {
-                    "the guest ended before the container reported an exit status".into()
-                }
-            };
-            Err(Failure {
-                msg,
-                console: outcome.console_tail,
-            })
+    result.map_err(|e| Failure {
+        msg: failure_message(e, &outcome.reason),
+        console: outcome.console_tail,
+    })
+}
+
+/// A container name as Docker takes them.
+fn check_name(n: &str) -> Result<(), String> {
+    let ok = n
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && n.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !ok {
+        return Err(format!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// The container's process: the image's config with the flags over it.
+fn process_spec(
+    args: &RunArgs,
+    image: &vm_image::Image,
+    env_lines: &[String],
+) -> Result<Process, String> {
+    let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
+    let mut env = spec::environment(&image.config.env, env_lines, &args.env, |k| {
+        std::env::var(k).ok()
+    })?;
+    if args.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let (rows, cols) = if args.tty {
+        tty::size().unwrap_or((24, 80))
+    } else {
+        (0, 0)
+    };
+    let workdir = args
+        .workdir
+        .clone()
+        .unwrap_or(image.config.working_dir.clone());
+    if !workdir.is_empty() && !workdir.starts_with('/') {
+        return Err(format!(
+            "the working directory {workdir:?} must be an absolute path"
+        ));
+    }
+    Ok(Process {
+        args: argv,
+        env,
+        cwd: if workdir.is_empty() {
+            "/".into()
+        } else {
+            workdir
+        },
+        user: args.user.clone().unwrap_or(image.config.user.clone()),
+        terminal: args.tty,
+        stdin: args.interactive,
+        rows,
+        cols,
+    })
+}
+
+/// The microVM: our kernel and agent, the disks, vsock to the agent; the
+/// kernel's console only with --debug.
+fn vm_config(
+    args: &RunArgs,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    disks: Vec<BlockConfig>,
+    vsock_path: PathBuf,
+    exit: Arc<ExitSignal>,
+) -> VmConfig {
+    let console: Box<dyn std::io::Write + Send> = if args.debug {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::sink())
+    };
+    let quiet = if args.debug { "" } else { " quiet" };
+    VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: format!(
+            "console=ttyS0{quiet} {}={}",
+            agent_protocol::CMDLINE_PARAM,
+            agent_protocol::port::CONTROL
+        ),
+        cpus: args.cpus,
+        memory_mib: args.memory.unwrap_or(DEFAULT_MEMORY_MIB),
+        report_boot_time: args.debug || timing::enabled(),
+        disks,
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: vsock_path,
+        }),
+        console,
+        console_input: false,
+        exit,
+    }
+}
+
+/// What to tell the user when the session failed: how the VM ended says
+/// more than how the session noticed.
+fn failure_message(e: session::Error, reason: &ExitReason) -> String {
+    match (e, reason) {
+        (_, ExitReason::Panic(p)) => format!("the guest kernel panicked: {p}"),
+        (_, ExitReason::TripleFault { cpu, .. }) => {
+            format!("the guest triple-faulted on vCPU {cpu}")
+        }
+        (_, ExitReason::InternalError { cpu, detail }) => {
+            format!("KVM could not run the guest on vCPU {cpu}: {detail}")
+        }
+        (_, ExitReason::VmmError(m)) => m.clone(),
+        (session::Error::Timeout(what), _) => format!(
+            "the guest agent did not open its {what} connection within {} s",
+            agent_timeout().as_secs()
+        ),
+        (session::Error::Protocol(m), _) => m,
+        (session::Error::VmEnded, _) => {
+            "the guest ended before the container reported an exit status".into()
         }
     }
 }
