@@ -335,10 +335,17 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("no image {manifest} in the local store")))
     }
 
-    /// Removes the untagged ("dangling") images.
-    pub fn prune(&self) -> Result<Freed> {
+    /// Removes the untagged ("dangling") images, except those `keep`
+    /// says (by manifest digest).
+    pub fn prune(&self, keep: impl Fn(&Digest) -> bool) -> Result<Freed> {
+        let kept = |m: &Value| {
+            m["digest"]
+                .as_str()
+                .and_then(|d| Digest::parse(d).ok())
+                .is_some_and(|d| keep(&d))
+        };
         Ok(self
-            .remove_where(|m| m["annotations"][REF_NAME].is_null())?
+            .remove_where(|m| m["annotations"][REF_NAME].is_null() && !kept(m))?
             .unwrap_or_default())
     }
 

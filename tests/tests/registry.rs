@@ -72,6 +72,11 @@ $VM pull 127.0.0.1:5443/t/bb:v1 2>&1 | grep -c "wants credentials"
 mkdir -p $DOCKER_CONFIG
 printf '{{"auths":{{"127.0.0.1:5443":{{"auth":"%s"}}}}}}' $(printf alice:s3cret | base64) > $DOCKER_CONFIG/config.json
 $VM pull 127.0.0.1:5443/t/bb:v1 > /dev/null; echo "rc=$?"
+echo "== prompt"
+# On a terminal: user name and password asked for, the password not echoed.
+(sleep 1; printf 'alice\n'; sleep 1; printf 's3cret\n') | script -qec "$VM login 127.0.0.1:5443" /dev/null > $W/prompt.out; echo "rc=$?"
+tr -d '\r' < $W/prompt.out | grep -c s3cret
+tr -d '\r' < $W/prompt.out | grep -c -e '^Username: alice$' -e '^Login Succeeded$'
 echo "== plain"
 # Several layers over plain HTTP (loopback), read back by skopeo and vm.
 $VM load -i $IMAGES/oci > /dev/null
@@ -124,6 +129,7 @@ echo "== end"
         "Removing login credentials for 127.0.0.1:5443\nNot logged in to 127.0.0.1:5443\n1\nrc=0",
         "{out}"
     );
+    assert_eq!(after(o, "prompt"), "rc=0\n0\n2", "{out}");
     let plain: Vec<&str> = after(o, "plain").lines().collect();
     assert_eq!(plain.len(), 4, "{out}");
     assert_eq!(plain[0], "rc=0", "{out}");

@@ -412,6 +412,14 @@ echo "== run"
 $R busybox sh -c 'echo by name'; echo "rc=$?"
 $R localhost:5000/me/bb:v1 sh -c 'echo by tag'; echo "rc=$?"
 $R --pull never nosuch true 2>&1; echo "rc=$?"
+echo "== in-use"
+# While a container runs its image, its last name cannot be removed.
+$VM run busybox sleep 60 > /dev/null 2>&1 & rp=$!
+for i in $(seq 1 300); do ls $VM_ROOT/run/*/image > /dev/null 2>&1 && break; sleep 0.1; done
+$VM rmi localhost:5000/me/bb:v1 > /dev/null; echo "rc=$?"
+$VM rmi busybox 2>&1 | sed 's/container [0-9a-f]*;/container ID;/'; echo "rc=${PIPESTATUS[0]}"
+$VM tag busybox localhost:5000/me/bb:v1
+kill -TERM $rp; wait $rp; echo "rc=$?"
 echo "== rmi"
 $VM image inspect busybox | grep -c '"ManifestDigest"'
 $VM rmi localhost:5000/me/bb:v1
@@ -452,6 +460,11 @@ echo "== end"
         "{out}"
     );
     assert!(run.ends_with("rc=125"), "{out}");
+    assert_eq!(
+        line_after(o, "in-use"),
+        "rc=0\nvm: error: image busybox is in use by running container ID; stop it first, or use --force\nrc=125\nrc=143",
+        "{out}"
+    );
     assert_eq!(
         line_after(o, "rmi"),
         "1\nUntagged: localhost:5000/me/bb:v1\n<none> <none>\nbusybox latest\n1\nrc=0\n\

@@ -95,6 +95,8 @@ pub fn images(args: ImagesArgs, root: Option<PathBuf>) -> ExitCode {
                 "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
             );
         }
+        // Newest first, as Docker lists them.
+        let mut rows = Vec::new();
         for e in &entries {
             let img = store
                 .entry_image(e)
@@ -109,24 +111,24 @@ pub fn images(args: ImagesArgs, root: Option<PathBuf>) -> ExitCode {
             let id = vm_image::Digest::of_bytes(&img.raw_config.data);
             let size: u64 = img.layers.iter().map(|l| l.source.size).sum::<u64>()
                 + img.raw_config.data.len() as u64;
-            let created = img
-                .created
-                .get(..19)
-                .unwrap_or(&img.created)
-                .replace('T', " ");
+            rows.push((img.created, repo, tag, id, e.manifest.clone(), size));
+        }
+        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
+        for (created, repo, tag, id, manifest, size) in rows {
             if json {
                 let v = serde_json::json!({
                     "Repository": repo, "Tag": tag, "ID": id.to_string(),
-                    "Digest": e.manifest.to_string(), "CreatedAt": img.created, "Size": size,
+                    "Digest": manifest.to_string(), "CreatedAt": created, "Size": size,
                 });
                 println!("{v}");
             } else {
+                let when = created.get(..19).unwrap_or(&created).replace('T', " ");
                 println!(
                     "{:<40} {:<16} {:<14} {:<22} {:>10}",
                     repo,
                     tag,
                     &id.hex()[..12],
-                    created,
+                    when,
                     human(size)
                 );
             }
@@ -166,7 +168,8 @@ pub struct RmiArgs {
     /// hex digits, as `vm images` shows them).
     #[arg(required = true)]
     names: Vec<String>,
-    /// Remove an image given by ID even when it has several names.
+    /// Remove an image given by ID even when it has several names, or
+    /// one a running container uses.
     #[arg(short, long)]
     force: bool,
 }
@@ -205,9 +208,26 @@ fn image_by_id(store: &Store, id: &str) -> Result<Option<(vm_image::Digest, usiz
     }
 }
 
+/// Refuses to remove the last reference to an image a running container
+/// uses (Docker's rule), unless forced.
+fn check_unused(
+    state: &std::path::Path,
+    what: &str,
+    manifest: &vm_image::Digest,
+) -> Result<(), String> {
+    match crate::in_use::users(state, manifest).first() {
+        Some(id) => Err(format!(
+            "image {what} is in use by running container {}; stop it first, or use --force",
+            id.get(..12).unwrap_or(id)
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
-        let store = store(root)?;
+        let state = state_root(root.as_deref())?;
+        let store = Store::open(&state).map_err(|e| e.to_string())?;
         for n in &args.names {
             let freed = if let Some((manifest, names)) = image_by_id(&store, n)? {
                 if names > 1 && !args.force {
@@ -215,9 +235,24 @@ pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
                         "image {n} has {names} names; remove them by name, or use --force"
                     ));
                 }
+                if !args.force {
+                    check_unused(&state, n, &manifest)?;
+                }
                 store.remove_image(&manifest).map_err(|e| e.to_string())?
             } else {
                 let name = Name::parse(n).map_err(|e| e.to_string())?;
+                if !args.force {
+                    let image = store.image(&name).map_err(|e| e.to_string())?;
+                    let names = store
+                        .list()
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .filter(|e| e.manifest == image.manifest_digest && e.name.is_some())
+                        .count();
+                    if names <= 1 {
+                        check_unused(&state, n, &image.manifest_digest)?;
+                    }
+                }
                 let freed = store.remove(&name).map_err(|e| e.to_string())?;
                 println!(
                     "Untagged: {}:{}",
@@ -255,7 +290,9 @@ pub fn prune(args: PruneArgs, root: Option<PathBuf>) -> ExitCode {
                 return Ok(());
             }
         }
-        let freed = store.prune().map_err(|e| e.to_string())?;
+        let freed = store
+            .prune(|d| !crate::in_use::users(&state, d).is_empty())
+            .map_err(|e| e.to_string())?;
         if !freed.images.is_empty() {
             println!("Deleted Images:");
             for d in &freed.images {

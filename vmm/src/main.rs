@@ -6,6 +6,7 @@ mod device_manager;
 mod exit;
 mod host;
 mod images;
+mod in_use;
 mod loader;
 mod memory;
 mod registry;

@@ -161,6 +161,8 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
     // disk and the same file system as its template (the state root).
     let dir = RunDir::create(std::env::temp_dir(), &id)?;
     let disk_dir = RunDir::create(state.join("run"), &id)?;
+    // `vm rmi` and `vm image prune` leave the image alone while this runs.
+    let _in_use = crate::in_use::mark(&disk_dir.path, &image.manifest_digest)?;
     let scratch_path = disk_dir.path.join("scratch.img");
     let vsock_path = dir.path.join("vsock");
     let listeners = session::Listeners::bind(&vsock_path)

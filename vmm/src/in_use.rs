@@ -1,0 +1,65 @@
+//! Which stored images running containers use. Each `vm run` writes the
+//! manifest digest of its image to `<state>/run/<id>/image` and holds a
+//! shared lock on that file until it ends; a file nobody holds locked was
+//! left by a run that was killed, and means nothing.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use vm_image::Digest;
+
+/// Held by a running `vm run`; the lock goes with the descriptor.
+pub struct Mark {
+    _file: File,
+}
+
+fn flock(f: &File, op: libc::c_int) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+/// Marks `manifest` as used by the run whose directory is `run_dir`.
+pub fn mark(run_dir: &Path, manifest: &Digest) -> Result<Mark, String> {
+    let path = run_dir.join("image");
+    let mut f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !flock(&f, libc::LOCK_SH) {
+        return Err(format!(
+            "locking {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    f.write_all(manifest.to_string().as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Mark { _file: f })
+}
+
+/// The ids of the running containers that use `manifest`.
+pub fn users(state: &Path, manifest: &Digest) -> Vec<String> {
+    let want = manifest.to_string();
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(state.join("run")) else {
+        return out;
+    };
+    for d in dirs.flatten() {
+        let path = d.path().join("image");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if text.trim() != want {
+            continue;
+        }
+        let Ok(f) = File::open(&path) else {
+            continue;
+        };
+        if flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+            // Nobody holds it: a run that was killed left it.
+            flock(&f, libc::LOCK_UN);
+        } else {
+            out.push(d.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
