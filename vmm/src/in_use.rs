@@ -1,5 +1,5 @@
 //! Which stored images running containers use. Each `vm run` writes the
-//! manifest digest of its image to `<state>/run/<id>/image` and holds a
+//! manifest digest of its image to `<state>/run/vm-run-<id>/image` and holds a
 //! shared lock on that file until it ends; a file nobody holds locked was
 //! left by a run that was killed, and means nothing.
 
@@ -58,7 +58,8 @@ pub fn users(state: &Path, manifest: &Digest) -> Vec<String> {
             // Nobody holds it: a run that was killed left it.
             flock(&f, libc::LOCK_UN);
         } else {
-            out.push(d.file_name().to_string_lossy().into_owned());
+            let name = d.file_name().to_string_lossy().into_owned();
+            out.push(name.strip_prefix("vm-run-").unwrap_or(&name).to_string());
         }
     }
     out
