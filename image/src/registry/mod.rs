@@ -302,11 +302,12 @@ impl Client {
             }
             return Ok(());
         };
+        let params = challenge_params(params);
         let field = |k: &str| {
-            params.split(',').find_map(|p| {
-                let (key, v) = p.trim().split_once('=')?;
-                (key == k).then(|| v.trim_matches('"').to_string())
-            })
+            params
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
         };
         let realm =
             field("realm").ok_or_else(|| net(&self.origin, "bearer challenge without a realm"))?;
@@ -370,13 +371,56 @@ fn choose_scheme(agent: &ureq::Agent, host: &str, https: String) -> Result<Strin
     }
 }
 
-/// What to do about a certificate the client does not trust.
+/// What to do about a TLS failure: a certificate the client does not
+/// trust, or a registry that does not speak TLS at all.
 fn ca_hint(error: &str, host: &str) -> String {
     if error.contains("certificate") {
         format!("; if the registry's certificate is signed by a private CA, pass it with --ca-file FILE or put it in {}/certs.d/{host}/ca.crt", crate::auth::config_dir().display())
+    } else if error.contains("InvalidContentType") {
+        format!("; the registry does not speak HTTPS: if it is meant to be plain HTTP, name it with --insecure-registry {host}")
     } else {
         String::new()
     }
+}
+
+/// The `key=value` pairs of a `WWW-Authenticate` challenge; values may
+/// be quoted and hold commas (`scope="repository:a/b:pull,push"`).
+fn challenge_params(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text.trim_start();
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
+        let after = &rest[eq + 1..];
+        let (value, tail) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let mut end = quoted.len();
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some((_, escaped)) = chars.next() {
+                                value.push(escaped);
+                            }
+                        }
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                (value, &quoted[end..])
+            }
+            None => {
+                let end = after.find(',').unwrap_or(after.len());
+                (after[..end].trim().to_string(), &after[end..])
+            }
+        };
+        out.push((key, value));
+        rest = tail.trim_start_matches([',', ' ']);
+    }
+    out
 }
 
 fn basic(credentials: &str) -> String {
@@ -392,4 +436,36 @@ pub fn login(registry: &str, opts: &Options) -> Result<()> {
     let mut c = Client::new(registry, "", opts)?;
     let url = format!("{}/v2/", c.origin);
     c.send("GET", &url, &[], &Body::Empty).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::challenge_params;
+
+    #[test]
+    fn challenge_values_may_be_quoted_and_hold_commas() {
+        let p = challenge_params(
+            r#"realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        let want = [
+            ("realm", "https://auth.example/token"),
+            ("service", "registry.example"),
+            ("scope", "repository:a/b:pull,push"),
+        ];
+        let got: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, want);
+        let p = challenge_params(r#"realm=plain, error="insufficient_scope", x="a\"b""#);
+        let got: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("realm", "plain"),
+                ("error", "insufficient_scope"),
+                ("x", "a\"b")
+            ]
+        );
+        assert!(challenge_params("").is_empty());
+        // Garbage does not panic.
+        let _ = challenge_params("=,=\"\\");
+    }
 }
