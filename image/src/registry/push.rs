@@ -4,7 +4,6 @@
 //! registry must echo back unchanged.
 
 use std::io::Read;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{net, Body, Client, Counting, Options, Progress};
