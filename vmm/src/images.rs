@@ -26,7 +26,7 @@ pub struct ImagesArgs {
 
 #[derive(clap::Args)]
 pub struct TagArgs {
-    /// The image (name or name:tag) to tag.
+    /// The image to tag: a name, or an image ID as `vm images` shows it.
     source: String,
     /// The new name.
     target: String,
@@ -140,9 +140,23 @@ pub fn images(args: ImagesArgs, root: Option<PathBuf>) -> ExitCode {
 pub fn tag(args: TagArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
         let store = store(root)?;
-        let src = Name::parse(&args.source).map_err(|e| e.to_string())?;
         let dst = Name::parse(&args.target).map_err(|e| e.to_string())?;
-        let image = store.image(&src).map_err(|e| e.to_string())?;
+        let image = match image_by_id(&store, &args.source)? {
+            // An image ID (an untagged image has nothing else).
+            Some((manifest, _)) => {
+                let entry = store
+                    .list()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|e| e.manifest == manifest)
+                    .ok_or_else(|| format!("no image {} in the local store", args.source))?;
+                store.entry_image(&entry).map_err(|e| e.to_string())?
+            }
+            None => {
+                let src = Name::parse(&args.source).map_err(|e| e.to_string())?;
+                store.image(&src).map_err(|e| e.to_string())?
+            }
+        };
         store.add(&image, &[dst]).map_err(|e| e.to_string())?;
         Ok(())
     })())
@@ -202,7 +216,7 @@ fn image_by_id(store: &Store, id: &str) -> Result<Option<(vm_image::Digest, usiz
         0 => Ok(None),
         1 => Ok(found.pop()),
         _ => Err(format!(
-            "{id} matches {} images; give more of the ID",
+            "{id} matches {} images; give more of the ID, or the manifest digest (`vm images --format json` shows it as Digest)",
             found.len()
         )),
     }
@@ -224,6 +238,19 @@ fn check_unused(
     }
 }
 
+fn untagged(name: &Name) {
+    match &name.digest {
+        Some(d) if name.tag.is_none() => {
+            println!("Untagged: {}@{d}", name.familiar_repository())
+        }
+        _ => println!(
+            "Untagged: {}:{}",
+            name.familiar_repository(),
+            name.tag.as_deref().unwrap_or("latest")
+        ),
+    }
+}
+
 pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
         let state = state_root(root.as_deref())?;
@@ -238,7 +265,18 @@ pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
                 if !args.force {
                     check_unused(&state, n, &manifest)?;
                 }
-                store.remove_image(&manifest).map_err(|e| e.to_string())?
+                let names: Vec<String> = store
+                    .list()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|e| e.manifest == manifest)
+                    .filter_map(|e| e.name)
+                    .collect();
+                let freed = store.remove_image(&manifest).map_err(|e| e.to_string())?;
+                for name in names.iter().filter_map(|n| Name::parse(n).ok()) {
+                    untagged(&name);
+                }
+                freed
             } else {
                 let name = Name::parse(n).map_err(|e| e.to_string())?;
                 if !args.force {
@@ -254,11 +292,7 @@ pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
                     }
                 }
                 let freed = store.remove(&name).map_err(|e| e.to_string())?;
-                println!(
-                    "Untagged: {}:{}",
-                    name.familiar_repository(),
-                    name.tag.as_deref().unwrap_or("latest")
-                );
+                untagged(&name);
                 freed
             };
             for d in &freed.images {
