@@ -169,6 +169,7 @@ echo "== hostile"
 $VM pull $R/big/x 2>&1; echo "rc=$?"
 $VM pull $R/weird/x 2>&1; echo "rc=$?"
 $VM pull $R/long/x 2>&1; echo "rc=$?"
+$VM pull $R/hugeconfig/x 2>&1; echo "rc=$?"
 $VM pull $R/good/img:nosuch 2>&1; echo "rc=$?"
 echo "== store"
 $VM images | awk 'NR > 1 {{ print $1, $2 }}'
@@ -195,7 +196,7 @@ echo "== end"
         "{out}"
     );
     let hostile: Vec<&str> = after(o, "hostile").lines().collect();
-    assert_eq!(hostile.len(), 8, "{out}");
+    assert_eq!(hostile.len(), 10, "{out}");
     assert!(
         hostile[0].contains("larger than the 4194304-byte limit"),
         "{out}"
@@ -210,10 +211,14 @@ echo "== end"
         "{out}"
     );
     assert!(
-        hostile[6].contains("not found (404: MANIFEST_UNKNOWN"),
+        hostile[6].contains("1099511627776 bytes is more than the 4194304-byte limit"),
         "{out}"
     );
-    for rc in [1, 3, 5, 7] {
+    assert!(
+        hostile[8].contains("not found (404: MANIFEST_UNKNOWN"),
+        "{out}"
+    );
+    for rc in [1, 3, 5, 7, 9] {
         assert_eq!(hostile[rc], "rc=125", "{out}");
     }
     // Only the good image is stored: its manifest, config and one layer.

@@ -122,6 +122,12 @@ pub fn pull(
             what: format!("{what} {d}"),
             detail: "no size".into(),
         })?;
+        if what == "image config" && size > MAX_JSON {
+            return Err(Error::Invalid {
+                what: format!("image config {d}"),
+                detail: format!("{size} bytes is more than the {MAX_JSON}-byte limit"),
+            });
+        }
         if !store.has_blob(&d) && !todo.iter().any(|(t, _, _)| t == &d) {
             todo.push((d, size, what));
         }
