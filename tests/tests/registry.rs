@@ -165,6 +165,10 @@ echo hunter2 | $VM login -u bob --password-stdin $R; echo "rc=$?"
 echo "== pull"
 # Each blob's first request fails with 503: retried.
 $VM pull $R/good/img:busybox | tail -1; echo "rc=$?"
+echo "== multi-arch"
+# A manifest list: linux/amd64 is picked, the others are never fetched.
+$VM pull $R/good/img:multi | tail -1; echo "rc=$?"
+$VM image inspect $R/good/img:multi | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]; print(i["Architecture"], i["ManifestDigest"] == sys.argv[1])' "$($VM image inspect $R/good/img:busybox | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ManifestDigest"])')"
 echo "== hostile"
 $VM pull $R/big/x 2>&1; echo "rc=$?"
 $VM pull $R/weird/x 2>&1; echo "rc=$?"
@@ -195,6 +199,11 @@ echo "== end"
         "Downloaded: 127.0.0.1:5071/good/img:busybox\nrc=0",
         "{out}"
     );
+    assert_eq!(
+        after(o, "multi-arch"),
+        "Downloaded: 127.0.0.1:5071/good/img:multi\nrc=0\namd64 True",
+        "{out}"
+    );
     let hostile: Vec<&str> = after(o, "hostile").lines().collect();
     assert_eq!(hostile.len(), 10, "{out}");
     assert!(
@@ -221,10 +230,11 @@ echo "== end"
     for rc in [1, 3, 5, 7, 9] {
         assert_eq!(hostile[rc], "rc=125", "{out}");
     }
-    // Only the good image is stored: its manifest, config and one layer.
+    // Only the good image is stored (under both tags): its manifest,
+    // config and one layer.
     assert_eq!(
         after(o, "store"),
-        "127.0.0.1:5071/good/img busybox\n3",
+        "127.0.0.1:5071/good/img busybox\n127.0.0.1:5071/good/img multi\n3",
         "{out}"
     );
 }
