@@ -29,16 +29,18 @@ pub fn config_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
         return PathBuf::from(d).join("vm");
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".config/vm")
+    home().join(".config/vm")
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
 }
 
 fn docker_config_file() -> PathBuf {
     if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
         return PathBuf::from(d).join("config.json");
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".docker/config.json")
+    home().join(".docker/config.json")
 }
 
 /// The registry part of an `auths` key: Docker writes `host[:port]` for

@@ -120,14 +120,26 @@ impl Store {
 
     /// Removes the temporary blobs of writers that were killed.
     fn remove_dead_temps(&self) {
+        let _ = self.sweep(|name| name.strip_prefix(".tmp-").is_some_and(|t| !writer_alive(t)));
+    }
+
+    /// Deletes the files in the blob directory whose names `doomed`
+    /// picks; returns how many went and their bytes.
+    fn sweep(&self, doomed: impl Fn(&str) -> bool) -> Result<Freed> {
         let dir = self.dir.join("blobs/sha256");
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.strip_prefix(".tmp-").is_some_and(|t| !writer_alive(t)) {
-                let _ = std::fs::remove_file(entry.path());
+        let mut freed = Freed::default();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            if !doomed(&entry.file_name().to_string_lossy()) {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::fs::remove_file(entry.path()).is_ok() {
+                freed.blobs += 1;
+                freed.bytes += size;
             }
         }
+        Ok(freed)
     }
 
     /// flock(2) on a file in the store; `None` when `op` has LOCK_NB and
@@ -305,6 +317,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The names that point at the manifest `manifest`.
+    pub fn names_of(&self, manifest: &Digest) -> Result<Vec<String>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|e| &e.manifest == manifest)
+            .filter_map(|e| e.name)
+            .collect())
+    }
+
     /// Opens a stored image by name (or by manifest digest).
     pub fn image(&self, name: &Name) -> Result<Image> {
         let mut img = layout::open(&Layout::dir(&self.dir), Some(&name.to_string())).map_err(
@@ -405,31 +427,15 @@ impl Store {
                 }
             }
         }
-        let dir = self.dir.join("blobs/sha256");
-        let mut freed = Freed::default();
         // A load or pull in progress may have blobs not yet named: leave
         // every blob for a later sweep.
         let Some(_sweeping) = self.flock("writers.lock", libc::LOCK_EX | libc::LOCK_NB)? else {
-            return Ok(freed);
+            return Ok(Freed::default());
         };
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let unused = if let Some(tmp) = name.strip_prefix(".tmp-") {
-                !writer_alive(tmp)
-            } else {
-                !keep.contains(&name)
-            };
-            if !unused {
-                continue;
-            }
-            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            if std::fs::remove_file(entry.path()).is_ok() {
-                freed.blobs += 1;
-                freed.bytes += size;
-            }
-        }
-        Ok(freed)
+        self.sweep(|name| match name.strip_prefix(".tmp-") {
+            Some(tmp) => !writer_alive(tmp),
+            None => !keep.contains(name),
+        })
     }
 
     /// Opens the image an entry of `list` names.

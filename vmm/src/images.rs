@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vm_image::name::Name;
-use vm_image::store::Store;
+use vm_image::store::{Entry, Store};
 
 use crate::run::state_root;
 
@@ -143,15 +143,7 @@ pub fn tag(args: TagArgs, root: Option<PathBuf>) -> ExitCode {
         let dst = Name::parse(&args.target).map_err(|e| e.to_string())?;
         let image = match image_by_id(&store, &args.source)? {
             // An image ID (an untagged image has nothing else).
-            Some((manifest, _)) => {
-                let entry = store
-                    .list()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .find(|e| e.manifest == manifest)
-                    .ok_or_else(|| format!("no image {} in the local store", args.source))?;
-                store.entry_image(&entry).map_err(|e| e.to_string())?
-            }
+            Some(entry) => store.entry_image(&entry).map_err(|e| e.to_string())?,
             None => {
                 let src = Name::parse(&args.source).map_err(|e| e.to_string())?;
                 store.image(&src).map_err(|e| e.to_string())?
@@ -189,8 +181,9 @@ pub struct RmiArgs {
 }
 
 /// The stored image whose ID (config digest) or manifest digest starts
-/// with `id`; `None` when `id` does not look like one or matches nothing.
-fn image_by_id(store: &Store, id: &str) -> Result<Option<(vm_image::Digest, usize)>, String> {
+/// with `id` (one of its index entries); `None` when `id` does not look
+/// like one or matches nothing.
+fn image_by_id(store: &Store, id: &str) -> Result<Option<Entry>, String> {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
     if hex.len() < 4
         || !hex
@@ -199,17 +192,15 @@ fn image_by_id(store: &Store, id: &str) -> Result<Option<(vm_image::Digest, usiz
     {
         return Ok(None);
     }
-    let mut found: Vec<(vm_image::Digest, usize)> = Vec::new();
+    let mut found: Vec<Entry> = Vec::new();
     for e in store.list().map_err(|e| e.to_string())? {
         let config = store
             .entry_image(&e)
             .map(|img| vm_image::Digest::of_bytes(&img.raw_config.data))
             .map_err(|err| format!("{}: {err}", e.manifest))?;
-        if config.hex().starts_with(hex) || e.manifest.hex().starts_with(hex) {
-            match found.iter_mut().find(|(d, _)| *d == e.manifest) {
-                Some((_, names)) => *names += usize::from(e.name.is_some()),
-                None => found.push((e.manifest, usize::from(e.name.is_some()))),
-            }
+        let hit = config.hex().starts_with(hex) || e.manifest.hex().starts_with(hex);
+        if hit && !found.iter().any(|f| f.manifest == e.manifest) {
+            found.push(e);
         }
     }
     match found.len() {
@@ -256,22 +247,18 @@ pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
         let state = state_root(root.as_deref())?;
         let store = Store::open(&state).map_err(|e| e.to_string())?;
         for n in &args.names {
-            let freed = if let Some((manifest, names)) = image_by_id(&store, n)? {
-                if names > 1 && !args.force {
+            let freed = if let Some(entry) = image_by_id(&store, n)? {
+                let manifest = entry.manifest;
+                let names = store.names_of(&manifest).map_err(|e| e.to_string())?;
+                if names.len() > 1 && !args.force {
                     return Err(format!(
-                        "image {n} has {names} names; remove them by name, or use --force"
+                        "image {n} has {} names; remove them by name, or use --force",
+                        names.len()
                     ));
                 }
                 if !args.force {
                     check_unused(&state, n, &manifest)?;
                 }
-                let names: Vec<String> = store
-                    .list()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .filter(|e| e.manifest == manifest)
-                    .filter_map(|e| e.name)
-                    .collect();
                 let freed = store.remove_image(&manifest).map_err(|e| e.to_string())?;
                 for name in names.iter().filter_map(|n| Name::parse(n).ok()) {
                     untagged(&name);
@@ -282,12 +269,9 @@ pub fn rmi(args: RmiArgs, root: Option<PathBuf>) -> ExitCode {
                 if !args.force {
                     let image = store.image(&name).map_err(|e| e.to_string())?;
                     let names = store
-                        .list()
-                        .map_err(|e| e.to_string())?
-                        .into_iter()
-                        .filter(|e| e.manifest == image.manifest_digest && e.name.is_some())
-                        .count();
-                    if names <= 1 {
+                        .names_of(&image.manifest_digest)
+                        .map_err(|e| e.to_string())?;
+                    if names.len() <= 1 {
                         check_unused(&state, n, &image.manifest_digest)?;
                     }
                 }
@@ -324,8 +308,12 @@ pub fn prune(args: PruneArgs, root: Option<PathBuf>) -> ExitCode {
                 return Ok(());
             }
         }
+        let running: std::collections::HashSet<String> = crate::in_use::running(&state)
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
         let freed = store
-            .prune(|d| !crate::in_use::users(&state, d).is_empty())
+            .prune(|d| running.contains(&d.to_string()))
             .map_err(|e| e.to_string())?;
         if !freed.images.is_empty() {
             println!("Deleted Images:");
@@ -371,13 +359,9 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
             let img = store.image(&name).map_err(|e| e.to_string())?;
             let config: serde_json::Value =
                 serde_json::from_slice(&img.raw_config.data).unwrap_or(serde_json::Value::Null);
-            let repo_tags: Vec<String> = store
-                .list()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|e| e.manifest == img.manifest_digest)
-                .filter_map(|e| e.name)
-                .collect();
+            let repo_tags = store
+                .names_of(&img.manifest_digest)
+                .map_err(|e| e.to_string())?;
             out.push(serde_json::json!({
                 "Id": vm_image::Digest::of_bytes(&img.raw_config.data).to_string(),
                 "RepoTags": repo_tags,

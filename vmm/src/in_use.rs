@@ -36,9 +36,9 @@ pub fn mark(run_dir: &Path, manifest: &Digest) -> Result<Mark, String> {
     Ok(Mark { _file: f })
 }
 
-/// The ids of the running containers that use `manifest`.
-pub fn users(state: &Path, manifest: &Digest) -> Vec<String> {
-    let want = manifest.to_string();
+/// The running containers and the manifest digest each uses:
+/// (container id, digest).
+pub fn running(state: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(dirs) = std::fs::read_dir(state.join("run")) else {
         return out;
@@ -48,19 +48,27 @@ pub fn users(state: &Path, manifest: &Digest) -> Vec<String> {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        if text.trim() != want {
-            continue;
-        }
         let Ok(f) = File::open(&path) else {
             continue;
         };
         if flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
             // Nobody holds it: a run that was killed left it.
             flock(&f, libc::LOCK_UN);
-        } else {
-            let name = d.file_name().to_string_lossy().into_owned();
-            out.push(name.strip_prefix("vm-run-").unwrap_or(&name).to_string());
+            continue;
         }
+        let name = d.file_name().to_string_lossy().into_owned();
+        let id = name.strip_prefix("vm-run-").unwrap_or(&name).to_string();
+        out.push((id, text.trim().to_string()));
     }
     out
+}
+
+/// The ids of the running containers that use `manifest`.
+pub fn users(state: &Path, manifest: &Digest) -> Vec<String> {
+    let want = manifest.to_string();
+    running(state)
+        .into_iter()
+        .filter(|(_, d)| *d == want)
+        .map(|(id, _)| id)
+        .collect()
 }
