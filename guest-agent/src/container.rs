@@ -17,9 +17,9 @@ use agent_protocol::Process;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
-use serde::{Deserialize, Serialize};
 
 use crate::rootfs;
+pub use crate::init_spec::InitSpec;
 use crate::users;
 
 pub const INIT_ARG: &str = "--container-init";
@@ -28,18 +28,6 @@ const SPEC_FD: RawFd = 3;
 /// With a terminal: the socket on which the init sends the pty's master.
 const PTY_SOCK_FD: RawFd = 4;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// What the agent tells the container's init.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct InitSpec {
-    /// The container's root file system, already mounted.
-    pub root: String,
-    /// Files to bind over /etc/hosts, /etc/hostname, /etc/resolv.conf.
-    pub etc_dir: String,
-    pub hostname: String,
-    pub read_only: bool,
-    pub process: Process,
-}
 
 /// A failure with the exit status Docker gives it.
 pub struct Fail {

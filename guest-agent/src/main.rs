@@ -12,6 +12,7 @@ mod boot_timer;
 mod container;
 mod disks;
 mod host_link;
+mod init_spec;
 mod power;
 mod pty;
 mod rootfs;

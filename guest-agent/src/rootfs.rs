@@ -8,7 +8,7 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-use crate::container::InitSpec;
+use crate::init_spec::InitSpec;
 
 type R = Result<(), String>;
 

@@ -58,7 +58,7 @@ fn build_vm(repo: &Path) -> PathBuf {
     let release = true;
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo)
-        .args(["build", "--quiet", "-p", "vmm", "--bin", "vm"]);
+        .args(["build", "--quiet", "-p", "vm-cli", "--bin", "vm"]);
     if release {
         cmd.arg("--release");
     }

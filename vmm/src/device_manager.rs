@@ -45,6 +45,12 @@ pub struct DeviceManager {
     pub subscribers: Vec<Subscriber>,
 }
 
+impl Default for DeviceManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl DeviceManager {
     pub fn new() -> Self {
         Self {

@@ -41,8 +41,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub cpus: u8,
     pub memory_mib: u64,
-    /// Report the boot time (userspace start) on stderr.
-    pub report_boot_time: bool,
+    /// Called once with the time from the start of [`run`] to the
+    /// guest's userspace (its write to the boot-timer port).
+    pub on_boot: Option<Box<dyn Fn(Duration) + Send>>,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<BlockConfig>,
     /// A virtio-vsock device with its host side on Unix sockets.
@@ -58,11 +59,11 @@ pub struct VmConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("--cpus must be between 1 and {max}, got {got}")]
+    #[error("the vCPU count must be between 1 and {max}, got {got}")]
     Cpus { got: u8, max: u8 },
-    #[error("--memory must be at least {MIN_MEMORY_MIB} MiB, got {0} MiB")]
+    #[error("guest memory must be at least {MIN_MEMORY_MIB} MiB, got {0} MiB")]
     MemoryTooSmall(u64),
-    #[error("--memory {0} MiB is more than this host can address")]
+    #[error("guest memory of {0} MiB is more than this host can address")]
     MemoryTooLarge(u64),
     #[error(transparent)]
     Host(#[from] host::Error),
@@ -203,15 +204,12 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(
         reset_evt.try_clone()?,
     ))));
-    let report = cfg.report_boot_time;
+    let on_boot = cfg.on_boot.take();
     let boot_timer = Arc::new(Mutex::new(BootTimer::new(
         start,
         Box::new(move |d| {
-            if report {
-                eprintln!(
-                    "vm: guest userspace started after {:.1} ms",
-                    d.as_secs_f64() * 1e3
-                );
+            if let Some(f) = &on_boot {
+                f(d);
             }
         }),
     )));
@@ -401,7 +399,7 @@ mod tests {
             cmdline: String::new(),
             cpus,
             memory_mib,
-            report_boot_time: false,
+            on_boot: None,
             disks: Vec::new(),
             vsock: None,
             console: Box::new(io::sink()),

@@ -6,26 +6,20 @@
 //! spec, unpacks the layers inside the VM, runs the process, and streams
 //! its stdio back; `vm run` exits with the process's status.
 
-mod assets;
-mod rootfs_cache;
-pub use rootfs_cache::{key as rootfs_key, prune as prune_rootfs_cache, state_root};
-mod scratch;
-mod session;
-pub mod spec;
-mod timing;
-mod tty;
-
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol::{HostMessage, Layer, Process, Rootfs, RunSpec};
 use devices::virtio::block::BlockConfig;
 use devices::virtio::vsock::VsockConfig;
+use vm_image::registry::Progress;
+use vmm::{ExitReason, ExitSignal, VmConfig, Vmm};
 
-use crate::exit::{ExitReason, ExitSignal};
-use crate::vm::{self, VmConfig};
+use crate::error::{Error, Kind, Result};
+use crate::pull::{self, PullPolicy};
+use crate::{rootfs_cache, scratch, session, spec, timing};
 
 const GUEST_CID: u64 = 3;
 /// Enough for most containers; the guest kernel's boot grows with it.
@@ -40,108 +34,74 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the guest has to power off after reporting the exit status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-#[derive(clap::Args)]
-#[command(disable_help_flag = true)]
-pub struct RunArgs {
-    /// Set an environment variable (NAME=VALUE, or NAME to pass the host's).
-    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
-    env: Vec<String>,
-    /// Read environment variables from a file (NAME=VALUE lines).
-    #[arg(long = "env-file", value_name = "FILE")]
-    env_file: Vec<PathBuf>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    workdir: Option<String>,
-    /// User to run as: name, uid, name:group or uid:gid.
-    #[arg(short = 'u', long = "user")]
-    user: Option<String>,
-    /// Override the image's entrypoint (and drop its default command).
-    #[arg(long, value_name = "CMD")]
-    entrypoint: Option<String>,
-    /// Keep stdin open and pass it to the container.
-    #[arg(short = 'i', long)]
-    interactive: bool,
-    /// Give the container a pseudo-terminal.
-    #[arg(short = 't', long)]
-    tty: bool,
-    /// Remove the container when it exits (nothing is kept anyway).
-    #[arg(long)]
-    rm: bool,
-    /// A name for the container.
-    #[arg(long)]
-    name: Option<String>,
-    /// The container's host name.
-    #[arg(short = 'h', long)]
-    hostname: Option<String>,
-    /// vCPUs (a fraction rounds up).
-    #[arg(long, value_parser = spec::parse_cpus, default_value = "1")]
-    cpus: u8,
-    /// Guest memory, e.g. 512m or 1g.
-    #[arg(short = 'm', long, value_parser = spec::parse_memory)]
-    memory: Option<u64>,
-    /// Mount the container's root file system read-only.
-    #[arg(long = "read-only")]
-    read_only: bool,
-    /// Show the guest kernel's console on stderr.
-    #[arg(long)]
-    debug: bool,
-    /// Pull the image: `missing` (default), `always` or `never`.
-    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
-    pull: String,
-    /// Print help.
-    #[arg(long, action = clap::ArgAction::Help)]
-    help: Option<bool>,
-    /// The image: oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE.
-    image: String,
-    /// The command and its arguments (default: the image's).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+/// What to run and how: `vm run`'s flags, filled in by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker-archive:FILE`, or
+    /// a name in the store.
+    pub image: String,
+    /// Replaces the image's Cmd (and, with `entrypoint`, all of it).
+    pub command: Vec<String>,
+    /// `NAME=VALUE`, or `NAME` to take the host's value.
+    pub env: Vec<String>,
+    pub env_files: Vec<PathBuf>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub entrypoint: Option<String>,
+    pub interactive: bool,
+    pub tty: bool,
+    /// The terminal's size to start with (with `tty`).
+    pub tty_size: Option<(u16, u16)>,
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    /// vCPUs (0 means the default, 1).
+    pub cpus: u8,
+    pub memory_mib: Option<u64>,
+    pub read_only: bool,
+    /// The guest kernel's console on stderr.
+    pub debug: bool,
+    pub pull: PullPolicy,
 }
 
-/// Why `vm run` itself failed (exit status 125).
-struct Failure {
-    msg: String,
-    console: Vec<String>,
+/// What a caller sends to a running container's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Signal(i32),
+    Resize { rows: u16, cols: u16 },
 }
 
-impl<T: Into<String>> From<T> for Failure {
-    fn from(msg: T) -> Self {
-        Self {
-            msg: msg.into(),
-            console: Vec::new(),
-        }
+/// Hears how a run is going.
+pub trait Observer {
+    /// A pull's progress.
+    fn progress(&mut self, _p: Progress) {}
+    /// The image is open (pulled if needed); the VM is about to be made.
+    fn image_opened(&mut self) -> std::result::Result<(), String> {
+        Ok(())
     }
 }
 
-pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
-    match run(args, root) {
-        Ok(code) => ExitCode::from((code & 0xff) as u8),
-        Err(f) => {
-            eprintln!("vm: error: {}", f.msg);
-            if !f.console.is_empty() {
-                eprintln!("vm: last lines of the guest console:");
-                for l in f.console.iter().rev().take(20).rev() {
-                    eprintln!("  {l}");
-                }
-            }
-            ExitCode::from(crate::EXIT_VM_FAILED)
-        }
-    }
-}
-
-fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
+/// Runs a container in the foreground: its stdio are ours, `controls`
+/// reach its process (one sent while the guest boots waits for it), and
+/// the result is its exit status (Docker's: 128+N for signal N, 126/127
+/// when the command cannot run).
+pub fn run(
+    args: &RunOptions,
+    state: &Path,
+    controls: Receiver<Control>,
+    observer: &mut dyn Observer,
+) -> Result<i32> {
     timing::start();
     if let Some(n) = &args.name {
         check_name(n)?;
     }
     let mut env_lines = Vec::new();
-    for f in &args.env_file {
-        env_lines.extend(spec::read_env_file(f)?);
+    for f in &args.env_files {
+        env_lines.extend(spec::read_env_file(f).map_err(Error::invalid)?);
     }
-    let kernel = assets::kernel()?;
-    let initrd = assets::initrd()?;
-    let state = rootfs_cache::state_root(root.as_deref())?;
-    let image = open_image(&args.image, &args.pull, &state)?;
+    let kernel = crate::assets::kernel().map_err(Error::host)?;
+    let initrd = crate::assets::initrd().map_err(Error::host)?;
+    let image = open_image(&args.image, args.pull, state, &mut |p| observer.progress(p))?;
+    observer.image_opened().map_err(Error::host)?;
 
     timing::mark("image-opened");
     let id = container_id();
@@ -149,33 +109,27 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         .hostname
         .clone()
         .unwrap_or_else(|| id[..12].to_string());
-    let process = process_spec(&args, &image, &env_lines)?;
-
-    // From here on the forwarded signals are caught: one that comes while
-    // the guest boots waits and reaches the container once it runs (and
-    // does not kill us before we clean up). Before, while the image is
-    // read or pulled, Ctrl-C simply ends `vm run` (the store's writes are
-    // atomic).
-    let signals = catch_signals()?;
+    let process = process_spec(args, &image, &env_lines).map_err(Error::invalid)?;
     // Sockets want a short path (TMPDIR); the scratch disk wants a real
     // disk and the same file system as its template (the state root).
-    let dir = RunDir::create(std::env::temp_dir(), &id)?;
-    let disk_dir = RunDir::create(state.join("run"), &id)?;
+    let dir = RunDir::create(std::env::temp_dir(), &id).map_err(Error::host)?;
+    let disk_dir = RunDir::create(state.join("run"), &id).map_err(Error::host)?;
     // `vm rmi` and `vm image prune` leave the image alone while this runs.
-    let _in_use = crate::in_use::mark(&disk_dir.path, &image.manifest_digest)?;
+    let _in_use = crate::in_use::mark(&disk_dir.path, &image.manifest_digest).map_err(Error::host)?;
     let scratch_path = disk_dir.path.join("scratch.img");
     let vsock_path = dir.path.join("vsock");
     let listeners = session::Listeners::bind(&vsock_path)
-        .map_err(|e| format!("vsock sockets in {}: {e}", dir.path.display()))?;
+        .map_err(|e| Error::host(format!("vsock sockets in {}: {e}", dir.path.display())))?;
 
     let digests: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
-    scratch::create(&state, &scratch_path)?;
-    let mut cache = rootfs_cache::lookup(&state, &rootfs_cache::key(&digests), &id)?;
+    scratch::create(state, &scratch_path).map_err(Error::host)?;
+    let mut cache =
+        rootfs_cache::lookup(state, &rootfs_cache::key(&digests), &id).map_err(Error::host)?;
     if matches!(cache, rootfs_cache::Entry::Miss(_)) {
         // Layers are read only when unpacking; check them first.
         for l in &image.layers {
             l.verify()
-                .map_err(|e| format!("image {}: {e}", args.image))?;
+                .map_err(|e| Error::image(format!("image {}: {e}", args.image)))?;
         }
     }
     let mut disks = vec![BlockConfig {
@@ -197,38 +151,27 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         process,
         hostname,
         read_only: args.read_only,
-        max_layer_bytes: max_layer_bytes()?,
+        max_layer_bytes: max_layer_bytes().map_err(Error::invalid)?,
         max_layer_entries: MAX_LAYER_ENTRIES,
     };
 
-    let exit = Arc::new(ExitSignal::new().map_err(|e| format!("eventfd: {e}"))?);
-    let cfg = vm_config(&args, kernel, initrd, disks, vsock_path, exit.clone());
-    vm::validate(&cfg).map_err(|e| e.to_string())?;
+    let exit = Arc::new(
+        ExitSignal::new().map_err(|e| Error::host(format!("eventfd: {e}")))?,
+    );
+    let cfg = vm_config(args, kernel, initrd, disks, vsock_path, exit.clone());
     timing::mark("vm-starting");
-    let vm_thread = std::thread::Builder::new()
-        .name("vmm".into())
-        .spawn(move || vm::run(cfg))
-        .map_err(|e| format!("starting the VMM thread: {e}"))?;
+    let vmm = Vmm::start(cfg)?;
 
-    let raw = if args.tty && args.interactive && tty::is_terminal() {
-        tty::RawMode::enter()
-    } else {
-        None
-    };
-    let result =
-        session::Session::start(&listeners, run_spec, agent_timeout(), &exit).and_then(|s| {
-            let handle = signals.handle();
-            forward_signals(signals, s.sender());
-            let r = s.wait(|| match &mut cache {
+    let result = session::Session::start(&listeners, run_spec, agent_timeout(), &exit)
+        .and_then(|s| {
+            forward_controls(controls, s.sender())?;
+            s.wait(|| match &mut cache {
                 rootfs_cache::Entry::Miss(p) => p.seal(),
                 rootfs_cache::Entry::Hit(_) => {
                     Err("the agent sealed a disk that was already sealed".into())
                 }
-            });
-            handle.close();
-            r
+            })
         });
-    drop(raw);
 
     // The agent powers the guest off after its report; make sure it ends.
     // When the agent went away without a report, the guest is likely
@@ -239,40 +182,38 @@ fn run(args: RunArgs, root: Option<PathBuf>) -> Result<i32, Failure> {
         Err(_) => Duration::ZERO,
     };
     let deadline = std::time::Instant::now() + grace;
-    while exit.get().is_none() && std::time::Instant::now() < deadline {
+    while vmm.ended().is_none() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    exit.set(ExitReason::Stopped);
+    vmm.stop();
     timing::mark("vm-stopping");
-    let outcome = vm_thread
-        .join()
-        .map_err(|_| Failure::from("the VMM thread panicked"))?
-        .map_err(|e| Failure::from(e.to_string()))?;
+    let outcome = vmm.wait()?;
     timing::mark("vm-ended");
-    result.map_err(|e| Failure {
-        msg: failure_message(e, &outcome.reason),
+    result.map_err(|e| Error {
+        kind: Kind::Guest,
+        message: failure_message(e, &outcome.reason),
         console: outcome.console_tail,
     })
 }
 
 /// A container name as Docker takes them.
-fn check_name(n: &str) -> Result<(), String> {
+pub fn check_name(n: &str) -> Result<()> {
     let ok = n
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         && n.starts_with(|c: char| c.is_ascii_alphanumeric());
     if !ok {
-        return Err(format!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"));
+        return Err(Error::invalid(format!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit")));
     }
     Ok(())
 }
 
 /// The container's process: the image's config with the flags over it.
 fn process_spec(
-    args: &RunArgs,
+    args: &RunOptions,
     image: &vm_image::Image,
     env_lines: &[String],
-) -> Result<Process, String> {
+) -> std::result::Result<Process, String> {
     let argv = spec::process_args(&image.config, args.entrypoint.as_deref(), &args.command)?;
     let mut env = spec::environment(&image.config.env, env_lines, &args.env, |k| {
         std::env::var(k).ok()
@@ -281,7 +222,7 @@ fn process_spec(
         env.push("TERM=xterm".into());
     }
     let (rows, cols) = if args.tty {
-        tty::size().unwrap_or((24, 80))
+        args.tty_size.unwrap_or((24, 80))
     } else {
         (0, 0)
     };
@@ -313,7 +254,7 @@ fn process_spec(
 /// The microVM: our kernel and agent, the disks, vsock to the agent; the
 /// kernel's console only with --debug.
 fn vm_config(
-    args: &RunArgs,
+    args: &RunOptions,
     kernel: PathBuf,
     initrd: PathBuf,
     disks: Vec<BlockConfig>,
@@ -334,9 +275,16 @@ fn vm_config(
             agent_protocol::CMDLINE_PARAM,
             agent_protocol::port::CONTROL
         ),
-        cpus: args.cpus,
-        memory_mib: args.memory.unwrap_or(DEFAULT_MEMORY_MIB),
-        report_boot_time: args.debug || timing::enabled(),
+        cpus: args.cpus.max(1),
+        memory_mib: args.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+        on_boot: (args.debug || timing::enabled()).then(|| {
+            Box::new(|d: Duration| {
+                eprintln!(
+                    "vm: guest userspace started after {:.1} ms",
+                    d.as_secs_f64() * 1e3
+                );
+            }) as Box<dyn Fn(Duration) + Send>
+        }),
         disks,
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
@@ -420,11 +368,13 @@ fn image_disks(
 /// name in the local store (`vm load`).
 fn open_image(
     reference: &str,
-    pull: &str,
-    state: &std::path::Path,
-) -> Result<vm_image::Image, String> {
+    policy: PullPolicy,
+    state: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<vm_image::Image> {
     if vm_image::is_transport(reference) {
-        return vm_image::open(reference).map_err(|e| format!("image {reference}: {e}"));
+        return vm_image::open(reference)
+            .map_err(|e| Error::image(format!("image {reference}: {e}")));
     }
     // skopeo's other transports, and URLs, are not names.
     const OTHER: &[&str] = &[
@@ -440,28 +390,31 @@ fn open_image(
             .find(|t| reference.starts_with(**t))
             .map(|t| t.trim_end_matches(':'))
     }) {
-        return Err(format!(
+        return Err(Error::invalid(format!(
             "unknown image transport {t:?} in {reference:?}; use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, or an image name (busybox, host:port/repo:tag)"
-        ));
+        )));
     }
     let name = vm_image::name::Name::parse(reference).map_err(|e| {
-        format!("{e}; or use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE")
+        Error::invalid(format!(
+            "{e}; or use oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE"
+        ))
     })?;
-    let store = vm_image::store::Store::open(state).map_err(|e| e.to_string())?;
-    if pull == "always" {
-        crate::registry::pull_into(&store, &name, &Default::default())?;
+    let store = vm_image::store::Store::open(state).map_err(|e| Error::host(e.to_string()))?;
+    let mut fetch = || pull::pull(&store, &name, &pull::Connect::default(), progress).map_err(Error::image);
+    if policy == PullPolicy::Always {
+        fetch()?;
     }
     match store.image(&name) {
-        Err(vm_image::Error::NotFound(_)) if pull == "missing" => {
-            crate::registry::pull_into(&store, &name, &Default::default())?;
+        Err(vm_image::Error::NotFound(_)) if policy == PullPolicy::Missing => {
+            fetch()?;
             store
                 .image(&name)
-                .map_err(|e| format!("image {reference}: {e}"))
+                .map_err(|e| Error::image(format!("image {reference}: {e}")))
         }
-        Err(vm_image::Error::NotFound(_)) => Err(format!(
+        Err(vm_image::Error::NotFound(_)) => Err(Error::not_found(format!(
             "no image {name} in the local store (--pull never); load one with `vm load -i FILE` or `vm pull` it"
-        )),
-        r => r.map_err(|e| format!("image {reference}: {e}")),
+        ))),
+        r => r.map_err(|e| Error::image(format!("image {reference}: {e}"))),
     }
 }
 
@@ -472,7 +425,7 @@ fn agent_timeout() -> Duration {
         .map_or(AGENT_TIMEOUT, Duration::from_secs)
 }
 
-fn max_layer_bytes() -> Result<u64, String> {
+fn max_layer_bytes() -> std::result::Result<u64, String> {
     match std::env::var("VM_MAX_LAYER_SIZE") {
         Ok(v) => spec::parse_memory(&v)
             .map(|mib| mib << 20)
@@ -481,31 +434,25 @@ fn max_layer_bytes() -> Result<u64, String> {
     }
 }
 
-/// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 go to the
-/// container's process; SIGWINCH sends the terminal's new size.
-fn catch_signals() -> Result<signal_hook::iterator::Signals, String> {
-    use signal_hook::consts::*;
-    signal_hook::iterator::Signals::new([
-        SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
-    ])
-    .map_err(|e| format!("installing signal handlers: {e}"))
-}
-
-fn forward_signals(mut signals: signal_hook::iterator::Signals, sender: session::Sender) {
+/// Sends what the caller sends (signals, resizes) to the agent, on a
+/// thread that ends when the caller drops its sender.
+fn forward_controls(
+    controls: Receiver<Control>,
+    sender: session::Sender,
+) -> std::result::Result<(), session::Error> {
     let run = move || {
-        for sig in signals.forever() {
-            if sig == signal_hook::consts::SIGWINCH {
-                if let Some((rows, cols)) = tty::size() {
-                    sender.send(&HostMessage::Resize { rows, cols });
-                }
-            } else {
-                sender.send(&HostMessage::Signal(sig));
-            }
+        for c in controls {
+            sender.send(&match c {
+                Control::Signal(sig) => HostMessage::Signal(sig),
+                Control::Resize { rows, cols } => HostMessage::Resize { rows, cols },
+            });
         }
     };
-    let _ = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(run);
+    std::thread::Builder::new()
+        .name("controls".into())
+        .spawn(run)
+        .map(drop)
+        .map_err(|e| session::Error::Protocol(format!("starting a thread: {e}")))
 }
 
 /// A random 64-hex-digit id, as Docker's container ids.
@@ -532,7 +479,7 @@ struct RunDir {
 }
 
 impl RunDir {
-    fn create(parent: PathBuf, id: &str) -> Result<Self, String> {
+    fn create(parent: PathBuf, id: &str) -> std::result::Result<Self, String> {
         std::fs::create_dir_all(&parent)
             .map_err(|e| format!("creating {}: {e}", parent.display()))?;
         let path = parent.join(format!("vm-run-{}", &id[..16]));

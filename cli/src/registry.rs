@@ -25,37 +25,37 @@ pub struct ConnectArgs {
     ca_file: Vec<PathBuf>,
 }
 
+impl ConnectArgs {
+    fn connect(&self) -> runtime::pull::Connect {
+        runtime::pull::Connect {
+            insecure: self.insecure.clone(),
+            ca_files: self.ca_file.clone(),
+        }
+    }
+}
+
 /// The options for talking to `registry`: flags, then the config file.
 fn options(registry: &str, args: &ConnectArgs) -> Result<Options, String> {
-    let config = Config::load().map_err(|e| e.to_string())?;
-    let mut insecure = args.insecure.clone();
-    insecure.extend(config.insecure_registries());
-    let mut ca_files = args.ca_file.clone();
-    ca_files.extend(config.ca_files(registry));
-    Ok(Options {
-        insecure,
-        credentials: config.credentials(registry),
-        ca_files,
-    })
+    runtime::pull::options(registry, &args.connect())
 }
 
 /// Progress on a terminal: step lines, and a status line of bytes moved
 /// that is rewritten in place and cleared at the end. Nothing when
 /// stderr is not a terminal.
-struct Meter {
+pub struct Meter {
     tty: bool,
     status_shown: bool,
 }
 
 impl Meter {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             tty: std::io::stderr().is_terminal(),
             status_shown: false,
         }
     }
 
-    fn report(&mut self, p: Progress) {
+    pub fn report(&mut self, p: Progress) {
         if !self.tty {
             return;
         }
@@ -99,15 +99,13 @@ pub fn pull(args: PullArgs, root: Option<PathBuf>) -> ExitCode {
 }
 
 /// Pulls `name` into `store`, with progress lines on a terminal.
-pub fn pull_into(
+fn pull_into(
     store: &Store,
     name: &Name,
     connect: &ConnectArgs,
 ) -> Result<vm_image::Digest, String> {
-    let opts = options(&name.registry, connect)?;
     let mut meter = Meter::new();
-    vm_image::registry::pull(store, name, &opts, &mut |p| meter.report(p))
-        .map_err(|e| format!("pulling {name}: {e}"))
+    runtime::pull::pull(store, name, &connect.connect(), &mut |p| meter.report(p))
 }
 
 #[derive(clap::Args)]

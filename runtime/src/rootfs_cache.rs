@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::scratch;
+use crate::scratch;
 
 /// Bump when what the agent makes of the same layers changes.
 const RECIPE: &str = "vm-rootfs-1";

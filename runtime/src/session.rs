@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use agent_protocol::{port, read_frame, write_frame, AgentMessage, HostMessage, RunSpec};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::exit::ExitSignal;
+use vmm::ExitSignal;
 
 pub struct Listeners {
     control: UnixListener,
@@ -125,7 +125,7 @@ impl Session {
             }
         }
         let _ = control.set_read_timeout(None);
-        super::timing::mark("agent-hello");
+        crate::timing::mark("agent-hello");
         let (terminal, stdin) = (spec.process.terminal, spec.process.stdin);
         write_frame(&mut control, &HostMessage::Run(Box::new(spec)))
             .map_err(|e| Error::Protocol(format!("sending the run spec: {e}")))?;
@@ -165,14 +165,14 @@ impl Session {
     pub fn wait(mut self, mut seal: impl FnMut() -> Result<(), String>) -> Result<i32, Error> {
         let code = loop {
             match read_frame::<_, AgentMessage>(&mut self.control) {
-                Ok(Some(AgentMessage::Started)) => super::timing::mark("process-started"),
+                Ok(Some(AgentMessage::Started)) => crate::timing::mark("process-started"),
                 Ok(Some(AgentMessage::Sealed)) => {
-                    super::timing::mark("image-unpacked");
+                    crate::timing::mark("image-unpacked");
                     seal().map_err(Error::Protocol)?;
                     self.sender().send(&HostMessage::Continue);
                 }
                 Ok(Some(AgentMessage::Exited { code })) => {
-                    super::timing::mark("process-exited");
+                    crate::timing::mark("process-exited");
                     break code;
                 }
                 Ok(Some(AgentMessage::Failed { code, message })) => {

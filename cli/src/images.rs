@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use vm_image::name::Name;
 use vm_image::store::{Entry, Store};
 
-use crate::run::state_root;
+use runtime::state_root;
 
 #[derive(clap::Args)]
 pub struct LoadArgs {
@@ -220,7 +220,7 @@ fn check_unused(
     what: &str,
     manifest: &vm_image::Digest,
 ) -> Result<(), String> {
-    match crate::in_use::users(state, manifest).first() {
+    match runtime::in_use::users(state, manifest).first() {
         Some(id) => Err(format!(
             "image {what} is in use by running container {}; stop it first, or use --force",
             id.get(..12).unwrap_or(id)
@@ -308,7 +308,7 @@ pub fn prune(args: PruneArgs, root: Option<PathBuf>) -> ExitCode {
                 return Ok(());
             }
         }
-        let running: std::collections::HashSet<String> = crate::in_use::running(&state)
+        let running: std::collections::HashSet<String> = runtime::in_use::running(&state)
             .into_iter()
             .map(|(_, d)| d)
             .collect();
@@ -327,9 +327,9 @@ pub fn prune(args: PruneArgs, root: Option<PathBuf>) -> ExitCode {
                 .entry_image(&e)
                 .map_err(|err| format!("{}: {err}", e.manifest))?;
             let digests: Vec<String> = img.layers.iter().map(|l| l.digest.to_string()).collect();
-            used.insert(format!("{}.ext4", crate::run::rootfs_key(&digests)));
+            used.insert(format!("{}.ext4", runtime::rootfs_cache::key(&digests)));
         }
-        let (caches, cache_bytes) = crate::run::prune_rootfs_cache(&state, &used)?;
+        let (caches, cache_bytes) = runtime::rootfs_cache::prune(&state, &used)?;
         if caches > 0 {
             println!("Deleted cached root file systems: {caches}");
         }

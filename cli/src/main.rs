@@ -1,25 +1,17 @@
 //! `vm`: run container images in KVM microVMs.
 
-mod arch;
-mod console;
-mod device_manager;
-mod exit;
-mod host;
 mod images;
-mod in_use;
-mod loader;
-mod memory;
 mod registry;
 mod run;
-mod vcpu;
-mod vm;
+mod tty;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::exit::ExitReason;
+use vmm::exit::ExitReason;
+use vmm::host;
 
 /// Exit status when `vm` itself fails (Docker's convention).
 pub const EXIT_VM_FAILED: u8 = 125;
@@ -187,18 +179,25 @@ fn main() -> ExitCode {
 }
 
 fn boot(args: BootArgs) -> ExitCode {
-    let cfg = vm::VmConfig {
+    let cfg = vmm::VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         cpus: args.cpus,
         memory_mib: args.memory,
-        report_boot_time: args.boot_time,
+        on_boot: args.boot_time.then(|| {
+            Box::new(|d: std::time::Duration| {
+                eprintln!(
+                    "vm: guest userspace started after {:.1} ms",
+                    d.as_secs_f64() * 1e3
+                );
+            }) as Box<dyn Fn(std::time::Duration) + Send>
+        }),
         disks: args.disks,
         vsock: args.vsock,
         console: Box::new(std::io::stdout()),
         console_input: true,
-        exit: match exit::ExitSignal::new() {
+        exit: match vmm::ExitSignal::new() {
             Ok(e) => std::sync::Arc::new(e),
             Err(e) => {
                 eprintln!("vm: error: {e}");
@@ -206,7 +205,7 @@ fn boot(args: BootArgs) -> ExitCode {
             }
         },
     };
-    let outcome = match vm::run(cfg) {
+    let outcome = match vmm::vm::run(cfg) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("vm: error: {e}");
@@ -238,6 +237,25 @@ fn boot(args: BootArgs) -> ExitCode {
         }
         ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => ExitCode::SUCCESS,
     }
+}
+
+/// `vm: error: MSG` and the status for `vm` itself failing.
+pub fn fail(msg: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("vm: error: {msg}");
+    ExitCode::from(EXIT_VM_FAILED)
+}
+
+/// A runtime error as the user sees it: the message, the guest console's
+/// last lines when the guest failed, and status 125.
+pub fn runtime_error(e: &runtime::Error) -> ExitCode {
+    eprintln!("vm: error: {}", e.message);
+    if !e.console.is_empty() {
+        eprintln!("vm: last lines of the guest console:");
+        for l in e.console.iter().rev().take(20).rev() {
+            eprintln!("  {l}");
+        }
+    }
+    ExitCode::from(EXIT_VM_FAILED)
 }
 
 fn print_tail(lines: &[String]) {

@@ -1,0 +1,17 @@
+//! What the agent hands the container's init: shared by the agent side
+//! (`run`), the init (`container`) and the root it builds (`rootfs`).
+
+use agent_protocol::Process;
+use serde::{Deserialize, Serialize};
+
+/// What the agent tells the container's init.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitSpec {
+    /// The container's root file system, already mounted.
+    pub root: String,
+    /// Files to bind over /etc/hosts, /etc/hostname, /etc/resolv.conf.
+    pub etc_dir: String,
+    pub hostname: String,
+    pub read_only: bool,
+    pub process: Process,
+}
