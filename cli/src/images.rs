@@ -220,9 +220,14 @@ fn check_unused(
     what: &str,
     manifest: &vm_image::Digest,
 ) -> Result<(), String> {
+    let running = runtime::in_use::running(state);
     match runtime::in_use::users(state, manifest).first() {
-        Some(id) => Err(format!(
+        Some(id) if running.iter().any(|(r, _)| r == id) => Err(format!(
             "image {what} is in use by running container {}; stop it first, or use --force",
+            id.get(..12).unwrap_or(id)
+        )),
+        Some(id) => Err(format!(
+            "image {what} is used by container {} (stopped); remove it first (vm rm), or use --force",
             id.get(..12).unwrap_or(id)
         )),
         None => Ok(()),
@@ -294,21 +299,24 @@ pub struct PruneArgs {
     force: bool,
 }
 
+/// Asks `[y/N]` after `warning`; true for yes.
+pub fn confirm(warning: &str) -> bool {
+    eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
 /// `vm image prune`: removes untagged images, the blobs nothing uses,
 /// and cached root file systems of images no longer in the store.
 pub fn prune(args: PruneArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
         let state = state_root(root.as_deref())?;
         let store = Store::open(&state).map_err(|e| e.to_string())?;
-        if !args.force {
-            eprint!("WARNING! This will remove all dangling images and the unpacked root file systems no stored image uses.\nAre you sure you want to continue? [y/N] ");
-            let mut answer = String::new();
-            let _ = std::io::stdin().read_line(&mut answer);
-            if !matches!(answer.trim(), "y" | "Y" | "yes") {
-                return Ok(());
-            }
+        if !args.force && !confirm("WARNING! This will remove all dangling images and the unpacked root file systems no stored image uses.") {
+            return Ok(());
         }
-        let running: std::collections::HashSet<String> = runtime::in_use::running(&state)
+        let running: std::collections::HashSet<String> = runtime::in_use::all(&state)
             .into_iter()
             .map(|(_, d)| d)
             .collect();
@@ -355,27 +363,7 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
         let store = store(root)?;
         let mut out = Vec::new();
         for n in &args.names {
-            let name = Name::parse(n).map_err(|e| e.to_string())?;
-            let img = store.image(&name).map_err(|e| e.to_string())?;
-            let config: serde_json::Value =
-                serde_json::from_slice(&img.raw_config.data).unwrap_or(serde_json::Value::Null);
-            let repo_tags = store
-                .names_of(&img.manifest_digest)
-                .map_err(|e| e.to_string())?;
-            out.push(serde_json::json!({
-                "Id": vm_image::Digest::of_bytes(&img.raw_config.data).to_string(),
-                "RepoTags": repo_tags,
-                "ManifestDigest": img.manifest_digest.to_string(),
-                "Created": img.created,
-                "Architecture": config["architecture"],
-                "Os": config["os"],
-                "Config": config["config"],
-                "RootFS": config["rootfs"],
-                "Layers": img.layers.iter().map(|l| serde_json::json!({
-                    "Digest": l.digest.to_string(), "Size": l.source.size,
-                })).collect::<Vec<_>>(),
-                "Size": img.layers.iter().map(|l| l.source.size).sum::<u64>(),
-            }));
+            out.push(image_json(&store, n)?);
         }
         println!(
             "{}",
@@ -383,6 +371,31 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
         );
         Ok(())
     })())
+}
+
+/// One image as `vm image inspect` shows it.
+pub fn image_json(store: &Store, n: &str) -> Result<serde_json::Value, String> {
+    let name = Name::parse(n).map_err(|e| e.to_string())?;
+    let img = store.image(&name).map_err(|e| e.to_string())?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&img.raw_config.data).unwrap_or(serde_json::Value::Null);
+    let repo_tags = store
+        .names_of(&img.manifest_digest)
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "Id": vm_image::Digest::of_bytes(&img.raw_config.data).to_string(),
+        "RepoTags": repo_tags,
+        "ManifestDigest": img.manifest_digest.to_string(),
+        "Created": img.created,
+        "Architecture": config["architecture"],
+        "Os": config["os"],
+        "Config": config["config"],
+        "RootFS": config["rootfs"],
+        "Layers": img.layers.iter().map(|l| serde_json::json!({
+            "Digest": l.digest.to_string(), "Size": l.source.size,
+        })).collect::<Vec<_>>(),
+        "Size": img.layers.iter().map(|l| l.source.size).sum::<u64>(),
+    }))
 }
 
 #[derive(clap::Args)]

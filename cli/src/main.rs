@@ -1,8 +1,12 @@
 //! `vm`: run container images in KVM microVMs.
 
+mod containers;
 mod images;
+mod logs;
+mod ps;
 mod registry;
 mod run;
+mod template;
 mod tty;
 
 use std::path::PathBuf;
@@ -36,6 +40,38 @@ enum Command {
     Boot(BootArgs),
     /// Run a command in a new container, in its own microVM.
     Run(run::RunArgs),
+    /// Create a container without starting it; prints its ID.
+    Create(run::RunArgs),
+    /// Start stopped containers.
+    Start(containers::StartArgs),
+    /// Stop running containers: the stop signal, then SIGKILL after the
+    /// timeout.
+    Stop(containers::StopArgs),
+    /// Stop and start containers again.
+    Restart(containers::StopArgs),
+    /// Send a signal to running containers (default SIGKILL).
+    Kill(containers::KillArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// Wait for containers to stop; prints their exit statuses.
+    Wait(containers::NamesArgs),
+    /// Rename a container.
+    Rename(containers::RenameArgs),
+    /// Stop every vCPU of containers' VMs.
+    Pause(containers::NamesArgs),
+    /// Let paused containers run again.
+    Unpause(containers::NamesArgs),
+    /// Attach to a running container's output (and stdin).
+    Attach(containers::AttachArgs),
+    /// List containers.
+    Ps(ps::PsArgs),
+    /// A container's output.
+    Logs(logs::LogsArgs),
+    /// Show containers or images as JSON.
+    Inspect(ps::InspectArgs),
+    /// Container commands (`vm container ls|inspect|rm|prune|...`).
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// Load an image from a docker-archive or oci-archive file or an OCI
     /// layout into the local store.
     Load(images::LoadArgs),
@@ -71,6 +107,29 @@ enum ImageCommand {
     Ls(images::ImagesArgs),
     /// Remove untagged images and unused cached root file systems.
     Prune(images::PruneArgs),
+}
+
+#[derive(Subcommand)]
+enum ContainerCommand {
+    #[command(alias = "list", alias = "ps")]
+    Ls(ps::PsArgs),
+    Run(run::RunArgs),
+    Create(run::RunArgs),
+    Start(containers::StartArgs),
+    Stop(containers::StopArgs),
+    Restart(containers::StopArgs),
+    Kill(containers::KillArgs),
+    #[command(alias = "remove")]
+    Rm(containers::RmArgs),
+    Wait(containers::NamesArgs),
+    Rename(containers::RenameArgs),
+    Pause(containers::NamesArgs),
+    Unpause(containers::NamesArgs),
+    Attach(containers::AttachArgs),
+    Logs(logs::LogsArgs),
+    Inspect(ps::InspectArgs),
+    /// Remove all stopped containers.
+    Prune(containers::PruneArgs),
 }
 
 #[derive(clap::Args)]
@@ -162,6 +221,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Boot(args) => boot(args),
         Command::Run(args) => run::main(args, cli.root),
+        Command::Create(args) => run::create(args, cli.root),
+        Command::Start(args) => containers::start(args, cli.root),
+        Command::Stop(args) => containers::stop(args, cli.root),
+        Command::Restart(args) => containers::restart(args, cli.root),
+        Command::Kill(args) => containers::kill(args, cli.root),
+        Command::Rm(args) => containers::rm(args, cli.root),
+        Command::Wait(args) => containers::wait(args, cli.root),
+        Command::Rename(args) => containers::rename(args, cli.root),
+        Command::Pause(args) => containers::pause(args, cli.root),
+        Command::Unpause(args) => containers::unpause(args, cli.root),
+        Command::Attach(args) => containers::attach(args, cli.root),
+        Command::Ps(args) => ps::ps(args, cli.root),
+        Command::Logs(args) => logs::logs(args, cli.root),
+        Command::Inspect(args) => ps::inspect(args, cli.root),
+        Command::Container(c) => container_command(c, cli.root),
         Command::Load(args) => images::load(args, cli.root),
         Command::Images(args) => images::images(args, cli.root),
         Command::Tag(args) => images::tag(args, cli.root),
@@ -175,6 +249,27 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Rm(args)) => images::rmi(args, cli.root),
         Command::Image(ImageCommand::Ls(args)) => images::images(args, cli.root),
         Command::Image(ImageCommand::Prune(args)) => images::prune(args, cli.root),
+    }
+}
+
+fn container_command(c: ContainerCommand, root: Option<PathBuf>) -> ExitCode {
+    match c {
+        ContainerCommand::Ls(args) => ps::ps(args, root),
+        ContainerCommand::Run(args) => run::main(args, root),
+        ContainerCommand::Create(args) => run::create(args, root),
+        ContainerCommand::Start(args) => containers::start(args, root),
+        ContainerCommand::Stop(args) => containers::stop(args, root),
+        ContainerCommand::Restart(args) => containers::restart(args, root),
+        ContainerCommand::Kill(args) => containers::kill(args, root),
+        ContainerCommand::Rm(args) => containers::rm(args, root),
+        ContainerCommand::Wait(args) => containers::wait(args, root),
+        ContainerCommand::Rename(args) => containers::rename(args, root),
+        ContainerCommand::Pause(args) => containers::pause(args, root),
+        ContainerCommand::Unpause(args) => containers::unpause(args, root),
+        ContainerCommand::Attach(args) => containers::attach(args, root),
+        ContainerCommand::Logs(args) => logs::logs(args, root),
+        ContainerCommand::Inspect(args) => ps::inspect(args, root),
+        ContainerCommand::Prune(args) => containers::prune(args, root),
     }
 }
 
@@ -248,6 +343,11 @@ pub fn fail(msg: &dyn std::fmt::Display) -> ExitCode {
 /// A runtime error as the user sees it: the message, the guest console's
 /// last lines when the guest failed, and status 125.
 pub fn runtime_error(e: &runtime::Error) -> ExitCode {
+    if e.code == 126 || e.code == 127 {
+        // The container's command could not run: the agent's words.
+        eprintln!("vm: {}", e.message);
+        return ExitCode::from(e.code as u8);
+    }
     eprintln!("vm: error: {}", e.message);
     if !e.console.is_empty() {
         eprintln!("vm: last lines of the guest console:");

@@ -1,10 +1,13 @@
-//! `vm run`: the flags, the terminal, signals, and the exit status. The
-//! container's life itself is the runtime's.
+//! `vm run` and `vm create`: the flags, the terminal, signals, and the
+//! exit status. A container's life itself is the runtime's: `vm run` is
+//! create, start (a monitor process), attach and wait.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Sender};
 
+use runtime::client::{self, Mode};
+use runtime::container::{LogOptions, RestartPolicy};
 use runtime::pull::PullPolicy;
 use runtime::spec;
 use runtime::{Control, RunOptions};
@@ -35,9 +38,27 @@ pub struct RunArgs {
     /// Give the container a pseudo-terminal.
     #[arg(short = 't', long)]
     tty: bool,
-    /// Remove the container when it exits (nothing is kept anyway).
+    /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
+    /// Run in the background and print the container's ID.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Restart policy: no, on-failure[:N], always or unless-stopped.
+    #[arg(long, default_value = "no", value_parser = parse_restart)]
+    restart: RestartPolicy,
+    /// The signal `vm stop` sends first (default SIGTERM).
+    #[arg(long = "stop-signal", value_parser = crate::containers::parse_signal)]
+    stop_signal: Option<i32>,
+    /// Seconds `vm stop` waits before it kills (default 10).
+    #[arg(long = "stop-timeout")]
+    stop_timeout: Option<u64>,
+    /// Log options: max-size=SIZE, max-file=N.
+    #[arg(long = "log-opt", value_name = "OPT=VALUE")]
+    log_opt: Vec<String>,
+    /// Set a label (KEY=VALUE).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    label: Vec<String>,
     /// A name for the container.
     #[arg(long)]
     name: Option<String>,
@@ -69,6 +90,51 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
+fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    RestartPolicy::parse(s).map_err(|e| e.message)
+}
+
+/// `--log-opt max-size=10m`, `--log-opt max-file=3`.
+fn log_options(opts: &[String]) -> Result<LogOptions, String> {
+    let mut out = LogOptions::default();
+    for o in opts {
+        match o.split_once('=') {
+            Some(("max-size", v)) => {
+                let mib_or_bytes = v.trim().to_ascii_lowercase();
+                let bytes = match mib_or_bytes.chars().last() {
+                    Some(c) if c.is_ascii_digit() => mib_or_bytes
+                        .parse::<u64>()
+                        .map_err(|_| format!("invalid max-size {v:?}"))?,
+                    _ => spec::parse_memory(v).map(|m| m << 20).or_else(|_| {
+                        // Smaller than a MiB: k or b.
+                        let n = mib_or_bytes.trim_end_matches(['k', 'b']);
+                        n.parse::<u64>()
+                            .map(|n| if mib_or_bytes.ends_with('k') { n << 10 } else { n })
+                            .map_err(|_| format!("invalid max-size {v:?}; use e.g. 10m"))
+                    })?,
+                };
+                if bytes == 0 {
+                    return Err(format!("invalid max-size {v:?}: must be more than 0"));
+                }
+                out.max_size = bytes;
+            }
+            Some(("max-file", v)) => {
+                out.max_files = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("invalid max-file {v:?}: use a number of 1 or more"))?;
+            }
+            _ => {
+                return Err(format!(
+                    "unknown log option {o:?}: the json-file log takes max-size=SIZE and max-file=N"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn parse_pull(s: &str) -> Result<PullPolicy, String> {
     match s {
         "missing" => Ok(PullPolicy::Missing),
@@ -79,9 +145,19 @@ fn parse_pull(s: &str) -> Result<PullPolicy, String> {
 }
 
 impl RunArgs {
-    fn options(self) -> RunOptions {
-        RunOptions {
+    fn options(self) -> Result<RunOptions, String> {
+        let mut labels = Vec::new();
+        for l in &self.label {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            if k.is_empty() {
+                return Err(format!("invalid label {l:?}: use KEY=VALUE"));
+            }
+            labels.push((k.to_string(), v.to_string()));
+        }
+        Ok(RunOptions {
             tty_size: if self.tty { tty::size() } else { None },
+            log: log_options(&self.log_opt)?,
+            labels,
             image: self.image,
             command: self.command,
             env: self.env,
@@ -98,55 +174,131 @@ impl RunArgs {
             read_only: self.read_only,
             debug: self.debug,
             pull: self.pull,
-        }
+            auto_remove: self.rm,
+            restart: self.restart,
+            stop_signal: self.stop_signal,
+            stop_timeout: self.stop_timeout,
+        })
     }
 }
 
-pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
-    let raw_wanted = args.tty && args.interactive && tty::is_terminal();
-    let opts = args.options();
-    let state = match runtime::state_root(root.as_deref()) {
-        Ok(s) => s,
-        Err(e) => return crate::fail(&e),
-    };
-    let (tx, rx) = mpsc::channel();
-    let mut observer = Watch {
-        meter: crate::registry::Meter::new(),
-        catcher: Catcher::new(tx),
-    };
-    let raw = raw_wanted.then(tty::RawMode::enter).flatten();
-    let result = runtime::run(&opts, &state, rx, &mut observer);
-    drop(raw);
-    observer.catcher.close();
-    drop(observer);
-    match result {
-        Ok(code) => ExitCode::from((code & 0xff) as u8),
-        Err(e) => crate::runtime_error(&e),
-    }
-}
-
-/// Progress of a pull on the terminal; signals caught once the image is
-/// open (before, while it is read or pulled, Ctrl-C simply ends `vm run`:
-/// the store's writes are atomic).
+/// Progress of a pull on the terminal.
 struct Watch {
     meter: crate::registry::Meter,
-    catcher: Catcher,
 }
 
 impl runtime::Observer for Watch {
     fn progress(&mut self, p: vm_image::registry::Progress) {
         self.meter.report(p);
     }
+}
 
-    fn image_opened(&mut self) -> Result<(), String> {
-        self.catcher.arm()
+fn create_container(
+    args: RunArgs,
+    state: &std::path::Path,
+) -> Result<(runtime::container::Container, RunOptions), ExitCode> {
+    let opts = args.options().map_err(|e| crate::fail(&e))?;
+    let mut watch = Watch {
+        meter: crate::registry::Meter::new(),
+    };
+    // Ctrl-C while the image is read or pulled simply ends `vm`: the
+    // store's writes are atomic.
+    let c = runtime::create(&opts, state, &mut watch).map_err(|e| crate::runtime_error(&e))?;
+    Ok((c, opts))
+}
+
+/// `vm create`: prints the new container's ID.
+pub fn create(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
+    let state = match runtime::state_root(root.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return crate::fail(&e),
+    };
+    match create_container(args, &state) {
+        Ok((c, _)) => {
+            println!("{}", c.config.id);
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
+    let detach = args.detach;
+    let raw_wanted = args.tty && args.interactive && tty::is_terminal();
+    let state = match runtime::state_root(root.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return crate::fail(&e),
+    };
+    let (c, opts) = match create_container(args, &state) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    if detach {
+        let started = client::start(&state, &c, Mode::Detached).and_then(client::wait_started);
+        return match started {
+            Ok(()) => {
+                println!("{}", c.config.id);
+                ExitCode::SUCCESS
+            }
+            Err(e) => crate::runtime_error(&e),
+        };
+    }
+    let conn = match client::start(
+        &state,
+        &c,
+        Mode::Attached {
+            stdin: opts.interactive,
+        },
+    ) {
+        Ok(conn) => conn,
+        Err(e) => return crate::runtime_error(&e),
+    };
+    attach_foreground(conn, &c, opts.interactive, raw_wanted, opts.restart == RestartPolicy::No)
+}
+
+/// Runs an attached container to its end: our terminal, stdin and
+/// signals are its; returns its exit status.
+pub fn attach_foreground(
+    conn: std::os::unix::net::UnixStream,
+    c: &runtime::container::Container,
+    stdin: bool,
+    raw_wanted: bool,
+    wait_monitor: bool,
+) -> ExitCode {
+    let (tx, rx) = mpsc::channel();
+    // A signal that comes while the guest boots waits for the container.
+    let mut catcher = Catcher::new(tx);
+    if let Err(e) = catcher.arm() {
+        return crate::fail(&e);
+    }
+    let raw = raw_wanted.then(tty::RawMode::enter).flatten();
+    let input: Option<Box<dyn std::io::Read + Send>> = if stdin {
+        Some(Box::new(std::io::stdin()))
+    } else {
+        None
+    };
+    let result = client::attached(
+        conn,
+        input,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+        rx,
+    );
+    drop(raw);
+    catcher.close();
+    // The monitor finishes with the container (removes it with --rm)
+    // right after; wait for that, so that what follows sees it done.
+    if wait_monitor {
+        client::wait_monitor(c);
+    }
+    match result {
+        Ok(code) => ExitCode::from((code & 0xff) as u8),
+        Err(e) => crate::runtime_error(&e),
     }
 }
 
 /// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 go to the
-/// container's process; SIGWINCH sends the terminal's new size. A signal
-/// that comes while the guest boots waits and reaches the container once
-/// it runs (and does not kill us before we clean up).
+/// container's process; SIGWINCH sends the terminal's new size.
 struct Catcher {
     tx: Option<Sender<Control>>,
     handle: Option<signal_hook::iterator::Handle>,

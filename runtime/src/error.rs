@@ -28,6 +28,9 @@ pub struct Error {
     pub message: String,
     /// The guest console's last lines, for guest failures.
     pub console: Vec<String>,
+    /// The exit status a CLI gives for it: 125, or 126/127 when the
+    /// container's command could not be run.
+    pub code: i32,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -38,6 +41,7 @@ impl Error {
             kind,
             message: message.into(),
             console: Vec::new(),
+            code: 125,
         }
     }
 

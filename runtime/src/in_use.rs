@@ -1,7 +1,9 @@
-//! Which stored images running containers use. Each `vm run` writes the
-//! manifest digest of its image to `<state>/run/vm-run-<id>/image` and holds a
-//! shared lock on that file until it ends; a file nobody holds locked was
-//! left by a run that was killed, and means nothing.
+//! Which stored images containers use. Each container's monitor writes
+//! the manifest digest of its image to `<state>/run/<id prefix>/image` and
+//! holds a shared lock on that file while it runs; a file nobody holds
+//! locked was left by a monitor that was killed, and means nothing. A
+//! container that exists but does not run uses its image too (its
+//! config says which).
 
 use std::fs::File;
 use std::io::Write;
@@ -63,10 +65,22 @@ pub fn running(state: &Path) -> Vec<(String, String)> {
     out
 }
 
-/// The ids of the running containers that use `manifest`.
+/// Every container, running or not, and the manifest digest each uses:
+/// (container id, digest), running ones first.
+pub fn all(state: &Path) -> Vec<(String, String)> {
+    let mut out = running(state);
+    for c in crate::container::list(state) {
+        if !out.iter().any(|(id, _)| c.config.id.starts_with(id.as_str())) {
+            out.push((c.config.id[..16].to_string(), c.config.image_digest.clone()));
+        }
+    }
+    out
+}
+
+/// The ids of the containers that use `manifest` (running ones first).
 pub fn users(state: &Path, manifest: &Digest) -> Vec<String> {
     let want = manifest.to_string();
-    running(state)
+    all(state)
         .into_iter()
         .filter(|(_, d)| *d == want)
         .map(|(id, _)| id)

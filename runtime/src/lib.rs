@@ -1,19 +1,34 @@
 //! Containers in microVMs, for the `vm` CLI and any other caller: the
-//! state root, running a container (image, disks, the VM, the host side
-//! of the agent protocol), the root file system cache, which images are in
-//! use, and pulling. Errors carry a [`Kind`] a caller can match on.
+//! state root and each container's directory, creating a container,
+//! its monitor (one process per container that owns its VM and outlives
+//! the command that started it), attaching to it, the root file system
+//! cache, which images are in use, and pulling. Errors carry a [`Kind`] a
+//! caller can match on.
 
 mod assets;
+pub mod client;
+pub mod container;
+pub mod create;
 pub mod error;
+pub mod frames;
 pub mod in_use;
+pub mod logfile;
+pub mod monitor;
 pub mod pull;
 pub mod rootfs_cache;
-pub mod run;
 mod scratch;
 mod session;
 pub mod spec;
+mod start;
 pub mod timing;
+mod vm_process;
 
+pub use client::Control;
+pub use create::{create, Observer, RunOptions};
 pub use error::{Error, Kind, Result};
 pub use rootfs_cache::state_root;
-pub use run::{run, Control, Observer, RunOptions};
+
+/// A container name as Docker takes them.
+pub fn check_name(n: &str) -> Result<()> {
+    create::check_name(n)
+}

@@ -1,9 +1,9 @@
 //! The host side of the agent protocol: the vsock listeners (Unix
-//! sockets at `<vsock path>_<port>`), the handshake, stdio pumps, signal
-//! and resize forwarding, and the container's exit status.
+//! sockets at `<vsock path>_<port>`), the handshake, the output pumps
+//! into an [`Output`], signal and resize forwarding, and the container's
+//! exit status.
 
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -14,7 +14,30 @@ use std::time::{Duration, Instant};
 use agent_protocol::{port, read_frame, write_frame, AgentMessage, HostMessage, RunSpec};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use vmm::ExitSignal;
+use crate::logfile::Stream;
+
+/// Where the container's output goes (the monitor's log and clients).
+pub trait Output: Send + Sync {
+    fn write(&self, stream: Stream, data: &[u8]);
+    /// The stream ended (all its output was written).
+    fn end(&self, stream: Stream);
+}
+
+/// What the session tells its owner while it waits.
+pub trait Events {
+    /// The agent unpacked the image and stopped writing its disk: make
+    /// the disk read-only before the agent goes on.
+    fn sealed(&mut self) -> Result<(), String>;
+    /// The container's process runs.
+    fn started(&mut self);
+}
+
+/// How the process ended.
+pub enum Ended {
+    Exited(i32),
+    /// The agent could not run it: status (125, 126, 127) and why.
+    Failed(i32, String),
+}
 
 pub struct Listeners {
     control: UnixListener,
@@ -28,6 +51,8 @@ impl Listeners {
         let bind = |p: u32| {
             let mut name = vsock_path.as_os_str().to_owned();
             name.push(format!("_{p}"));
+            // A socket left by the previous run of the same container.
+            let _ = std::fs::remove_file(&name);
             let l = UnixListener::bind(&name)?;
             l.set_nonblocking(true)?;
             Ok::<_, io::Error>(l)
@@ -56,7 +81,7 @@ fn accept(
     listener: &UnixListener,
     what: &'static str,
     deadline: Instant,
-    exit: &ExitSignal,
+    vm_ended: &dyn Fn() -> bool,
 ) -> Result<UnixStream, Error> {
     loop {
         match listener.accept() {
@@ -72,7 +97,7 @@ fn accept(
                 )))
             }
         }
-        if exit.get().is_some() {
+        if vm_ended() {
             return Err(Error::VmEnded);
         }
         if Instant::now() >= deadline {
@@ -87,6 +112,7 @@ pub struct Session {
     control: UnixStream,
     writer: Arc<Mutex<UnixStream>>,
     pumps: Vec<JoinHandle<()>>,
+    stdin: Option<UnixStream>,
 }
 
 impl Session {
@@ -95,10 +121,11 @@ impl Session {
         l: &Listeners,
         spec: RunSpec,
         timeout: Duration,
-        exit: &ExitSignal,
+        vm_ended: &dyn Fn() -> bool,
+        output: Arc<dyn Output>,
     ) -> Result<Self, Error> {
         let deadline = Instant::now() + timeout;
-        let mut control = accept(&l.control, "control", deadline, exit)?;
+        let mut control = accept(&l.control, "control", deadline, vm_ended)?;
         // A silent agent must not hold us past the deadline.
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -130,19 +157,17 @@ impl Session {
         write_frame(&mut control, &HostMessage::Run(Box::new(spec)))
             .map_err(|e| Error::Protocol(format!("sending the run spec: {e}")))?;
         let mut pumps = Vec::new();
-        let out = accept(&l.stdout, "stdout", deadline, exit)?;
-        pumps.push(spawn_copy("stdout", out, io::stdout()));
+        let out = accept(&l.stdout, "stdout", deadline, vm_ended)?;
+        pumps.push(spawn_copy(Stream::Stdout, out, output.clone())?);
         if !terminal {
-            let err = accept(&l.stderr, "stderr", deadline, exit)?;
-            pumps.push(spawn_copy("stderr", err, io::stderr()));
+            let err = accept(&l.stderr, "stderr", deadline, vm_ended)?;
+            pumps.push(spawn_copy(Stream::Stderr, err, output)?);
         }
-        if stdin {
-            let conn = accept(&l.stdin, "stdin", deadline, exit)?;
-            // Never joined: reading our stdin may block until we exit.
-            let _ = std::thread::Builder::new()
-                .name("stdin".into())
-                .spawn(move || forward_stdin(conn));
-        }
+        let stdin = if stdin {
+            Some(accept(&l.stdin, "stdin", deadline, vm_ended)?)
+        } else {
+            None
+        };
         let writer = control
             .try_clone()
             .map_err(|e| Error::Protocol(e.to_string()))?;
@@ -150,7 +175,14 @@ impl Session {
             control,
             writer: Arc::new(Mutex::new(writer)),
             pumps,
+            stdin,
         })
+    }
+
+    /// The container's stdin (when it has one): write to it, shut it
+    /// down for end of file.
+    pub fn take_stdin(&mut self) -> Option<UnixStream> {
+        self.stdin.take()
     }
 
     /// A handle that sends signals and resizes to the agent.
@@ -159,16 +191,17 @@ impl Session {
     }
 
     /// Reads the agent's reports until the process has exited; returns
-    /// its status once all of its output has been written out.
-    /// `seal` runs when the agent reports the image disk sealed; the
-    /// agent goes on once it returns.
-    pub fn wait(mut self, mut seal: impl FnMut() -> Result<(), String>) -> Result<i32, Error> {
+    /// how it ended once all of its output has been written out.
+    pub fn wait(mut self, events: &mut dyn Events) -> Result<Ended, Error> {
         let code = loop {
             match read_frame::<_, AgentMessage>(&mut self.control) {
-                Ok(Some(AgentMessage::Started)) => crate::timing::mark("process-started"),
+                Ok(Some(AgentMessage::Started)) => {
+                    crate::timing::mark("process-started");
+                    events.started();
+                }
                 Ok(Some(AgentMessage::Sealed)) => {
                     crate::timing::mark("image-unpacked");
-                    seal().map_err(Error::Protocol)?;
+                    events.sealed().map_err(Error::Protocol)?;
                     self.sender().send(&HostMessage::Continue);
                 }
                 Ok(Some(AgentMessage::Exited { code })) => {
@@ -178,8 +211,7 @@ impl Session {
                 Ok(Some(AgentMessage::Failed { code, message })) => {
                     // Output the agent already sent comes first.
                     self.drain();
-                    eprintln!("vm: {message}");
-                    return Ok(code);
+                    return Ok(Ended::Failed(code, message));
                 }
                 Ok(Some(AgentMessage::Hello { .. })) => {
                     return Err(Error::Protocol("the agent said hello twice".into()))
@@ -189,7 +221,7 @@ impl Session {
             }
         };
         self.drain();
-        Ok(code)
+        Ok(Ended::Exited(code))
     }
 
     fn drain(&mut self) {
@@ -209,46 +241,32 @@ impl Sender {
     }
 }
 
-fn spawn_copy<W: Write + Send + 'static>(name: &str, from: UnixStream, to: W) -> JoinHandle<()> {
-    let run = move || copy_out(from, to);
+fn spawn_copy(
+    stream: Stream,
+    from: UnixStream,
+    to: Arc<dyn Output>,
+) -> Result<JoinHandle<()>, Error> {
+    let name = match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    };
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(run)
-        .unwrap_or_else(|_| std::thread::spawn(|| {}))
+        .spawn(move || copy_out(stream, from, &*to))
+        .map_err(|e| Error::Protocol(format!("starting the {name} thread: {e}")))
 }
 
-/// Container output to ours, as it comes (no buffering beyond one read).
-fn copy_out<W: Write>(mut from: UnixStream, mut to: W) {
+/// Container output to its destination, as it comes (no buffering
+/// beyond one read).
+fn copy_out(stream: Stream, mut from: UnixStream, to: &dyn Output) {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut broken = false;
     loop {
         match from.read(&mut buf) {
             Ok(0) => break,
-            // Once our reader is gone (a closed pipe), keep draining so the
-            // guest is not blocked, and drop the bytes.
-            Ok(n) if !broken => broken = to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err(),
-            Ok(_) => {}
+            Ok(n) => to.write(stream, &buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }
-}
-
-/// Our stdin to the container; its end of file becomes the container's.
-fn forward_stdin(mut conn: UnixStream) {
-    let mut stdin = io::stdin().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stdin.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if conn.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    let _ = conn.shutdown(Shutdown::Write);
+    to.end(stream);
 }

@@ -114,18 +114,23 @@ pub fn full_cmdline(devices: &str, user: &str) -> String {
 }
 
 pub fn validate(cfg: &VmConfig) -> Result<(), Error> {
-    if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
+    check_size(cfg.cpus, cfg.memory_mib)
+}
+
+/// Whether a VM of this many vCPUs and MiB can be built at all.
+pub fn check_size(cpus: u8, memory_mib: u64) -> Result<(), Error> {
+    if cpus == 0 || cpus > MAX_CPUS {
         return Err(Error::Cpus {
-            got: cfg.cpus,
+            got: cpus,
             max: MAX_CPUS,
         });
     }
-    if cfg.memory_mib < MIN_MEMORY_MIB {
-        return Err(Error::MemoryTooSmall(cfg.memory_mib));
+    if memory_mib < MIN_MEMORY_MIB {
+        return Err(Error::MemoryTooSmall(memory_mib));
     }
     // 1 TiB is far beyond this project's hosts; it keeps the arithmetic safe.
-    if cfg.memory_mib > (1 << 20) {
-        return Err(Error::MemoryTooLarge(cfg.memory_mib));
+    if memory_mib > (1 << 20) {
+        return Err(Error::MemoryTooLarge(memory_mib));
     }
     Ok(())
 }

@@ -1,0 +1,458 @@
+//! `vm ps` and `vm inspect`: containers as Docker shows them, with its
+//! columns, filters, Go-template `--format` and inspect's JSON shape.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use runtime::container::{self, Container, State, Status};
+use serde_json::{json, Value};
+
+use crate::template::{tabwrite, Template};
+
+/// Docker's human durations ("About a minute", "3 hours").
+pub fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let mins = secs / 60;
+    let hours = (d.as_secs_f64() / 3600.0 + 0.5) as u64;
+    match () {
+        _ if secs < 1 => "Less than a second".into(),
+        _ if secs == 1 => "1 second".into(),
+        _ if secs < 60 => format!("{secs} seconds"),
+        _ if mins == 1 => "About a minute".into(),
+        _ if mins < 60 => format!("{mins} minutes"),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 14 => format!("{} days", hours / 24),
+        _ if hours < 24 * 60 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 730 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", secs / 3600 / 24 / 365),
+    }
+}
+
+fn ago(t: &str) -> String {
+    container::since(t)
+        .map(|d| format!("{} ago", human_duration(d)))
+        .unwrap_or_default()
+}
+
+/// The STATUS column.
+pub fn status_text(s: &State) -> String {
+    let up = || {
+        container::since(&s.started_at)
+            .map(human_duration)
+            .unwrap_or_default()
+    };
+    match s.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", up()),
+        Status::Paused => format!("Up {} (Paused)", up()),
+        Status::Restarting => format!("Restarting ({}) {}", s.exit_code, ago(&s.finished_at)),
+        Status::Exited => format!("Exited ({}) {}", s.exit_code, ago(&s.finished_at)),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+/// "2026-11-30 15:40:00 +0000 UTC" from an RFC 3339 time.
+fn docker_time(t: &str) -> String {
+    let (date, rest) = t.split_once('T').unwrap_or((t, ""));
+    let time = rest.get(..8).unwrap_or(rest);
+    format!("{date} {time} +0000 UTC")
+}
+
+fn command_text(c: &Container, full: bool) -> String {
+    let cmd = c.config.process.args.join(" ");
+    if full || cmd.chars().count() <= 20 {
+        return format!("\"{cmd}\"");
+    }
+    let short: String = cmd.chars().take(19).collect();
+    format!("\"{short}…\"")
+}
+
+/// One container as `ps` templates see it (Docker's field names).
+fn ps_value(c: &Container, s: &State, no_trunc: bool) -> Value {
+    let labels: Vec<String> = c
+        .config
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    json!({
+        "ID": if no_trunc { c.config.id.clone() } else { c.short_id().to_string() },
+        "Image": c.config.image,
+        "Command": command_text(c, no_trunc),
+        "CreatedAt": docker_time(&c.config.created),
+        "RunningFor": ago(&c.config.created),
+        "Ports": "",
+        "State": s.status.as_str(),
+        "Status": status_text(s),
+        "Size": "",
+        "Names": c.config.name,
+        "Labels": labels.join(","),
+        "Mounts": "",
+        "Networks": "",
+    })
+}
+
+#[derive(clap::Args)]
+pub struct PsArgs {
+    /// Show all containers (default: running ones).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only IDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// The last N created containers (all states).
+    #[arg(short = 'n', long = "last", value_name = "N")]
+    last: Option<usize>,
+    /// The latest created container (all states).
+    #[arg(short = 'l', long)]
+    latest: bool,
+    /// Do not truncate output.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Filter: status=, name=, id=, label=KEY[=VALUE], ancestor=.
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+    /// `table` (default), `json`, or a Go template.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+/// Filters: values of one key are alternatives; keys must all match.
+fn matches(filters: &HashMap<String, Vec<String>>, c: &Container, s: &State) -> bool {
+    filters.iter().all(|(key, values)| {
+        values.iter().any(|v| match key.as_str() {
+            "status" => s.status.as_str() == v,
+            "name" => c.config.name.contains(v.trim_start_matches('/')),
+            "id" => c.config.id.starts_with(v.as_str()),
+            "label" => match v.split_once('=') {
+                Some((k, val)) => c.config.labels.get(k).is_some_and(|x| x == val),
+                None => c.config.labels.contains_key(v),
+            },
+            "ancestor" => {
+                let bare = |s: &str| {
+                    s.trim_start_matches("docker.io/")
+                        .trim_start_matches("library/")
+                        .trim_end_matches(":latest")
+                        .to_string()
+                };
+                bare(&c.config.image) == bare(v)
+                    || c.config.image_id.trim_start_matches("sha256:").starts_with(v.trim_start_matches("sha256:"))
+                    || c.config.image_digest == *v
+            }
+            _ => false,
+        })
+    })
+}
+
+fn parse_filters(raw: &[String]) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for f in raw {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| format!("bad format of filter {f:?} (expected name=value)"))?;
+        if !["status", "name", "id", "label", "ancestor"].contains(&k) {
+            return Err(format!(
+                "invalid filter '{k}': use status, name, id, label or ancestor"
+            ));
+        }
+        if k == "status"
+            && ![
+                "created",
+                "restarting",
+                "running",
+                "removing",
+                "paused",
+                "exited",
+                "dead",
+            ]
+            .contains(&v)
+        {
+            return Err(format!(
+                "invalid filter 'status={v}': use created, restarting, running, removing, paused, exited or dead"
+            ));
+        }
+        out.entry(k.to_string()).or_default().push(v.to_string());
+    }
+    Ok(out)
+}
+
+const PS_TABLE: &str = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}";
+
+fn ps_headers() -> HashMap<&'static str, &'static str> {
+    HashMap::from([
+        ("ID", "CONTAINER ID"),
+        ("Image", "IMAGE"),
+        ("Command", "COMMAND"),
+        ("CreatedAt", "CREATED AT"),
+        ("RunningFor", "CREATED"),
+        ("Ports", "PORTS"),
+        ("State", "STATE"),
+        ("Status", "STATUS"),
+        ("Size", "SIZE"),
+        ("Names", "NAMES"),
+        ("Labels", "LABELS"),
+        ("Mounts", "MOUNTS"),
+        ("Networks", "NETWORKS"),
+    ])
+}
+
+/// Prints values through a `--format`: `table` (with `default`), `json`,
+/// or a template; a `table` template gets a header and aligned columns.
+pub fn print_formatted(
+    values: &[Value],
+    format: Option<&str>,
+    default: &str,
+    headers: &HashMap<&str, &str>,
+) -> Result<(), String> {
+    let src = match format {
+        None | Some("table") => default,
+        Some("json") => {
+            for v in values {
+                println!("{v}");
+            }
+            return Ok(());
+        }
+        Some(f) => f,
+    };
+    let t = Template::parse(src).map_err(|e| e.to_string())?;
+    let mut lines = Vec::new();
+    if t.is_table() {
+        lines.push(t.render_header(headers));
+    }
+    for v in values {
+        lines.push(t.render(v).map_err(|e| e.to_string())?);
+    }
+    if t.is_table() {
+        print!("{}", tabwrite(&lines));
+    } else {
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    Ok(())
+}
+
+pub fn ps(args: PsArgs, root: Option<PathBuf>) -> ExitCode {
+    let run = || -> Result<(), String> {
+        let state = runtime::state_root(root.as_deref())?;
+        let filters = parse_filters(&args.filter)?;
+        let mut rows = Vec::new();
+        let last = if args.latest { Some(1) } else { args.last };
+        for c in container::list(&state) {
+            let s = c.state();
+            if !args.all && last.is_none() && !filters.contains_key("status") && !s.status.is_live()
+            {
+                continue;
+            }
+            if !matches(&filters, &c, &s) {
+                continue;
+            }
+            rows.push((c, s));
+        }
+        if let Some(n) = last {
+            rows.truncate(n);
+        }
+        if args.quiet {
+            for (c, _) in &rows {
+                println!(
+                    "{}",
+                    if args.no_trunc {
+                        c.config.id.as_str()
+                    } else {
+                        c.short_id()
+                    }
+                );
+            }
+            return Ok(());
+        }
+        let values: Vec<Value> = rows
+            .iter()
+            .map(|(c, s)| ps_value(c, s, args.no_trunc))
+            .collect();
+        print_formatted(&values, args.format.as_deref(), PS_TABLE, &ps_headers())
+    };
+    crate::images::finish(run())
+}
+
+/// A container as `vm inspect` shows it: Docker's shape, for the fields
+/// that apply.
+pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
+    let s = c.state();
+    let cfg = &c.config;
+    let p = &cfg.process;
+    let (restart_name, restart_max) = cfg.restart.name_and_max();
+    json!({
+        "Id": cfg.id,
+        "Created": cfg.created,
+        "Path": p.args.first().cloned().unwrap_or_default(),
+        "Args": p.args.iter().skip(1).cloned().collect::<Vec<_>>(),
+        "State": {
+            "Status": s.status.as_str(),
+            "Running": matches!(s.status, Status::Running | Status::Paused),
+            "Paused": s.status == Status::Paused,
+            "Restarting": s.status == Status::Restarting,
+            "OOMKilled": false,
+            "Dead": s.status == Status::Dead,
+            "Pid": s.pid,
+            "ExitCode": s.exit_code,
+            "Error": s.error,
+            "StartedAt": s.started_at,
+            "FinishedAt": s.finished_at,
+        },
+        "Image": cfg.image_id,
+        "ResolvConfPath": "",
+        "HostnamePath": "",
+        "HostsPath": "",
+        "LogPath": c.log_path().display().to_string(),
+        "Name": format!("/{}", cfg.name),
+        "RestartCount": s.restart_count,
+        "Driver": "microvm",
+        "Platform": "linux",
+        "HostConfig": {
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {
+                    "max-size": cfg.log.max_size.to_string(),
+                    "max-file": cfg.log.max_files.to_string(),
+                },
+            },
+            "RestartPolicy": { "Name": restart_name, "MaximumRetryCount": restart_max },
+            "AutoRemove": cfg.auto_remove,
+            "ReadonlyRootfs": cfg.read_only,
+            "Memory": cfg.memory_mib << 20,
+            "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
+            "Runtime": "vm",
+        },
+        "Config": {
+            "Hostname": cfg.hostname,
+            "User": p.user,
+            "AttachStdin": false,
+            "Tty": p.terminal,
+            "OpenStdin": p.stdin,
+            "Env": p.env,
+            "Cmd": cfg.cmd,
+            "Image": cfg.image,
+            "WorkingDir": p.cwd,
+            "Entrypoint": if cfg.entrypoint.is_empty() { Value::Null } else { json!(cfg.entrypoint) },
+            "Labels": cfg.labels,
+            "StopSignal": signal_name(cfg.stop_signal),
+            "StopTimeout": cfg.stop_timeout,
+        },
+        "VmConfig": {
+            "Cpus": cfg.cpus,
+            "MemoryMiB": cfg.memory_mib,
+            "ImageDigest": cfg.image_digest,
+            "MonitorLog": c.monitor_log_path().display().to_string(),
+            "ControlSocket": c.control_socket(state).display().to_string(),
+        },
+    })
+}
+
+fn signal_name(n: i32) -> String {
+    nix::sys::signal::Signal::try_from(n)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| n.to_string())
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Format with a Go template (`{{.State.Status}}`, `{{json .Config}}`).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+    /// Only look for this kind of object: container or image.
+    #[arg(long = "type", value_parser = ["container", "image"])]
+    kind: Option<String>,
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
+/// `vm inspect`: containers, else images, by name or ID.
+pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
+    let state = match runtime::state_root(root.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return crate::fail(&e),
+    };
+    let mut values = Vec::new();
+    let mut failed = false;
+    for n in &args.names {
+        let found = if args.kind.as_deref() != Some("image") {
+            container::find(&state, n).ok().map(|c| inspect_value(&state, &c))
+        } else {
+            None
+        };
+        let found = found.or_else(|| {
+            if args.kind.as_deref() == Some("container") {
+                return None;
+            }
+            let store = vm_image::store::Store::open(&state).ok()?;
+            crate::images::image_json(&store, n).ok()
+        });
+        match found {
+            Some(v) => values.push(v),
+            None => {
+                eprintln!("vm: error: No such object: {n}");
+                failed = true;
+            }
+        }
+    }
+    let printed = match &args.format {
+        None => serde_json::to_string_pretty(&values)
+            .map(|t| println!("{t}"))
+            .map_err(|e| e.to_string()),
+        Some(f) => Template::parse(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                for v in &values {
+                    println!("{}", t.render(v).map_err(|e| e.to_string())?);
+                }
+                Ok(())
+            }),
+    };
+    if let Err(e) = printed {
+        return crate::fail(&e);
+    }
+    if failed {
+        ExitCode::from(crate::EXIT_VM_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_dockers() {
+        let d = Duration::from_secs;
+        assert_eq!(human_duration(Duration::from_millis(300)), "Less than a second");
+        assert_eq!(human_duration(d(1)), "1 second");
+        assert_eq!(human_duration(d(59)), "59 seconds");
+        assert_eq!(human_duration(d(60)), "About a minute");
+        assert_eq!(human_duration(d(180)), "3 minutes");
+        assert_eq!(human_duration(d(3600)), "About an hour");
+        assert_eq!(human_duration(d(5 * 3600)), "5 hours");
+        assert_eq!(human_duration(d(3 * 86400)), "3 days");
+        assert_eq!(human_duration(d(20 * 86400)), "2 weeks");
+    }
+
+    #[test]
+    fn filters_parse_and_refuse() {
+        let f = parse_filters(&["status=exited".into(), "name=web".into()]).expect("ok");
+        assert_eq!(f["status"], vec!["exited".to_string()]);
+        assert!(parse_filters(&["status=sleeping".into()]).is_err());
+        assert!(parse_filters(&["colour=red".into()]).is_err());
+        assert!(parse_filters(&["status".into()]).is_err());
+    }
+
+    #[test]
+    fn times_in_dockers_words() {
+        assert_eq!(
+            docker_time("2026-11-30T15:40:01.123456789Z"),
+            "2026-11-30 15:40:01 +0000 UTC"
+        );
+    }
+}

@@ -1,0 +1,799 @@
+//! A container's monitor: a process of its own (forked from the command
+//! that starts the container, then detached from its session) that owns
+//! the container while it runs. For each start it forks the VMM child,
+//! speaks the agent protocol, writes the container's output to its log
+//! and to attached clients, records state transitions in `state.json`,
+//! keeps the exit status, restarts the container when its policy says so,
+//! and serves a control socket (attach, signals, stop, kill, pause, wait).
+//! It exits when the container is done, removing it first with `--rm`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use agent_protocol::HostMessage;
+use nix::unistd::ForkResult;
+use serde::{Deserialize, Serialize};
+
+use crate::container::{self, Container, Status};
+use crate::error::{Error, Result};
+use crate::frames::{read_frame, write_frame, Failure, Frame};
+use crate::logfile::{self, Stream};
+use crate::session::{self, Ended};
+use crate::start::{self, Prepared};
+use crate::vm_process::{self, VmProcess};
+use crate::{rootfs_cache, timing};
+
+/// How long a client may hold up the container's output before it is
+/// dropped.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests on the control socket: one JSON line, then a JSON line in
+/// answer ([`Reply`]); `attach` then carries frames.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Attach { stdin: bool },
+    Stop { timeout: u64, signal: i32 },
+    Kill { signal: i32 },
+    Pause,
+    Unpause,
+    /// Answers when the running process ends, with its status.
+    Wait,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub code: Option<i32>,
+}
+
+/// How the starting command stays connected to the new monitor.
+pub struct Launch {
+    /// The monitor's end of a socket pair: the first client.
+    pub client: UnixStream,
+    /// The client gets the container's output and exit (foreground), or
+    /// only word that it started or failed (detached).
+    pub output: bool,
+    /// The client's stdin frames go to the container.
+    pub stdin: bool,
+    /// Keep the caller's stderr for the first run's diagnostics
+    /// (foreground); otherwise it goes to the container's monitor.log.
+    pub keep_stderr: bool,
+}
+
+/// Forks the monitor of `c` (twice, so that it is nobody's child and in a
+/// session of its own). Call while the process has one thread.
+pub fn spawn(state: &Path, c: &Container, launch: Launch) -> Result<()> {
+    // SAFETY: the caller has a single thread, so the child may run
+    // anything; the intermediate child only forks again and exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = nix::unistd::setsid();
+            // SAFETY: as above.
+            match unsafe { nix::unistd::fork() } {
+                Ok(ForkResult::Child) => {
+                    let code = main(state, c, launch);
+                    // SAFETY: ends the monitor without running the
+                    // caller's atexit handlers or destructors.
+                    unsafe { libc::_exit(code) }
+                }
+                // SAFETY: as above.
+                _ => unsafe { libc::_exit(0) },
+            }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(launch);
+            let _ = nix::sys::wait::waitpid(child, None);
+            Ok(())
+        }
+        Err(e) => Err(Error::host(format!("starting the container's monitor: {e}"))),
+    }
+}
+
+/// Points descriptors 0 and 1 at /dev/null, and 2 at `stderr` when given.
+fn redirect_stdio(stderr: Option<&Path>) {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
+    if let Ok(null) = &null {
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+    if let Some(path) = stderr {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+        {
+            // SAFETY: as above.
+            unsafe { libc::dup2(f.as_raw_fd(), 2) };
+        }
+    }
+}
+
+/// A line on the monitor's stderr that never fails the monitor.
+fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "vm: monitor: {msg}");
+}
+
+struct Client {
+    writer: UnixStream,
+    output: bool,
+    /// Dropped once the container runs (a detached start's caller).
+    until_started: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    clients: Vec<Client>,
+    /// The current run's stdin connection, when the container has one.
+    stdin: Option<UnixStream>,
+    agent: Option<session::Sender>,
+    vm: Option<vm_process::Handle>,
+    /// Signals that came before the agent was there.
+    pending: Vec<i32>,
+    /// Counts ended runs; waiters watch it change.
+    runs: u64,
+    last_exit: i32,
+    stop_requested: bool,
+    killed: bool,
+    paused: bool,
+    /// No more runs: the monitor is finishing.
+    done: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    log: Mutex<Option<logfile::Writer>>,
+    container: Container,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `frame` to the clients `pick` selects; drops those that fail.
+    fn broadcast(&self, frame: &Frame, pick: impl Fn(&Client) -> bool) {
+        let mut g = self.lock();
+        g.clients
+            .retain_mut(|c| !pick(c) || write_frame(&mut c.writer, frame).is_ok());
+    }
+
+    fn signal(&self, sig: i32) {
+        let mut g = self.lock();
+        match &g.agent {
+            Some(a) => a.send(&HostMessage::Signal(sig)),
+            None => g.pending.push(sig),
+        }
+    }
+
+    /// Waits until the run counter passes `runs`, or `timeout` passes;
+    /// returns whether it did.
+    fn wait_run_end(&self, runs: u64, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = self.lock();
+        while g.runs == runs && !g.done {
+            match deadline {
+                None => {
+                    g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()) else {
+                        return false;
+                    };
+                    g = self
+                        .changed
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    fn set_state(&self, f: impl FnOnce(&mut container::State)) {
+        if let Err(e) = self.container.update_state(f) {
+            note(&e.to_string());
+        }
+    }
+}
+
+impl session::Output for Shared {
+    fn write(&self, stream: Stream, data: &[u8]) {
+        if let Some(log) = self.log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            log.write(stream, data);
+        }
+        let frame = match stream {
+            Stream::Stdout => Frame::Stdout(data.to_vec()),
+            Stream::Stderr => Frame::Stderr(data.to_vec()),
+        };
+        self.broadcast(&frame, |c| c.output);
+    }
+
+    fn end(&self, stream: Stream) {
+        if let Some(log) = self.log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            log.flush_partial(stream);
+        }
+    }
+}
+
+fn main(state: &Path, c: &Container, launch: Launch) -> i32 {
+    let log_path = c.monitor_log_path();
+    redirect_stdio((!launch.keep_stderr).then_some(log_path.as_path()));
+    let Ok(Some(_alive)) = container::try_lock(&c.monitor_lock_path()) else {
+        note("another monitor holds this container");
+        return 1;
+    };
+    match serve(state, c, launch) {
+        Ok(()) => 0,
+        Err(e) => {
+            note(&e.to_string());
+            1
+        }
+    }
+}
+
+fn serve(state: &Path, c: &Container, launch: Launch) -> Result<()> {
+    let run_dir = c.run_dir(state);
+    container::private_dir(&run_dir)?;
+    let control_path = c.control_socket(state);
+    let _ = std::fs::remove_file(&control_path);
+    let listener = UnixListener::bind(&control_path)
+        .map_err(|e| Error::host(format!("binding {}: {e}", control_path.display())))?;
+    let digest = vm_image::Digest::parse(&c.config.image_digest)
+        .map_err(|e| Error::host(format!("the container's image digest: {e}")))?;
+    let _in_use = crate::in_use::mark(&run_dir, &digest).map_err(Error::host)?;
+    let log = logfile::Writer::open(&c.log_path(), c.config.log)
+        .map_err(|e| Error::host(format!("opening the log: {e}")))?;
+    let shared = Arc::new(Shared {
+        inner: Mutex::new(Inner::default()),
+        changed: Condvar::new(),
+        log: Mutex::new(Some(log)),
+        container: c.clone(),
+    });
+    shared.set_state(|s| {
+        s.pid = std::process::id() as i32;
+        s.stopped_by_user = false;
+    });
+    add_client(
+        &shared,
+        launch.client,
+        launch.output,
+        launch.stdin,
+        !launch.output,
+    )?;
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(&listener, &shared))
+            .map_err(|e| Error::host(format!("starting the control thread: {e}")))?;
+    }
+    let mut keep_stderr = launch.keep_stderr;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let end = run_once(state, &shared);
+        let (stop_requested, restarts) = {
+            let g = shared.lock();
+            (g.stop_requested, shared.container.read_state().restart_count)
+        };
+        let restart = !stop_requested
+            && end.failure.is_none()
+            && c.config.restart.restarts(end.code, restarts);
+        let now = container::now_rfc3339();
+        shared.set_state(|s| {
+            s.exit_code = end.code;
+            s.finished_at = now.clone();
+            s.error = end
+                .failure
+                .as_ref()
+                .map(|f| f.message.clone())
+                .unwrap_or_default();
+            s.stopped_by_user = stop_requested;
+            if restart {
+                s.status = Status::Restarting;
+                s.restart_count += 1;
+            } else {
+                s.status = Status::Exited;
+                s.pid = 0;
+            }
+        });
+        let frame = match &end.failure {
+            Some(f) => Frame::failed(f),
+            None => Frame::Exit(end.code),
+        };
+        shared.broadcast(&frame, |_| true);
+        {
+            let mut g = shared.lock();
+            g.clients.clear();
+            g.runs += 1;
+            g.last_exit = end.code;
+            g.done = !restart;
+            g.killed = false;
+            g.paused = false;
+            shared.changed.notify_all();
+        }
+        if keep_stderr {
+            redirect_stdio(Some(&c.monitor_log_path()));
+            keep_stderr = false;
+        }
+        if !restart {
+            break;
+        }
+        // Docker's back-off: doubling from 100 ms, reset after a run of
+        // ten seconds or more; a stop cuts it short.
+        if started.elapsed() >= Duration::from_secs(10) {
+            backoff = Duration::from_millis(100);
+        }
+        let g = shared.lock();
+        let (g, _) = shared
+            .changed
+            .wait_timeout_while(g, backoff, |g| !g.stop_requested)
+            .unwrap_or_else(|e| e.into_inner());
+        let stop = g.stop_requested;
+        drop(g);
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+        if stop {
+            shared.set_state(|s| {
+                s.status = Status::Exited;
+                s.pid = 0;
+                s.stopped_by_user = true;
+            });
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&control_path);
+    if c.config.auto_remove {
+        let _lock = c.command_lock();
+        if let Err(e) = container::remove_files(state, c) {
+            note(&e.to_string());
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    Ok(())
+}
+
+/// How one run ended.
+struct RunEnd {
+    code: i32,
+    failure: Option<Failure>,
+}
+
+impl RunEnd {
+    fn failed(e: &Error) -> Self {
+        Self {
+            code: 125,
+            failure: Some(Failure {
+                code: 125,
+                kind: format!("{:?}", e.kind),
+                message: e.message.clone(),
+                console: e.console.clone(),
+            }),
+        }
+    }
+}
+
+/// The session's events: seal the image disk through the VMM, mark the
+/// container running.
+struct Events<'a> {
+    vm: &'a mut VmProcess,
+    cache: &'a mut rootfs_cache::Entry,
+    shared: &'a Shared,
+}
+
+impl session::Events for Events<'_> {
+    fn sealed(&mut self) -> std::result::Result<(), String> {
+        match self.cache {
+            rootfs_cache::Entry::Miss(p) => {
+                self.vm.seal()?;
+                p.seal()
+            }
+            rootfs_cache::Entry::Hit(_) => {
+                Err("the agent sealed a disk that was already sealed".into())
+            }
+        }
+    }
+
+    fn started(&mut self) {
+        let now = container::now_rfc3339();
+        self.shared.set_state(|s| {
+            s.status = Status::Running;
+            s.started_at = now;
+            s.exit_code = 0;
+            s.error.clear();
+        });
+        self.shared.broadcast(&Frame::Started, |_| true);
+        self.shared.lock().clients.retain(|c| !c.until_started);
+    }
+}
+
+fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
+    let c = &shared.container;
+    let vsock = c.run_dir(state).join("vsock");
+    let listeners = match session::Listeners::bind(&vsock) {
+        Ok(l) => l,
+        Err(e) => {
+            return RunEnd::failed(&Error::host(format!(
+                "vsock sockets in {}: {e}",
+                c.run_dir(state).display()
+            )))
+        }
+    };
+    let Prepared {
+        vm: plan,
+        spec,
+        mut cache,
+    } = match start::prepare(state, c, vsock) {
+        Ok(p) => p,
+        Err(e) => return RunEnd::failed(&e),
+    };
+    timing::mark("vm-starting");
+    let mut vm = match vm_process::spawn(plan) {
+        Ok(v) => v,
+        Err(e) => return RunEnd::failed(&e),
+    };
+    {
+        let mut g = shared.lock();
+        g.vm = Some(vm.handle());
+        if g.stop_requested {
+            g.killed = true;
+            vm.handle().kill();
+        }
+    }
+    let output: Arc<dyn session::Output> = shared.clone();
+    let vm_ref = &vm;
+    let session =
+        session::Session::start(&listeners, spec, start::agent_timeout(), &|| vm_ref.ended(), output);
+    let result = session.and_then(|mut s| {
+        {
+            let mut g = shared.lock();
+            let sender = s.sender();
+            for sig in std::mem::take(&mut g.pending) {
+                sender.send(&HostMessage::Signal(sig));
+            }
+            g.agent = Some(sender);
+            g.stdin = s.take_stdin();
+            shared.changed.notify_all();
+        }
+        s.wait(&mut Events {
+            vm: &mut vm,
+            cache: &mut cache,
+            shared,
+        })
+    });
+    let grace = match &result {
+        Ok(_) => start::SHUTDOWN_GRACE,
+        Err(session::Error::VmEnded) => Duration::from_secs(3),
+        Err(_) => Duration::ZERO,
+    };
+    {
+        let mut g = shared.lock();
+        g.agent = None;
+        if let Some(s) = g.stdin.take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    timing::mark("vm-stopping");
+    let end = vm.finish(grace);
+    timing::mark("vm-ended");
+    let killed = {
+        let mut g = shared.lock();
+        g.vm = None;
+        g.killed
+    };
+    match result {
+        Ok(Ended::Exited(code)) => RunEnd {
+            code,
+            failure: None,
+        },
+        Ok(Ended::Failed(code, message)) => RunEnd {
+            code,
+            failure: Some(Failure {
+                code,
+                kind: "Guest".into(),
+                message,
+                console: Vec::new(),
+            }),
+        },
+        Err(_) if killed => RunEnd {
+            code: 137,
+            failure: None,
+        },
+        Err(e) => {
+            let message = end
+                .guest_failure
+                .clone()
+                .or(end.error.clone())
+                .unwrap_or_else(|| session_failure(e));
+            RunEnd {
+                code: 125,
+                failure: Some(Failure {
+                    code: 125,
+                    kind: "Guest".into(),
+                    message,
+                    console: end.console,
+                }),
+            }
+        }
+    }
+}
+
+fn session_failure(e: session::Error) -> String {
+    match e {
+        session::Error::Timeout(what) => format!(
+            "the guest agent did not open its {what} connection within {} s",
+            start::agent_timeout().as_secs()
+        ),
+        session::Error::Protocol(m) => m,
+        session::Error::VmEnded => {
+            "the guest ended before the container reported an exit status".into()
+        }
+    }
+}
+
+/// Registers a client; a thread reads what it sends (stdin, signals,
+/// resizes) until it goes away.
+fn add_client(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    output: bool,
+    stdin: bool,
+    until_started: bool,
+) -> Result<()> {
+    let writer = stream
+        .try_clone()
+        .map_err(|e| Error::host(format!("client socket: {e}")))?;
+    let _ = writer.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
+    shared.lock().clients.push(Client {
+        writer,
+        output,
+        until_started,
+    });
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("client".into())
+        .spawn(move || client_input(stream, stdin, &shared))
+        .map(drop)
+        .map_err(|e| Error::host(format!("starting a client thread: {e}")))
+}
+
+fn client_input(mut stream: UnixStream, stdin: bool, shared: &Shared) {
+    while let Ok(Some(frame)) = read_frame(&mut stream) {
+        match frame {
+            Frame::Stdin(data) if stdin => {
+                let Some(mut conn) = container_stdin(shared) else {
+                    continue;
+                };
+                if conn.write_all(&data).is_err() {
+                    continue;
+                }
+            }
+            Frame::StdinEof if stdin => {
+                if let Some(conn) = container_stdin(shared) {
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                }
+            }
+            Frame::Signal(sig) => shared.signal(sig),
+            Frame::Resize { rows, cols } => {
+                if let Some(a) = &shared.lock().agent {
+                    a.send(&HostMessage::Resize { rows, cols });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The container's stdin connection, once the agent has opened it (none
+/// when the run ends first or the container has no stdin).
+fn container_stdin(shared: &Shared) -> Option<UnixStream> {
+    let mut g = shared.lock();
+    loop {
+        if let Some(s) = &g.stdin {
+            return s.try_clone().ok();
+        }
+        if g.done || g.agent.is_some() {
+            return None;
+        }
+        g = shared.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let shared = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("request".into())
+            .spawn(move || handle(conn, &shared));
+    }
+}
+
+fn handle(conn: UnixStream, shared: &Arc<Shared>) {
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Reply {
+            error: Some(format!("bad request: {e}")),
+            code: None,
+        },
+        Ok(Request::Attach { stdin }) => {
+            if shared.lock().done {
+                Reply {
+                    error: Some("the container is not running".into()),
+                    code: None,
+                }
+            } else {
+                if answer(&conn, &Reply::default()).is_ok() {
+                    let _ = add_client(shared, conn, true, stdin, false);
+                }
+                return;
+            }
+        }
+        Ok(Request::Stop { timeout, signal }) => stop(shared, timeout, signal),
+        Ok(Request::Kill { signal }) => kill(shared, signal),
+        Ok(Request::Pause) => pause(shared, true),
+        Ok(Request::Unpause) => pause(shared, false),
+        Ok(Request::Wait) => {
+            let runs = shared.lock().runs;
+            shared.wait_run_end(runs, None);
+            Reply {
+                error: None,
+                code: Some(shared.lock().last_exit),
+            }
+        }
+    };
+    let _ = answer(&conn, &reply);
+}
+
+fn answer(mut conn: &UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(reply).unwrap_or_default();
+    text.push(b'\n');
+    conn.write_all(&text)
+}
+
+/// `vm stop`: the stop signal, then after `timeout` seconds the VM is
+/// killed (no guest cooperation needed); answers once the run ended.
+fn stop(shared: &Shared, timeout: u64, signal: i32) -> Reply {
+    let (runs, vm, agent) = {
+        let mut g = shared.lock();
+        g.stop_requested = true;
+        shared.changed.notify_all();
+        (g.runs, g.vm.clone(), g.agent.is_some())
+    };
+    let Some(vm) = vm else {
+        return Reply::default();
+    };
+    let _ = vm.resume();
+    shared.lock().paused = false;
+    if agent {
+        shared.signal(signal);
+    }
+    let timeout = if agent {
+        Duration::from_secs(timeout)
+    } else {
+        Duration::ZERO
+    };
+    if !shared.wait_run_end(runs, Some(timeout)) {
+        shared.lock().killed = true;
+        vm.kill();
+        shared.wait_run_end(runs, Some(Duration::from_secs(30)));
+    }
+    Reply::default()
+}
+
+/// `vm kill`: SIGKILL ends the VM at once; other signals go to the
+/// container's process.
+fn kill(shared: &Shared, signal: i32) -> Reply {
+    let (runs, vm) = {
+        let g = shared.lock();
+        (g.runs, g.vm.clone())
+    };
+    let Some(vm) = vm else {
+        return Reply {
+            error: Some("the container is not running".into()),
+            code: None,
+        };
+    };
+    if signal == libc::SIGKILL {
+        {
+            let mut g = shared.lock();
+            g.stop_requested = true;
+            g.killed = true;
+            shared.changed.notify_all();
+        }
+        vm.kill();
+        shared.wait_run_end(runs, Some(Duration::from_secs(30)));
+    } else {
+        shared.signal(signal);
+    }
+    Reply::default()
+}
+
+fn pause(shared: &Shared, on: bool) -> Reply {
+    let vm = shared.lock().vm.clone();
+    let Some(vm) = vm else {
+        return Reply {
+            error: Some("the container is not running".into()),
+            code: None,
+        };
+    };
+    let r = if on { vm.pause() } else { vm.resume() };
+    if let Err(e) = r {
+        return Reply {
+            error: Some(e.message),
+            code: None,
+        };
+    }
+    shared.lock().paused = on;
+    shared.set_state(|s| {
+        s.status = if on { Status::Paused } else { Status::Running };
+    });
+    Reply::default()
+}
+
+/// Sends `req` to the monitor of `c` and returns its answer (and the
+/// connection, for `attach`).
+pub fn request(state: &Path, c: &Container, req: &Request) -> Result<(Reply, UnixStream)> {
+    let path: PathBuf = c.control_socket(state);
+    let mut conn = UnixStream::connect(&path).map_err(|e| {
+        Error::in_use(format!(
+            "Container {} is not running (its control socket {}: {e})",
+            c.short_id(),
+            path.display()
+        ))
+    })?;
+    let mut text = serde_json::to_vec(req).unwrap_or_default();
+    text.push(b'\n');
+    conn.write_all(&text)
+        .map_err(|e| Error::host(format!("talking to the container's monitor: {e}")))?;
+    // Read the answer byte by byte: frames may follow it on `attach`.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match std::io::Read::read(&mut conn, &mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => line.push(b[0]),
+            Ok(_) => {
+                return Err(Error::host(
+                    "the container's monitor closed the connection without an answer",
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Error::host(format!(
+                    "reading the container's monitor: {e}"
+                )))
+            }
+        }
+    }
+    let reply: Reply = serde_json::from_slice(&line)
+        .map_err(|e| Error::host(format!("the container's monitor answered badly: {e}")))?;
+    if let Some(e) = &reply.error {
+        return Err(Error::in_use(e.clone()));
+    }
+    Ok((reply, conn))
+}

@@ -1,0 +1,230 @@
+//! One start of a container, in its monitor: the image opened again
+//! (its blobs are the layer disks), the scratch disk, the root file
+//! system cache, the VM's configuration and the agent's run spec.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_protocol::{Layer, Rootfs, RunSpec};
+use devices::virtio::block::BlockConfig;
+use devices::virtio::vsock::VsockConfig;
+use vmm::{ExitSignal, VmConfig};
+
+use crate::container::Container;
+use crate::error::{Error, Result};
+use crate::{rootfs_cache, scratch, spec, timing};
+
+const GUEST_CID: u64 = 3;
+/// What one layer may unpack to (VM_MAX_LAYER_SIZE overrides, e.g. 1g),
+/// and how many entries it may have.
+const MAX_LAYER_BYTES: u64 = scratch::SIZE;
+const MAX_LAYER_ENTRIES: u64 = 4 << 20;
+/// How long the agent has to connect after the VM starts (VM_AGENT_TIMEOUT
+/// overrides, in seconds).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the guest has to power off after reporting the exit status.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct Prepared {
+    pub vm: crate::vm_process::Plan,
+    pub spec: RunSpec,
+    pub cache: rootfs_cache::Entry,
+}
+
+/// Everything one start needs; `vsock_path` is where the agent's
+/// connections arrive.
+pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepared> {
+    let kernel = crate::assets::kernel().map_err(Error::host)?;
+    let initrd = crate::assets::initrd().map_err(Error::host)?;
+    let image = reopen_image(state, c)?;
+    timing::mark("image-opened");
+    let scratch_path = c.scratch_path();
+    if !scratch_path.exists() {
+        scratch::create(state, &scratch_path).map_err(Error::host)?;
+    }
+    let digests: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
+    let cache = rootfs_cache::lookup(state, &rootfs_cache::key(&digests), &c.config.id)
+        .map_err(Error::host)?;
+    if matches!(cache, rootfs_cache::Entry::Miss(_)) {
+        // Layers are read only when unpacking; check them first.
+        for l in &image.layers {
+            l.verify()
+                .map_err(|e| Error::image(format!("image {}: {e}", c.config.image)))?;
+        }
+    }
+    let mut disks = vec![BlockConfig {
+        path: scratch_path,
+        read_only: false,
+        id: "scratch".into(),
+        window: None,
+        seal: None,
+    }];
+    let rootfs = image_disks(&image, &cache, &mut disks);
+    timing::mark(if matches!(cache, rootfs_cache::Entry::Hit(_)) {
+        "disks-ready-cached"
+    } else {
+        "disks-ready"
+    });
+    let spec = RunSpec {
+        rootfs,
+        scratch_disk: "scratch".into(),
+        process: c.config.process.clone(),
+        hostname: c.config.hostname.clone(),
+        read_only: c.config.read_only,
+        max_layer_bytes: max_layer_bytes().map_err(Error::invalid)?,
+        max_layer_entries: MAX_LAYER_ENTRIES,
+    };
+    let seal = match &cache {
+        rootfs_cache::Entry::Miss(p) => Some(p.flag.clone()),
+        rootfs_cache::Entry::Hit(_) => None,
+    };
+    let exit = Arc::new(ExitSignal::new().map_err(|e| Error::host(format!("eventfd: {e}")))?);
+    let config = vm_config(c, kernel, initrd, disks, vsock_path, exit);
+    vmm::vm::validate(&config)?;
+    Ok(Prepared {
+        vm: crate::vm_process::Plan { config, seal },
+        spec,
+        cache,
+    })
+}
+
+/// The image the container was created from, by its manifest digest: from
+/// the store, or from its file again (which must not have changed).
+fn reopen_image(state: &Path, c: &Container) -> Result<vm_image::Image> {
+    let want = &c.config.image_digest;
+    let image = if c.config.image_is_file {
+        vm_image::open(&c.config.image)
+            .map_err(|e| Error::image(format!("image {}: {e}", c.config.image)))?
+    } else {
+        let store =
+            vm_image::store::Store::open(state).map_err(|e| Error::host(e.to_string()))?;
+        let entries = store.list().map_err(|e| Error::image(e.to_string()))?;
+        let entry = entries
+            .iter()
+            .find(|e| &e.manifest.to_string() == want)
+            .ok_or_else(|| {
+                Error::image(format!(
+                    "the container's image {} ({want}) is no longer in the store; pull or load it again",
+                    c.config.image
+                ))
+            })?;
+        store
+            .entry_image(entry)
+            .map_err(|e| Error::image(format!("image {}: {e}", c.config.image)))?
+    };
+    if &image.manifest_digest.to_string() != want {
+        return Err(Error::image(format!(
+            "image {} changed since the container was created (now {}, was {want})",
+            c.config.image, image.manifest_digest
+        )));
+    }
+    Ok(image)
+}
+
+/// The microVM: our kernel and agent, the disks, vsock to the agent; the
+/// kernel's console only with --debug.
+fn vm_config(
+    c: &Container,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    disks: Vec<BlockConfig>,
+    vsock_path: PathBuf,
+    exit: Arc<ExitSignal>,
+) -> VmConfig {
+    let console: Box<dyn std::io::Write + Send> = if c.config.debug {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::sink())
+    };
+    let quiet = if c.config.debug { "" } else { " quiet" };
+    VmConfig {
+        kernel,
+        initrd: Some(initrd),
+        cmdline: format!(
+            "console=ttyS0{quiet} {}={}",
+            agent_protocol::CMDLINE_PARAM,
+            agent_protocol::port::CONTROL
+        ),
+        cpus: c.config.cpus,
+        memory_mib: c.config.memory_mib,
+        on_boot: (c.config.debug || timing::enabled()).then(|| {
+            Box::new(|d: Duration| {
+                eprintln!(
+                    "vm: guest userspace started after {:.1} ms",
+                    d.as_secs_f64() * 1e3
+                );
+            }) as Box<dyn Fn(Duration) + Send>
+        }),
+        disks,
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: vsock_path,
+        }),
+        console,
+        console_input: false,
+        exit,
+    }
+}
+
+/// The disks that carry the image: its cached root file system, or an
+/// empty one to unpack onto plus one read-only disk per layer blob.
+fn image_disks(
+    image: &vm_image::Image,
+    cache: &rootfs_cache::Entry,
+    disks: &mut Vec<BlockConfig>,
+) -> Rootfs {
+    const DISK: &str = "image";
+    let (path, read_only, seal) = match cache {
+        rootfs_cache::Entry::Hit(path) => (path.clone(), true, None),
+        rootfs_cache::Entry::Miss(p) => (p.tmp.clone(), false, Some(p.flag.clone())),
+    };
+    disks.push(BlockConfig {
+        path,
+        read_only,
+        id: DISK.into(),
+        window: None,
+        seal,
+    });
+    if read_only {
+        return Rootfs::Cached { disk: DISK.into() };
+    }
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (i, l) in image.layers.iter().enumerate() {
+        let serial = format!("layer{i}");
+        disks.push(BlockConfig {
+            path: l.source.path.clone(),
+            read_only: true,
+            id: serial.clone(),
+            window: Some((l.source.offset, l.source.size)),
+            seal: None,
+        });
+        layers.push(Layer {
+            disk: serial,
+            size: l.source.size,
+            compression: l.compression,
+            digest: l.digest.to_string(),
+        });
+    }
+    Rootfs::Unpack {
+        disk: DISK.into(),
+        layers,
+    }
+}
+
+pub fn agent_timeout() -> Duration {
+    std::env::var("VM_AGENT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(AGENT_TIMEOUT, Duration::from_secs)
+}
+
+fn max_layer_bytes() -> std::result::Result<u64, String> {
+    match std::env::var("VM_MAX_LAYER_SIZE") {
+        Ok(v) => spec::parse_memory(&v)
+            .map(|mib| mib << 20)
+            .map_err(|e| format!("VM_MAX_LAYER_SIZE: {e}")),
+        Err(_) => Ok(MAX_LAYER_BYTES),
+    }
+}
+

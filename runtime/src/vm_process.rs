@@ -1,0 +1,305 @@
+//! The VMM child: the one process of a container that opens `/dev/kvm`
+//! and runs guest-facing code. Its monitor forks it for each start of the
+//! container; it dies with its monitor (`PR_SET_PDEATHSIG`), keeps no
+//! descriptor of the monitor's but its channel, and talks to the monitor
+//! in lines over that channel: `seal` (answered `sealed`) makes the image
+//! disk refuse writes, `stop` ends the VM; at the end it sends
+//! `end <JSON>` with how the VM ended and exits.
+//!
+//! Stopping does not depend on it: the monitor kills it with SIGKILL when
+//! it does not end in time. Pausing is SIGSTOP/SIGCONT of the whole
+//! process, so the vCPUs really stop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
+use nix::unistd::{ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+use vmm::{ExitReason, ExitSignal, VmConfig};
+
+use crate::error::{Error, Result};
+
+/// The descriptor of the channel in the child.
+const CHANNEL_FD: RawFd = 3;
+
+/// How the VM ended, as the child reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct End {
+    /// Why the guest failed (panic, triple fault, KVM error), if it did.
+    pub guest_failure: Option<String>,
+    /// Why the VMM could not run the VM at all, if so.
+    pub error: Option<String>,
+    /// The guest console's last lines.
+    pub console: Vec<String>,
+}
+
+/// What the child needs to build its VM: made before the fork.
+pub struct Plan {
+    pub config: VmConfig,
+    /// The flag the image disk checks before each write, when it is to be
+    /// sealed.
+    pub seal: Option<Arc<AtomicBool>>,
+}
+
+pub struct VmProcess {
+    pid: Pid,
+    writer: Arc<Mutex<UnixStream>>,
+    reader: BufReader<UnixStream>,
+    end: Option<End>,
+}
+
+/// A handle other threads use to stop, kill, pause or resume the VM.
+#[derive(Clone)]
+pub struct Handle {
+    pid: Pid,
+    writer: Arc<Mutex<UnixStream>>,
+}
+
+impl Handle {
+    /// Asks the VMM to stop the VM now (it reports how it ended).
+    pub fn stop(&self) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = w.write_all(b"stop\n");
+        drop(w);
+        let _ = kill(self.pid, Signal::SIGCONT);
+    }
+
+    /// Ends the VMM at once, whatever the guest is doing.
+    pub fn kill(&self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+    }
+
+    pub fn pause(&self) -> Result<()> {
+        kill(self.pid, Signal::SIGSTOP).map_err(|e| Error::host(format!("pausing the VM: {e}")))
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        kill(self.pid, Signal::SIGCONT).map_err(|e| Error::host(format!("resuming the VM: {e}")))
+    }
+}
+
+/// Forks the VMM child and starts `plan` in it. Call from the thread that
+/// will reap it.
+pub fn spawn(plan: Plan) -> Result<VmProcess> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| Error::host(format!("socketpair: {e}")))?;
+    let monitor = nix::unistd::getpid();
+    // SAFETY: the child only runs the VMM and exits with `_exit`; it
+    // shares no lock with the monitor's other threads: they never hold
+    // the environment's or stderr's lock (they do not log), and the
+    // allocator is fork-safe.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop(ours);
+            child(plan, theirs, monitor)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(theirs);
+            drop(plan);
+            let reader = ours
+                .try_clone()
+                .map_err(|e| Error::host(format!("socket: {e}")))?;
+            Ok(VmProcess {
+                pid: child,
+                writer: Arc::new(Mutex::new(ours)),
+                reader: BufReader::new(reader),
+                end: None,
+            })
+        }
+        Err(e) => Err(Error::host(format!("starting the VMM process: {e}"))),
+    }
+}
+
+fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid() != monitor {
+        // SAFETY: _exit ends the process without running anything else.
+        unsafe { libc::_exit(1) };
+    }
+    // Keep stdio and the channel (as descriptor 3); close everything else
+    // the monitor had open (its sockets, its lock, clients).
+    let fd = channel.into_raw_fd();
+    // SAFETY: dup2 and close_range on descriptor numbers; nothing else in
+    // this process uses the ones closed (the fork left one thread).
+    unsafe {
+        if fd != CHANNEL_FD {
+            libc::dup2(fd, CHANNEL_FD);
+        }
+        libc::syscall(libc::SYS_close_range, CHANNEL_FD + 1, u32::MAX, 0);
+    }
+    // SAFETY: descriptor 3 is the channel, ours from here on.
+    let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
+    let end = run_vm(plan, &channel);
+    let mut line = b"end ".to_vec();
+    line.extend(serde_json::to_vec(&end).unwrap_or_default());
+    line.push(b'\n');
+    let mut w = &channel;
+    let _ = w.write_all(&line);
+    // SAFETY: _exit skips destructors and atexit handlers the monitor's
+    // copy of the program registered.
+    unsafe { libc::_exit(0) }
+}
+
+fn run_vm(mut plan: Plan, channel: &UnixStream) -> End {
+    let exit = match ExitSignal::new() {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            return End {
+                error: Some(format!("eventfd: {e}")),
+                ..End::default()
+            }
+        }
+    };
+    plan.config.exit = exit.clone();
+    if let Ok(reader) = channel.try_clone() {
+        let writer = channel.try_clone().ok();
+        let seal = plan.seal.clone();
+        let exit = exit.clone();
+        let commands = move || serve(reader, writer, seal, &exit);
+        if std::thread::Builder::new()
+            .name("commands".into())
+            .spawn(commands)
+            .is_err()
+        {
+            return End {
+                error: Some("cannot start the VMM's command thread".into()),
+                ..End::default()
+            };
+        }
+    }
+    match vmm::vm::run(plan.config) {
+        Ok(outcome) => End {
+            guest_failure: guest_failure(&outcome.reason),
+            error: None,
+            console: outcome.console_tail,
+        },
+        Err(e) => End {
+            error: Some(e.to_string()),
+            ..End::default()
+        },
+    }
+}
+
+/// The monitor's commands; its end of file stops the VM.
+fn serve(
+    reader: UnixStream,
+    mut writer: Option<UnixStream>,
+    seal: Option<Arc<AtomicBool>>,
+    exit: &ExitSignal,
+) {
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        match line.as_str() {
+            "seal" => {
+                if let Some(s) = &seal {
+                    s.store(true, Ordering::Release);
+                }
+                if let Some(w) = &mut writer {
+                    let _ = w.write_all(b"sealed\n");
+                }
+            }
+            "stop" => exit.set(ExitReason::Stopped),
+            _ => {}
+        }
+    }
+    exit.set(ExitReason::Stopped);
+}
+
+fn guest_failure(reason: &ExitReason) -> Option<String> {
+    match reason {
+        ExitReason::Panic(p) => Some(format!("the guest kernel panicked: {p}")),
+        ExitReason::TripleFault { cpu, .. } => {
+            Some(format!("the guest triple-faulted on vCPU {cpu}"))
+        }
+        ExitReason::InternalError { cpu, detail } => {
+            let mut m = format!("KVM could not run the guest on vCPU {cpu}: {detail}");
+            if vmm::host::is_pvm() {
+                m.push_str(&format!("; {}", vmm::host::Error::Pvm));
+            }
+            Some(m)
+        }
+        ExitReason::VmmError(m) => Some(m.clone()),
+        ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => None,
+    }
+}
+
+impl VmProcess {
+    pub fn handle(&self) -> Handle {
+        Handle {
+            pid: self.pid,
+            writer: self.writer.clone(),
+        }
+    }
+
+    /// Whether the VMM process has ended (without reaping it).
+    pub fn ended(&self) -> bool {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(self.pid), flags) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => false,
+            Ok(_) => true,
+            Err(_) => true,
+        }
+    }
+
+    /// Makes the image disk refuse writes; returns once the VMM has.
+    pub fn seal(&mut self) -> std::result::Result<(), String> {
+        {
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.write_all(b"seal\n")
+                .map_err(|e| format!("asking the VMM to seal the image disk: {e}"))?;
+        }
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return Err("the VMM ended while sealing the image disk".into()),
+                Ok(_) if line.trim_end() == "sealed" => return Ok(()),
+                Ok(_) => self.take_end(&line),
+            }
+        }
+    }
+
+    fn take_end(&mut self, line: &str) {
+        if let Some(json) = line.trim_end().strip_prefix("end ") {
+            self.end = serde_json::from_str(json).ok();
+        }
+    }
+
+    /// Waits up to `grace` for the VM to end by itself, then stops it,
+    /// then kills it; reaps the process and returns how the VM ended.
+    pub fn finish(mut self, grace: Duration) -> End {
+        let deadline = Instant::now() + grace;
+        while !self.ended() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.ended() {
+            self.handle().stop();
+        }
+        // Its report, or its end of file; a VMM that does neither in time
+        // is killed.
+        let _ = self
+            .reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(3)));
+        while self.end.is_none() {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => self.take_end(&line),
+            }
+        }
+        if self.end.is_none() && !self.ended() {
+            self.handle().kill();
+        }
+        let _ = waitpid(self.pid, None);
+        self.end.take().unwrap_or_else(|| End {
+            error: Some("the VMM process ended without saying how the VM ended".into()),
+            ..End::default()
+        })
+    }
+}
