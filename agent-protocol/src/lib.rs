@@ -11,7 +11,10 @@
 //! connections it was asked for, unpacks the image, starts the process,
 //! -> `Started`; host -> `Signal`/`Resize` at any time; agent -> `Exited`
 //! (after the process's stdout and stderr reached end of file) or
-//! `Failed`; then the agent syncs and powers the VM off.
+//! `Failed`; then the agent syncs and powers the VM off. While the
+//! process runs, the host may send `Exec` (another process, with its own
+//! stdio ports); the agent answers `ExecStarted`, then `ExecExited` or
+//! `ExecFailed`.
 
 mod frame;
 mod spec;
@@ -20,7 +23,7 @@ pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use spec::*;
 
 /// Bumped on any change that an older peer would misread.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// vsock ports on the host (CID 2) that the agent connects to.
 pub mod port {
@@ -28,6 +31,8 @@ pub mod port {
     pub const STDIN: u32 = 1025;
     pub const STDOUT: u32 = 1026;
     pub const STDERR: u32 = 1027;
+    /// Exec `id` uses the three ports from `EXEC_BASE + 3 * id` on.
+    pub const EXEC_BASE: u32 = 2048;
 }
 
 /// The kernel command-line parameter that tells the agent to connect to

@@ -16,6 +16,12 @@ pub enum HostMessage {
     },
     /// The host has made the sealed image disk read-only; go on.
     Continue,
+    /// Start another process in the running container.
+    Exec(Box<ExecSpec>),
+    /// Deliver a signal to an exec'd process.
+    ExecSignal { id: u32, signal: i32 },
+    /// An exec'd process's terminal has a new size.
+    ExecResize { id: u32, rows: u16, cols: u16 },
 }
 
 /// Agent to host.
@@ -42,6 +48,33 @@ pub enum AgentMessage {
         code: i32,
         message: String,
     },
+    /// An exec'd process runs.
+    ExecStarted { id: u32 },
+    /// An exec'd process ended (after its output reached end of file);
+    /// `code` as for `Exited` (126/127 when it could not be run).
+    ExecExited { id: u32, code: i32 },
+    /// An exec'd process could not be started at all.
+    ExecFailed { id: u32, code: i32, message: String },
+}
+
+/// Another process in the running container (`vm exec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Chosen by the host, unique for the container's run.
+    pub id: u32,
+    /// Its env is complete (the container's plus the exec's own); `user`
+    /// and `cwd` are resolved inside the container as for the container.
+    pub process: Process,
+    /// Host ports the agent connects to for the process's stdio (stdout
+    /// always, stderr without a terminal, stdin when `process.stdin`).
+    pub ports: StreamPorts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPorts {
+    pub stdin: u32,
+    pub stdout: u32,
+    pub stderr: u32,
 }
 
 /// Everything the agent needs to run one container.

@@ -379,3 +379,91 @@ pub fn dir_usage(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[derive(clap::Args)]
+#[command(disable_help_flag = true)]
+pub struct ExecArgs {
+    /// Keep stdin open and pass it to the process.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the process a pseudo-terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Start the process and return at once.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// User to run as: name, uid, name:group or uid:gid.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Set an environment variable (NAME=VALUE, or NAME to pass the host's).
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    container: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+/// `vm exec`: another process in a running container, with its own
+/// stdio, terminal, signals and exit status.
+pub fn exec(args: ExecArgs, root: Option<PathBuf>) -> ExitCode {
+    let state = match state(root) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let c = match container::find(&state, &args.container) {
+        Ok(c) => c,
+        Err(e) => return crate::runtime_error(&e),
+    };
+    if !matches!(c.state().status, container::Status::Running) {
+        return crate::fail(&format!("container {} is not running", c.config.id));
+    }
+    let mut lines = Vec::new();
+    for f in &args.env_file {
+        match runtime::spec::read_env_file(f) {
+            Ok(l) => lines.extend(l),
+            Err(e) => return crate::fail(&e),
+        }
+    }
+    // `NAME` alone takes our value, here, not in the monitor.
+    let env = match runtime::spec::environment(&[], &lines, &args.env, |k| std::env::var(k).ok()) {
+        Ok(env) => env,
+        Err(e) => return crate::fail(&e),
+    };
+    let (rows, cols) = if args.tty {
+        crate::tty::size().unwrap_or((24, 80))
+    } else {
+        (0, 0)
+    };
+    let opts = monitor::ExecOptions {
+        args: args.command,
+        env,
+        user: args.user,
+        workdir: args.workdir,
+        tty: args.tty,
+        stdin: args.interactive && !args.detach,
+        rows,
+        cols,
+    };
+    let conn = match client::exec(&state, &c, opts) {
+        Ok(conn) => conn,
+        Err(e) => return crate::runtime_error(&e),
+    };
+    if args.detach {
+        return match client::wait_started(conn) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => crate::runtime_error(&e),
+        };
+    }
+    let raw = args.tty && args.interactive && crate::tty::is_terminal();
+    crate::run::attach_foreground(conn, &c, args.interactive, raw, false)
+}

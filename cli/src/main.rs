@@ -63,6 +63,8 @@ enum Command {
     Unpause(containers::NamesArgs),
     /// Attach to a running container's output (and stdin).
     Attach(containers::AttachArgs),
+    /// Run another command in a running container.
+    Exec(containers::ExecArgs),
     /// List containers.
     Ps(ps::PsArgs),
     /// A container's output.
@@ -126,6 +128,7 @@ enum ContainerCommand {
     Pause(containers::NamesArgs),
     Unpause(containers::NamesArgs),
     Attach(containers::AttachArgs),
+    Exec(containers::ExecArgs),
     Logs(logs::LogsArgs),
     Inspect(ps::InspectArgs),
     /// Remove all stopped containers.
@@ -232,6 +235,7 @@ fn main() -> ExitCode {
         Command::Pause(args) => containers::pause(args, cli.root),
         Command::Unpause(args) => containers::unpause(args, cli.root),
         Command::Attach(args) => containers::attach(args, cli.root),
+        Command::Exec(args) => containers::exec(args, cli.root),
         Command::Ps(args) => ps::ps(args, cli.root),
         Command::Logs(args) => logs::logs(args, cli.root),
         Command::Inspect(args) => ps::inspect(args, cli.root),
@@ -267,6 +271,7 @@ fn container_command(c: ContainerCommand, root: Option<PathBuf>) -> ExitCode {
         ContainerCommand::Pause(args) => containers::pause(args, root),
         ContainerCommand::Unpause(args) => containers::unpause(args, root),
         ContainerCommand::Attach(args) => containers::attach(args, root),
+        ContainerCommand::Exec(args) => containers::exec(args, root),
         ContainerCommand::Logs(args) => logs::logs(args, root),
         ContainerCommand::Inspect(args) => ps::inspect(args, root),
         ContainerCommand::Prune(args) => containers::prune(args, root),
@@ -303,7 +308,7 @@ fn boot(args: BootArgs) -> ExitCode {
     let outcome = match vmm::vm::run(cfg) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("vm: error: {e}");
+            eprintln!("vm: error: {}", in_flag_terms(&e));
             return ExitCode::from(EXIT_VM_FAILED);
         }
     };
@@ -331,6 +336,21 @@ fn boot(args: BootArgs) -> ExitCode {
             ExitCode::from(EXIT_VM_FAILED)
         }
         ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => ExitCode::SUCCESS,
+    }
+}
+
+/// A VM that cannot be built, said in terms of `vm boot`'s flags.
+fn in_flag_terms(e: &vmm::Error) -> String {
+    match e {
+        vmm::Error::Cpus { got, max } => format!("--cpus must be between 1 and {max}, got {got}"),
+        vmm::Error::MemoryTooSmall(m) => format!(
+            "--memory must be at least {} MiB, got {m} MiB",
+            vmm::vm::MIN_MEMORY_MIB
+        ),
+        vmm::Error::MemoryTooLarge(m) => {
+            format!("--memory {m} MiB is more than this host can address")
+        }
+        e => e.to_string(),
     }
 }
 

@@ -1,33 +1,37 @@
 //! The container's init: the agent binary started again as
 //! `/init --container-init` in new PID, mount, UTS and IPC namespaces
 //! (PID 1 there). It builds the container's view of the world (root,
-//! /proc, /sys, /dev, /etc files, hostname), then forks the user's process
-//! (PID 2) with its uid, gids, env and cwd, forwards signals to it, reaps
-//! every zombie in the namespace, and exits with the process's status
-//! (128+N when it was killed by signal N). Its stdio are the container's.
+//! /proc, /sys, /dev, /etc files, hostname), then becomes the user's
+//! process (execve with its uid, gids, env and cwd), so the container's
+//! process is PID 1 of its namespace, as under Docker: the agent outside
+//! reaps it and relays signals to it. Its stdio are the container's.
+//!
+//! `vm exec` starts the binary as `/init --container-exec`: it enters the
+//! namespaces and root of the running container, forks the process (in
+//! the container's PID namespace), relays signals to it and exits with
+//! its status.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use agent_protocol::Process;
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::{fork, ForkResult, Pid};
 
+pub use crate::init_spec::{ExecInit, InitSpec};
+use crate::process::{self, ChildExec};
 use crate::rootfs;
-pub use crate::init_spec::InitSpec;
 use crate::users;
 
 pub const INIT_ARG: &str = "--container-init";
+pub const EXEC_ARG: &str = "--container-exec";
 /// The descriptor on which the init reads its [`InitSpec`].
 const SPEC_FD: RawFd = 3;
 /// With a terminal: the socket on which the init sends the pty's master.
 const PTY_SOCK_FD: RawFd = 4;
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A failure with the exit status Docker gives it.
 pub struct Fail {
@@ -49,10 +53,34 @@ impl Fail {
 /// pty's master as descriptor 4); returns its pid in the agent's namespace.
 pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3], pty_sock: Option<RawFd>) -> Result<Pid, Fail> {
     let json = serde_json::to_vec(spec).map_err(|e| Fail::setup(e.to_string()))?;
+    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    start_self(INIT_ARG, flags, &json, stdio, pty_sock)
+}
+
+/// Starts `/init --container-exec` for another process in the container
+/// (it joins the container's namespaces itself).
+pub fn spawn_exec(
+    spec: &ExecInit,
+    stdio: [RawFd; 3],
+    pty_sock: Option<RawFd>,
+) -> Result<Pid, Fail> {
+    let json = serde_json::to_vec(spec).map_err(|e| Fail::setup(e.to_string()))?;
+    start_self(EXEC_ARG, 0, &json, stdio, pty_sock)
+}
+
+/// Clones this process with `flags` and runs `/init MODE` in the child
+/// with `json` to read on descriptor 3, the given stdio and pty socket.
+fn start_self(
+    mode: &str,
+    flags: libc::c_int,
+    json: &[u8],
+    stdio: [RawFd; 3],
+    pty_sock: Option<RawFd>,
+) -> Result<Pid, Fail> {
     let (spec_r, spec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Fail::setup(format!("pipe: {e}")))?;
     let path = CString::new("/init").map_err(|e| Fail::setup(e.to_string()))?;
-    let arg = CString::new(INIT_ARG).map_err(|e| Fail::setup(e.to_string()))?;
+    let arg = CString::new(mode).map_err(|e| Fail::setup(e.to_string()))?;
     let argv = [path.as_ptr(), arg.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
     // (source, target) pairs for the child's descriptor table.
@@ -72,7 +100,6 @@ pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3], pty_sock: Option<RawFd>) -> Res
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `all` is a valid sigset_t.
     unsafe { libc::sigfillset(&mut all) };
-    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     // SAFETY: clone without CLONE_VM and without a new stack behaves like
     // fork(2). In the child only async-signal-safe calls follow (fcntl,
     // dup2, sigprocmask, execve, _exit) on data prepared before the call.
@@ -116,7 +143,7 @@ pub fn spawn(spec: &InitSpec, stdio: [RawFd; 3], pty_sock: Option<RawFd>) -> Res
     }
     drop(spec_r);
     let mut w = File::from(spec_w);
-    w.write_all(&json)
+    w.write_all(json)
         .map_err(|e| Fail::setup(format!("passing the spec to the container's init: {e}")))?;
     Ok(Pid::from_raw(pid as i32))
 }
@@ -134,6 +161,9 @@ pub fn init_main() -> ! {
 }
 
 fn init() -> Result<i32, Fail> {
+    // Signals stay blocked (as the agent started us) until the process's
+    // own mask is set right before its execve: one the host forwards
+    // early waits for it.
     // SAFETY: descriptor 3 was set up by `spawn` for us alone.
     let mut spec_file = unsafe { File::from_raw_fd(SPEC_FD) };
     let mut json = Vec::new();
@@ -155,18 +185,18 @@ fn init() -> Result<i32, Fail> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
     let user = users::resolve(&spec.process.user, &passwd, &group).map_err(Fail::setup)?;
-    let env = environment(&spec.process.env, &spec.hostname, &user.home);
+    let env = process::environment(&spec.process.env, &spec.hostname, &user.home);
     let path_var = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(DEFAULT_PATH)
+        .unwrap_or(process::DEFAULT_PATH)
         .to_string();
     let program = spec
         .process
         .args
         .first()
         .ok_or_else(|| Fail::setup("no command to run"))?;
-    let exe = lookup(program, &path_var)?;
+    let exe = process::lookup(program, &path_var)?;
     let cwd = if spec.process.cwd.is_empty() {
         "/"
     } else {
@@ -180,49 +210,113 @@ fn init() -> Result<i32, Fail> {
         })?;
     }
 
-    let cstr =
-        |s: &str| CString::new(s).map_err(|_| Fail::setup(format!("{s:?} contains a NUL byte")));
-    let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| Fail::setup("bad path"))?;
-    let args_c = spec
-        .process
-        .args
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let env_c = env.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
-    let cwd_c = cstr(cwd)?;
+    let child = ChildExec::new(&exe, &spec.process.args, &env, cwd, &user, spec.process.terminal)?;
+    // Becomes the process: it is PID 1 of the container.
+    match child.exec(program)? {}
+}
+
+/// Entry point of `/init --container-exec`.
+pub fn exec_main() -> ! {
+    let code = match exec() {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("vm: {}", f.msg);
+            f.code
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Joins the container of the process `spec.target` (its IPC, UTS, PID
+/// and mount namespaces and its root), then forks the process there and
+/// relays signals to it until it exits.
+fn exec() -> Result<i32, Fail> {
+    // SAFETY: descriptor 3 was set up by `spawn_exec` for us alone.
+    let mut spec_file = unsafe { File::from_raw_fd(SPEC_FD) };
+    let mut json = Vec::new();
+    spec_file
+        .read_to_end(&mut json)
+        .map_err(|e| Fail::setup(format!("reading the spec: {e}")))?;
+    drop(spec_file);
+    let spec: ExecInit =
+        serde_json::from_slice(&json).map_err(|e| Fail::setup(format!("bad spec: {e}")))?;
+    let proc_dir = format!("/proc/{}", spec.target);
+    let open = |p: String| {
+        File::open(&p).map_err(|e| Fail::setup(format!("the container is gone ({p}: {e})")))
+    };
+    let root = open(format!("{proc_dir}/root"))?;
+    let namespaces = [
+        ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC),
+        ("uts", nix::sched::CloneFlags::CLONE_NEWUTS),
+        ("pid", nix::sched::CloneFlags::CLONE_NEWPID),
+        ("mnt", nix::sched::CloneFlags::CLONE_NEWNS),
+    ];
+    let mut ns_files = Vec::new();
+    for (name, flag) in namespaces {
+        ns_files.push((open(format!("{proc_dir}/ns/{name}"))?, flag));
+    }
+    for (f, flag) in &ns_files {
+        nix::sched::setns(f, *flag).map_err(|e| Fail::setup(format!("setns: {e}")))?;
+    }
+    nix::unistd::fchdir(&root).map_err(|e| Fail::setup(format!("fchdir: {e}")))?;
+    nix::unistd::chroot(".").map_err(|e| Fail::setup(format!("chroot: {e}")))?;
+    nix::unistd::chdir("/").map_err(|e| Fail::setup(format!("chdir: {e}")))?;
+    drop((root, ns_files));
 
     let all = SigSet::all();
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None)
         .map_err(|e| Fail::setup(format!("sigprocmask: {e}")))?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Fail::setup(format!("pipe: {e}")))?;
-    let child = ChildExec {
-        exe: &exe_c,
-        args: &args_c,
-        env: &env_c,
-        cwd: &cwd_c,
-        user: &user,
-        terminal: spec.process.terminal,
-    };
     // SAFETY: this process is single-threaded (a fresh exec), so the child
     // may run ordinary code before its execve.
     match unsafe { fork() }.map_err(|e| Fail::setup(format!("fork: {e}")))? {
         ForkResult::Child => {
-            drop(err_r);
-            child.exec(err_w)
+            let r = exec_child(&spec);
+            let f = r.err().unwrap_or_else(|| Fail::setup("exec returned"));
+            eprintln!("vm: {}", f.msg);
+            std::process::exit(f.code)
         }
         ForkResult::Parent { child } => {
-            drop(err_w);
-            if let Some(f) = exec_failure(err_r, program) {
-                // The process never ran; reap it and report why.
-                let _ = waitpid(child, None);
-                return Err(f);
-            }
-            detach_stdio();
-            Ok(supervise(child, &all))
+            process::detach_stdio();
+            Ok(process::supervise(child, &all))
         }
     }
+}
+
+/// In the container's PID namespace: the terminal, the capabilities, the
+/// user, then the process itself.
+fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
+    let p = &spec.process;
+    if p.terminal {
+        attach_terminal(p)?;
+    }
+    drop_capabilities()?;
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let user = users::resolve(&p.user, &passwd, &group).map_err(Fail::setup)?;
+    let env = process::environment(&p.env, &hostname, &user.home);
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(process::DEFAULT_PATH)
+        .to_string();
+    let program = p
+        .args
+        .first()
+        .ok_or_else(|| Fail::setup("no command to run"))?;
+    let exe = process::lookup(program, &path_var)?;
+    let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
+    if !Path::new(cwd).is_dir() {
+        return Err(Fail {
+            code: 126,
+            msg: format!("the working directory {cwd} does not exist"),
+        });
+    }
+    let child = ChildExec::new(&exe, &p.args, &env, cwd, &user, p.terminal)?;
+    child.exec(program)
 }
 
 /// Opens the container's pty (from its own devpts), makes the slave our
@@ -284,213 +378,4 @@ fn drop_capabilities() -> Result<(), Fail> {
         }
     }
     Ok(())
-}
-
-/// The image's env with what Docker adds: PATH, HOSTNAME, HOME.
-fn environment(env: &[String], hostname: &str, home: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(env.len() + 3);
-    let has = |out: &[String], k: &str| out.iter().any(|e| e.split('=').next() == Some(k));
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        out.push(format!("PATH={DEFAULT_PATH}"));
-    }
-    out.push(format!("HOSTNAME={hostname}"));
-    for e in env {
-        let k = e.split('=').next().unwrap_or_default();
-        out.retain(|o| o.split('=').next() != Some(k));
-        out.push(e.clone());
-    }
-    if !has(&out, "HOME") {
-        out.push(format!("HOME={home}"));
-    }
-    out
-}
-
-/// Finds the program as execvp(3) would, in the container's PATH.
-fn lookup(program: &str, path: &str) -> Result<std::path::PathBuf, Fail> {
-    if program.contains('/') {
-        return Ok(program.into());
-    }
-    for dir in path.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let candidate = Path::new(dir).join(program);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
-            use std::os::unix::fs::PermissionsExt;
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate);
-            }
-        }
-    }
-    Err(Fail {
-        code: 127,
-        msg: format!("exec: {program:?}: executable file not found in $PATH"),
-    })
-}
-
-struct ChildExec<'a> {
-    exe: &'a CString,
-    args: &'a [CString],
-    env: &'a [CString],
-    cwd: &'a CString,
-    user: &'a users::User,
-    terminal: bool,
-}
-
-/// Which step of starting the process failed, sent with its errno.
-const STEP_EXEC: u8 = 0;
-const STEP_CHDIR: u8 = 1;
-const STEP_CREDS: u8 = 2;
-
-impl ChildExec<'_> {
-    fn exec(&self, err_w: OwnedFd) -> ! {
-        let fail = |step: u8, e: nix::errno::Errno| -> ! {
-            let mut msg = [0u8; 5];
-            msg[0] = step;
-            msg[1..].copy_from_slice(&(e as i32).to_ne_bytes());
-            let _ = nix::unistd::write(&err_w, &msg);
-            std::process::exit(127);
-        };
-        let _ = nix::unistd::setsid();
-        if self.terminal {
-            // SAFETY: TIOCSCTTY on our stdin (the pty's slave); no pointers.
-            unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-        }
-        let gids: Vec<nix::unistd::Gid> = self
-            .user
-            .groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        if let Err(e) = nix::unistd::setgroups(&gids) {
-            fail(STEP_CREDS, e);
-        }
-        if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(self.user.gid)) {
-            fail(STEP_CREDS, e);
-        }
-        if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(self.user.uid)) {
-            fail(STEP_CREDS, e);
-        }
-        if let Err(e) = nix::unistd::chdir(self.cwd.as_c_str()) {
-            fail(STEP_CHDIR, e);
-        }
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-        // Rust ignores SIGPIPE; an ignored signal stays ignored across
-        // exec, so put back the defaults, and the mask.
-        for s in Signal::iterator() {
-            if s != Signal::SIGKILL && s != Signal::SIGSTOP {
-                // SAFETY: restoring the default disposition is always sound.
-                let _ =
-                    unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
-            }
-        }
-        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-        let e = nix::unistd::execve(self.exe, self.args, self.env)
-            .err()
-            .unwrap_or(nix::errno::Errno::EINVAL);
-        fail(STEP_EXEC, e)
-    }
-}
-
-fn exec_failure(err_r: OwnedFd, program: &str) -> Option<Fail> {
-    let mut buf = [0u8; 5];
-    let mut f = File::from(err_r);
-    match f.read_exact(&mut buf) {
-        Ok(()) => {}
-        Err(_) => return None,
-    }
-    let errno = nix::errno::Errno::from_raw(i32::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
-    let what = match buf[0] {
-        STEP_CHDIR => "chdir to the working directory",
-        STEP_CREDS => "switching to the user",
-        _ => "exec",
-    };
-    let code = match (buf[0], errno) {
-        (STEP_EXEC, nix::errno::Errno::ENOENT) => 127,
-        _ => 126,
-    };
-    Some(Fail {
-        code,
-        msg: format!("{what} {program:?}: {}", errno.desc().to_lowercase()),
-    })
-}
-
-/// The init keeps no stdio open, so the host sees end of file on the
-/// container's output as soon as its processes are done with it.
-fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors from an open file.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
-}
-
-/// Forwards signals to the process and reaps zombies until it exits.
-fn supervise(child: Pid, all: &SigSet) -> i32 {
-    loop {
-        let sig = match all.wait() {
-            Ok(s) => s,
-            Err(_) => continue,
-        };
-        if sig != Signal::SIGCHLD {
-            let _ = kill(child, sig);
-            continue;
-        }
-        loop {
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => return code,
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => return 128 + sig as i32,
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn environment_follows_docker() {
-        let env = environment(&["A=1".into(), "HOSTNAME=mine".into()], "c1", "/root");
-        assert_eq!(
-            env,
-            vec![
-                format!("PATH={DEFAULT_PATH}"),
-                "A=1".to_string(),
-                "HOSTNAME=mine".to_string(),
-                "HOME=/root".to_string()
-            ]
-        );
-        let env = environment(&["PATH=/x".into(), "HOME=/h".into()], "c1", "/root");
-        assert_eq!(
-            env,
-            vec![
-                "HOSTNAME=c1".to_string(),
-                "PATH=/x".to_string(),
-                "HOME=/h".to_string()
-            ]
-        );
-    }
-
-    #[test]
-    fn lookup_searches_path_and_reports_127() {
-        let dir = std::env::temp_dir().join(format!("vm-agent-lookup-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let exe = dir.join("tool");
-        std::fs::write(&exe, "#!/bin/sh\n").expect("write");
-        let plain = dir.join("plain");
-        std::fs::write(&plain, "").expect("write");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let path = format!("/nonexistent:{}", dir.display());
-        assert_eq!(lookup("tool", &path).ok(), Some(exe));
-        assert_eq!(lookup("plain", &path).err().map(|f| f.code), Some(127));
-        assert_eq!(lookup("/bin/x", &path).ok(), Some("/bin/x".into()));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

@@ -15,3 +15,12 @@ pub struct InitSpec {
     pub read_only: bool,
     pub process: Process,
 }
+
+/// What the agent tells `/init --container-exec`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExecInit {
+    /// The container's process (PID 1 of its namespace), in the agent's
+    /// PID namespace: whose namespaces and root to join.
+    pub target: i32,
+    pub process: Process,
+}

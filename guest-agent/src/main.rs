@@ -6,14 +6,17 @@
 //! reports what the guest sees and powers off (`vm boot`).
 //!
 //! The same binary is also the container's init: the agent starts it
-//! again as `/init --container-init` inside the container's namespaces.
+//! again as `/init --container-init` inside the container's namespaces,
+//! and as `/init --container-exec` for `vm exec`.
 
 mod boot_timer;
 mod container;
 mod disks;
+mod exec;
 mod host_link;
 mod init_spec;
 mod power;
+mod process;
 mod pty;
 mod rootfs;
 mod run;
@@ -24,8 +27,10 @@ mod users;
 use std::io::Write;
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some(container::INIT_ARG) {
-        container::init_main();
+    match std::env::args().nth(1).as_deref() {
+        Some(container::INIT_ARG) => container::init_main(),
+        Some(container::EXEC_ARG) => container::exec_main(),
+        _ => {}
     }
     if let Err(e) = system::mount_basics() {
         // Without /dev there may be no console: try to say it anyway.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use agent_protocol::{
-    port, read_frame, write_frame, AgentMessage, HostMessage, Layer, Rootfs, RunSpec,
+    port, read_frame, write_frame, AgentMessage, HostMessage, Layer, Rootfs, RunSpec, StreamPorts,
 };
 use nix::mount::MsFlags;
 use nix::sys::signal::{kill, Signal};
@@ -47,12 +47,25 @@ fn run(control_port: u32) -> io::Result<()> {
         }
         None => return Err(io::Error::other("the host closed the connection")),
     };
-    let streams = Streams::connect(&spec)?;
+    let p = &spec.process;
+    let streams = Streams::connect(
+        StreamPorts {
+            stdin: port::STDIN,
+            stdout: port::STDOUT,
+            stderr: port::STDERR,
+        },
+        p.terminal,
+        p.stdin,
+    )?;
     // Signals the host sent while we waited for it to seal the image disk
     // are for the process: delivered once it runs.
     let mut early = Vec::new();
     let started = prepare(&spec, &mut || seal_handshake(&mut control, &mut early))
-        .and_then(|init| start(&spec, &init, streams));
+        .and_then(|init| {
+            start(spec.process.terminal, streams, |stdio, pty| {
+                container::spawn(&init, stdio, pty)
+            })
+        });
     let running = match started {
         Ok(r) => r,
         Err(f) => {
@@ -69,8 +82,11 @@ fn run(control_port: u32) -> io::Result<()> {
             let _ = kill(running.init, sig);
         }
     }
-    let code = running.wait(&control);
-    send(&mut control, &AgentMessage::Exited { code })?;
+    let writer = std::sync::Arc::new(std::sync::Mutex::new(control.try_clone()?));
+    let code = running.wait(&control, &writer);
+    let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+    send(&mut w, &AgentMessage::Exited { code })?;
+    drop(w);
     await_hangup(&control);
     Ok(())
 }
@@ -104,24 +120,24 @@ fn send(control: &mut File, msg: &AgentMessage) -> io::Result<()> {
     write_frame(control, msg).map_err(io::Error::other)
 }
 
-/// The host ends of the container's stdio.
-struct Streams {
+/// The host ends of a process's stdio.
+pub struct Streams {
     stdout: File,
     stderr: Option<File>,
     stdin: Option<File>,
 }
 
 impl Streams {
-    fn connect(spec: &RunSpec) -> io::Result<Self> {
+    pub fn connect(ports: StreamPorts, terminal: bool, stdin: bool) -> io::Result<Self> {
         Ok(Self {
-            stdout: host_link::connect_host(port::STDOUT)?,
-            stderr: if spec.process.terminal {
+            stdout: host_link::connect_host(ports.stdout)?,
+            stderr: if terminal {
                 None
             } else {
-                Some(host_link::connect_host(port::STDERR)?)
+                Some(host_link::connect_host(ports.stderr)?)
             },
-            stdin: if spec.process.stdin {
-                Some(host_link::connect_host(port::STDIN)?)
+            stdin: if stdin {
+                Some(host_link::connect_host(ports.stdin)?)
             } else {
                 None
             },
@@ -268,14 +284,21 @@ fn seal_handshake(control: &mut File, early: &mut Vec<i32>) -> Result<(), Fail> 
     }
 }
 
-struct Running {
-    init: Pid,
-    pumps: Vec<JoinHandle<()>>,
+/// A started process: its pid, the threads moving its output, its pty.
+pub struct Running {
+    pub init: Pid,
+    pub pumps: Vec<JoinHandle<()>>,
     /// The pty's master, for resizes.
-    pty: Option<File>,
+    pub pty: Option<File>,
 }
 
-fn start(spec: &RunSpec, init: &InitSpec, streams: Streams) -> Result<Running, Fail> {
+/// Wires a process's stdio to `streams` (pipes, or a pty with
+/// `terminal`) and starts it with `spawn(stdio, pty socket)`.
+pub fn start(
+    terminal: bool,
+    streams: Streams,
+    spawn: impl FnOnce([i32; 3], Option<i32>) -> Result<Pid, Fail>,
+) -> Result<Running, Fail> {
     let io_err = |what: &str, e: nix::errno::Errno| Fail::setup(format!("{what}: {e}"));
     let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
     let mut pumps = Vec::new();
@@ -289,7 +312,7 @@ fn start(spec: &RunSpec, init: &InitSpec, streams: Streams) -> Result<Running, F
     let mut stdout = Some(stdout);
     let mut pty: Option<(OwnedFd, File)> = None;
     let mut pty_sock = None;
-    if spec.process.terminal {
+    if terminal {
         // The init opens the pty in the container's devpts and sends us
         // the master; until then (and for its early errors) its output
         // goes through a pipe to the same stream.
@@ -335,7 +358,7 @@ fn start(spec: &RunSpec, init: &InitSpec, streams: Streams) -> Result<Running, F
             pumps.push(pump("stderr", File::from(err_r), err));
         }
     }
-    let pid = container::spawn(init, stdio, pty_sock)?;
+    let pid = spawn(stdio, pty_sock)?;
     // The child has its copies; ours would keep the streams open.
     drop(keep_for_child);
     let mut master = None;
@@ -403,26 +426,29 @@ fn close_write(to: &File) {
 impl Running {
     /// Forwards the host's signals and resizes until the init exits;
     /// returns the exit status once the output is drained.
-    fn wait(self, control: &File) -> i32 {
+    fn wait(self, control: &File, reports: &crate::exec::Reports) -> i32 {
+        let execs = std::sync::Arc::new(crate::exec::Execs::default());
         if let Ok(reader) = control.try_clone() {
             let init = self.init;
             let pty = self.pty.as_ref().and_then(|p| p.try_clone().ok());
-            std::mem::drop(
-                std::thread::Builder::new()
-                    .name("control".into())
-                    .spawn(move || control_loop(reader, init, pty)),
-            );
+            let (execs, reports) = (execs.clone(), reports.clone());
+            let run = move || control_loop(reader, init, pty, &execs, &reports);
+            if let Err(e) = std::thread::Builder::new().name("control".into()).spawn(run) {
+                eprintln!("vm-agent: cannot start the control thread: {e}");
+            }
         }
         let code = loop {
-            match waitpid(Pid::from_raw(-1), None) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == self.init => break code,
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == self.init => {
-                    break 128 + sig as i32
-                }
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => {}
+            let (pid, code) = match waitpid(Pid::from_raw(-1), None) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break 125,
+            };
+            if pid == self.init {
+                break code;
             }
+            execs.ended(pid, code, reports);
         };
         drop(self.pty);
         for p in self.pumps {
@@ -432,7 +458,13 @@ impl Running {
     }
 }
 
-fn control_loop(mut reader: File, init: Pid, pty: Option<File>) {
+fn control_loop(
+    mut reader: File,
+    init: Pid,
+    pty: Option<File>,
+    execs: &crate::exec::Execs,
+    reports: &crate::exec::Reports,
+) {
     loop {
         match read_frame::<_, HostMessage>(&mut reader) {
             Ok(Some(HostMessage::Signal(n))) => {
@@ -445,6 +477,9 @@ fn control_loop(mut reader: File, init: Pid, pty: Option<File>) {
                     crate::pty::set_size(p.as_raw_fd(), rows, cols);
                 }
             }
+            Ok(Some(HostMessage::Exec(spec))) => execs.start(*spec, init, reports),
+            Ok(Some(HostMessage::ExecSignal { id, signal })) => execs.signal(id, signal),
+            Ok(Some(HostMessage::ExecResize { id, rows, cols })) => execs.resize(id, rows, cols),
             Ok(Some(HostMessage::Run(_) | HostMessage::Continue)) => {}
             Ok(None) | Err(_) => return,
         }

@@ -64,6 +64,12 @@ pub fn attach(state: &Path, c: &Container, stdin: bool) -> Result<UnixStream> {
     monitor::request(state, c, &Request::Attach { stdin }).map(|(_, conn)| conn)
 }
 
+/// Starts another process in the running container `c`; the connection
+/// then carries its frames (as [`attached`] reads them).
+pub fn exec(state: &Path, c: &Container, opts: monitor::ExecOptions) -> Result<UnixStream> {
+    monitor::request(state, c, &Request::Exec(opts)).map(|(_, conn)| conn)
+}
+
 /// Waits for word that a detached start worked.
 pub fn wait_started(mut conn: UnixStream) -> Result<()> {
     loop {

@@ -30,6 +30,9 @@ pub trait Events {
     fn sealed(&mut self) -> Result<(), String>;
     /// The container's process runs.
     fn started(&mut self);
+    /// News of an exec'd process (`ExecStarted`, `ExecExited`,
+    /// `ExecFailed`).
+    fn exec(&mut self, msg: AgentMessage);
 }
 
 /// How the process ended.
@@ -48,15 +51,9 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn bind(vsock_path: &Path) -> io::Result<Self> {
-        let bind = |p: u32| {
-            let mut name = vsock_path.as_os_str().to_owned();
-            name.push(format!("_{p}"));
-            // A socket left by the previous run of the same container.
-            let _ = std::fs::remove_file(&name);
-            let l = UnixListener::bind(&name)?;
-            l.set_nonblocking(true)?;
-            Ok::<_, io::Error>(l)
-        };
+        // (A socket left by the previous run of the same container is
+        // replaced.)
+        let bind = |p: u32| bind_port(vsock_path, p).map(|(l, _)| l);
         Ok(Self {
             control: bind(port::CONTROL)?,
             stdin: bind(port::STDIN)?,
@@ -106,6 +103,28 @@ fn accept(
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(50u16));
     }
+}
+
+/// Listens where the guest's connections to `port` arrive.
+pub fn bind_port(vsock_path: &Path, port: u32) -> io::Result<(UnixListener, std::path::PathBuf)> {
+    let mut name = vsock_path.as_os_str().to_owned();
+    name.push(format!("_{port}"));
+    let path = std::path::PathBuf::from(name);
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path)?;
+    l.set_nonblocking(true)?;
+    Ok((l, path))
+}
+
+/// Waits for the guest to connect to `listener` (until `deadline`, or
+/// until `gone` says nothing will come).
+pub fn accept_until(
+    listener: &UnixListener,
+    what: &'static str,
+    deadline: Instant,
+    gone: &dyn Fn() -> bool,
+) -> Result<UnixStream, Error> {
+    accept(listener, what, deadline, gone)
 }
 
 pub struct Session {
@@ -213,6 +232,11 @@ impl Session {
                     self.drain();
                     return Ok(Ended::Failed(code, message));
                 }
+                Ok(Some(
+                    m @ (AgentMessage::ExecStarted { .. }
+                    | AgentMessage::ExecExited { .. }
+                    | AgentMessage::ExecFailed { .. }),
+                )) => events.exec(m),
                 Ok(Some(AgentMessage::Hello { .. })) => {
                     return Err(Error::Protocol("the agent said hello twice".into()))
                 }

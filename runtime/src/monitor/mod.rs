@@ -18,6 +18,10 @@ use agent_protocol::HostMessage;
 use nix::unistd::ForkResult;
 use serde::{Deserialize, Serialize};
 
+mod exec;
+
+pub use exec::ExecOptions;
+
 use crate::container::{self, Container, Status};
 use crate::error::{Error, Result};
 use crate::frames::{read_frame, write_frame, Failure, Frame};
@@ -43,6 +47,8 @@ pub enum Request {
     Unpause,
     /// Answers when the running process ends, with its status.
     Wait,
+    /// Another process in the container; frames follow the answer.
+    Exec(ExecOptions),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -152,6 +158,9 @@ struct Inner {
     paused: bool,
     /// No more runs: the monitor is finishing.
     done: bool,
+    execs: exec::Execs,
+    /// The current run's vsock path (for exec sockets).
+    vsock: Option<PathBuf>,
 }
 
 struct Shared {
@@ -422,6 +431,11 @@ impl session::Events for Events<'_> {
         self.shared.broadcast(&Frame::Started, |_| true);
         self.shared.lock().clients.retain(|c| !c.until_started);
     }
+
+    fn exec(&mut self, msg: agent_protocol::AgentMessage) {
+        self.shared.lock().execs.news(msg);
+        self.shared.changed.notify_all();
+    }
 }
 
 fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
@@ -469,6 +483,7 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
                 sender.send(&HostMessage::Signal(sig));
             }
             g.agent = Some(sender);
+            g.vsock = Some(exec::vsock_path(&c.run_dir(state)));
             g.stdin = s.take_stdin();
             shared.changed.notify_all();
         }
@@ -486,6 +501,9 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     {
         let mut g = shared.lock();
         g.agent = None;
+        g.vsock = None;
+        g.execs.run_ended();
+        shared.changed.notify_all();
         if let Some(s) = g.stdin.take() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -653,6 +671,7 @@ fn handle(conn: UnixStream, shared: &Arc<Shared>) {
                 return;
             }
         }
+        Ok(Request::Exec(opts)) => return exec::serve(conn, shared, opts),
         Ok(Request::Stop { timeout, signal }) => stop(shared, timeout, signal),
         Ok(Request::Kill { signal }) => kill(shared, signal),
         Ok(Request::Pause) => pause(shared, true),

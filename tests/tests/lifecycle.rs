@@ -1,0 +1,176 @@
+//! Containers that outlive the command: `vm run -d`, ps, logs, stop,
+//! restart policies, inspect, rm, pause, a killed monitor, wait, start,
+//! create; and nothing left behind. The scripts are in tests/scripts/.
+
+use vm_tests::{env, section, work_dir, ScriptOutput};
+
+fn run_script(name: &str) -> ScriptOutput {
+    let e = env();
+    let w = work_dir(name);
+    let script = format!(
+        "W={w} bash {repo}/tests/scripts/{name}.sh",
+        w = w.display(),
+        repo = e.repo.display()
+    );
+    e.run_with_kvm_retrying(&script, |out| out.stdout.contains("rc=124"))
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn detached_containers_and_their_commands() {
+    let out = run_script("lifecycle");
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("== end"), "{out}");
+
+    let s = section(&out.stdout, "run-d");
+    assert_eq!(
+        lines(s),
+        ["rc=0 id-length=64", "ticker running Up", "1"],
+        "run -d prints the full ID and ps shows it up\n{out}"
+    );
+
+    let s = section(&out.stdout, "logs");
+    assert_eq!(
+        lines(s),
+        ["tick 0", "err 0", "2", "1"],
+        "stdout and stderr apart, --tail, -t\n{out}"
+    );
+
+    let s = section(&out.stdout, "logs-follow");
+    assert_eq!(
+        lines(s),
+        [
+            "follow-rc=0",
+            "grew-while-running=yes",
+            "complete=yes",
+            "exited 143"
+        ],
+        "logs -f streams while running and ends when the container stops\n{out}"
+    );
+
+    let s = section(&out.stdout, "stop-timeout");
+    let l = lines(s);
+    assert_eq!(l.first(), Some(&"stubborn"), "{out}");
+    let took: u64 = l
+        .iter()
+        .find_map(|l| l.strip_prefix("took="))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(u64::MAX);
+    // Killed after the 2 s timeout: not before it, and not much later.
+    assert!((2..=6).contains(&took), "stop -t 2 took {took} s\n{out}");
+    assert_eq!(l.last(), Some(&"exited 137"), "{out}");
+
+    let s = section(&out.stdout, "restart");
+    assert_eq!(
+        lines(s),
+        ["2 3 on-failure 2", "3"],
+        "on-failure:2 restarts exactly twice (three runs)\n{out}"
+    );
+
+    let s = section(&out.stdout, "ps");
+    assert_eq!(
+        lines(s),
+        [
+            "flaky stubborn ticker ",
+            "stubborn",
+            "ticker",
+            "0",
+            "flaky",
+            "NAMES     STATE",
+            "1",
+            "rc=125"
+        ],
+        "ps filters, -q, -n, table and json formats, a bad filter\n{out}"
+    );
+
+    let s = section(&out.stdout, "inspect");
+    assert_eq!(
+        lines(s),
+        [
+            &*format!(
+                "/stubborn oci:{}/oci:busybox [\"sh\",\"-c\",\"trap '' TERM; echo ready; while true; do sleep 1; done\"] false false",
+                env().images.display()
+            ),
+            "1",
+            "rc=125"
+        ],
+        "{out}"
+    );
+
+    let s = section(&out.stdout, "names");
+    assert_eq!(lines(s), ["1", "/mule"], "names are unique; rename\n{out}");
+
+    let s = section(&out.stdout, "rm");
+    assert_eq!(
+        lines(s),
+        ["rc=125", "victim", "rc=0", "0"],
+        "rm refuses a running container; rm -f kills and removes it\n{out}"
+    );
+
+    let s = section(&out.stdout, "pause");
+    assert_eq!(
+        lines(s),
+        [
+            "counter",
+            "paused true",
+            "paused-advanced=0",
+            "counter",
+            "resumed=yes",
+            "running"
+        ],
+        "a paused container does not advance\n{out}"
+    );
+
+    let s = section(&out.stdout, "monitor-killed");
+    assert_eq!(
+        lines(s),
+        ["dead", "dead 137", "orphan", "rc=0"],
+        "a killed monitor shows as dead and rm cleans it\n{out}"
+    );
+
+    assert_eq!(lines(section(&out.stdout, "wait")), ["5"], "{out}");
+    assert_eq!(
+        lines(section(&out.stdout, "start-again")),
+        ["rc=5", "waiter", "5"],
+        "{out}"
+    );
+    assert_eq!(
+        lines(section(&out.stdout, "create")),
+        ["id-length=64", "created", "created-then-started"],
+        "{out}"
+    );
+}
+
+#[test]
+fn nothing_left_behind() {
+    let out = run_script("leftovers");
+    assert_eq!(out.code, Some(0), "{out}");
+    let clean = [
+        "processes=0",
+        "run-dirs=0",
+        "containers=0",
+        "temp-rootfs=0",
+        "sockets=0",
+    ];
+    let s = section(&out.stdout, "killed-foreground");
+    let l = lines(s);
+    assert_eq!(l[..2], ["cli-killed", "running"], "{out}");
+    assert_eq!(
+        l[2..],
+        clean,
+        "the container of a killed `vm run --rm` runs on and is removed\n{out}"
+    );
+    let s = section(&out.stdout, "ten");
+    let l = lines(s);
+    assert_eq!(
+        l[..3],
+        ["10", "processes=20", "sockets=50"],
+        "ten containers: a monitor and a VMM each; 5 sockets each\n{out}"
+    );
+    assert_eq!(l[3..6], ["700", "700", "600"], "private state\n{out}");
+    assert_eq!(l[6..8], ["10", "10"], "{out}");
+    assert_eq!(l[8..], clean, "{out}");
+}
