@@ -68,6 +68,11 @@ pub struct ExecSpec {
     /// Host ports the agent connects to for the process's stdio (stdout
     /// always, stderr without a terminal, stdin when `process.stdin`).
     pub ports: StreamPorts,
+    /// The agent writes this and a newline first on each of the
+    /// process's stream connections, so the host can tell them from
+    /// connections a container's own processes make to the same ports.
+    #[serde(default)]
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,11 +111,14 @@ pub enum Rootfs {
     Cached { disk: String },
 }
 
-/// One layer blob, handed in as a read-only virtio-blk disk.
+/// One layer blob, on a read-only virtio-blk disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Layer {
     /// Serial of the disk (virtio-blk GET_ID) that holds the blob.
     pub disk: String,
+    /// Where the blob starts on that disk (several layers share one).
+    #[serde(default)]
+    pub offset: u64,
     /// Bytes of the blob (the disk is rounded up to whole sectors).
     pub size: u64,
     pub compression: Compression,

@@ -7,7 +7,8 @@ fn spec() -> RunSpec {
         rootfs: Rootfs::Unpack {
             disk: "rootfs".into(),
             layers: vec![Layer {
-                disk: "layer0".into(),
+                disk: "layers".into(),
+                offset: 4096,
                 size: 1234,
                 compression: Compression::Gzip,
                 digest: "sha256:00".into(),

@@ -195,6 +195,7 @@ fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String>
         id: String::new(),
         window: None,
         seal: None,
+        parts: Vec::new(),
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -315,7 +316,7 @@ fn boot(args: BootArgs) -> ExitCode {
     match &outcome.reason {
         r if r.is_clean() => ExitCode::SUCCESS,
         ExitReason::Panic(msg) => {
-            eprintln!("vm: the guest kernel panicked: {msg}");
+            eprintln!("vm: the guest kernel panicked: {}", escape(msg));
             ExitCode::from(EXIT_GUEST_CRASHED)
         }
         ExitReason::TripleFault { cpu, state } => {
@@ -363,19 +364,36 @@ pub fn fail(msg: &dyn std::fmt::Display) -> ExitCode {
 /// A runtime error as the user sees it: the message, the guest console's
 /// last lines when the guest failed, and status 125.
 pub fn runtime_error(e: &runtime::Error) -> ExitCode {
+    // The message may quote the guest (the agent's words, a panic line):
+    // no control characters reach the terminal.
+    let message = escape(&e.message);
     if e.code == 126 || e.code == 127 {
         // The container's command could not run: the agent's words.
-        eprintln!("vm: {}", e.message);
+        eprintln!("vm: {message}");
         return ExitCode::from(e.code as u8);
     }
-    eprintln!("vm: error: {}", e.message);
+    eprintln!("vm: error: {message}");
     if !e.console.is_empty() {
         eprintln!("vm: last lines of the guest console:");
         for l in e.console.iter().rev().take(20).rev() {
-            eprintln!("  {l}");
+            eprintln!("  {}", escape(l));
         }
     }
     ExitCode::from(EXIT_VM_FAILED)
+}
+
+/// Text from a guest or an image, safe for a terminal: control
+/// characters (escape sequences, carriage returns, ...) are shown escaped.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn print_tail(lines: &[String]) {
@@ -384,6 +402,6 @@ fn print_tail(lines: &[String]) {
     }
     eprintln!("vm: last lines of the guest console:");
     for l in lines.iter().rev().take(10).rev() {
-        eprintln!("  {l}");
+        eprintln!("  {}", escape(l));
     }
 }

@@ -61,7 +61,7 @@ fn docker_time(t: &str) -> String {
 }
 
 fn command_text(c: &Container, full: bool) -> String {
-    let cmd = c.config.process.args.join(" ");
+    let cmd = crate::escape(&c.config.process.args.join(" "));
     if full || cmd.chars().count() <= 20 {
         return format!("\"{cmd}\"");
     }

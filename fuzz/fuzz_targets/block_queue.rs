@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::block::{Block, BlockConfig, Part};
 use devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -17,12 +17,23 @@ fuzz_target!(|data: &[u8]| {
     let path = std::env::temp_dir().join(format!("vm-fuzz-blk-{}", std::process::id()));
     std::fs::write(&path, vec![0u8; 64 * 512]).expect("disk");
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
+    // Bit 1 of the first byte: a read-only disk of two parts of the file
+    // (odd lengths, so reads cross parts and the gaps between them).
+    let parts = if data.first().is_some_and(|b| b & 2 == 2) {
+        vec![
+            Part { path: path.clone(), offset: 100, len: 700 },
+            Part { path: path.clone(), offset: 1000, len: 5000 },
+        ]
+    } else {
+        Vec::new()
+    };
     let cfg = BlockConfig {
         path: path.clone(),
-        read_only: data.first().is_some_and(|b| b & 1 == 1),
+        read_only: data.first().is_some_and(|b| b & 3 != 0),
         id: "fuzz".into(),
         window: None,
         seal: None,
+        parts,
     };
     let mut dev = Block::new(&cfg, mem, irq).expect("device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);

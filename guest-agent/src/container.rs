@@ -80,6 +80,11 @@ fn start_self(
     let (spec_r, spec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Fail::setup(format!("pipe: {e}")))?;
     let path = CString::new("/init").map_err(|e| Fail::setup(e.to_string()))?;
+    // Our own binary by descriptor, not by path: a container that got
+    // at the initramfs cannot put something else in its place.
+    let exe = File::open("/proc/self/exe")
+        .map_err(|e| Fail::setup(format!("opening the agent's binary: {e}")))?;
+    let empty = CString::default();
     let arg = CString::new(mode).map_err(|e| Fail::setup(e.to_string()))?;
     let argv = [path.as_ptr(), arg.as_ptr(), std::ptr::null()];
     let envp = [std::ptr::null::<libc::c_char>()];
@@ -119,6 +124,7 @@ fn start_self(
         unsafe {
             // Move every source out of the way first, so no dup2 below can
             // overwrite a source that a later one needs.
+            let exe_fd = libc::fcntl(exe.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100);
             let mut high = [-1; 5];
             for (i, (src, _)) in fds.iter().enumerate() {
                 if *src >= 0 {
@@ -131,7 +137,14 @@ fn start_self(
                 }
             }
             libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::syscall(
+                libc::SYS_execveat,
+                exe_fd,
+                empty.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            );
             libc::_exit(125);
         }
     }
@@ -176,7 +189,7 @@ fn init() -> Result<i32, Fail> {
 
     rootfs::prepare(&spec).map_err(Fail::setup)?;
     if spec.process.terminal {
-        attach_terminal(&spec.process)?;
+        attach_terminal(&spec.process, true)?;
     }
     drop_capabilities()?;
     nix::unistd::sethostname(&spec.hostname)
@@ -245,6 +258,13 @@ fn exec() -> Result<i32, Fail> {
         File::open(&p).map_err(|e| Fail::setup(format!("the container is gone ({p}: {e})")))
     };
     let root = open(format!("{proc_dir}/root"))?;
+    // The agent's /dev/null, opened before joining: the container's may be
+    // anything (a FIFO that never opens).
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Fail::setup(format!("/dev/null: {e}")))?;
     let namespaces = [
         ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC),
         ("uts", nix::sched::CloneFlags::CLONE_NEWUTS),
@@ -276,7 +296,7 @@ fn exec() -> Result<i32, Fail> {
             std::process::exit(f.code)
         }
         ForkResult::Parent { child } => {
-            process::detach_stdio();
+            process::detach_stdio(&null);
             Ok(process::supervise(child, &all))
         }
     }
@@ -287,7 +307,7 @@ fn exec() -> Result<i32, Fail> {
 fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
     let p = &spec.process;
     if p.terminal {
-        attach_terminal(p)?;
+        attach_terminal(p, false)?;
     }
     drop_capabilities()?;
     let hostname = nix::unistd::gethostname()
@@ -321,20 +341,24 @@ fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
 
 /// Opens the container's pty (from its own devpts), makes the slave our
 /// stdio and /dev/console, and sends the master to the agent.
-fn attach_terminal(p: &Process) -> Result<(), Fail> {
+fn attach_terminal(p: &Process, console: bool) -> Result<(), Fail> {
     let pty =
         crate::pty::open(p.rows, p.cols).map_err(|e| Fail::setup(format!("opening a pty: {e}")))?;
     let dup = |r: nix::Result<()>| r.map_err(|e| Fail::setup(format!("dup2: {e}")));
     dup(nix::unistd::dup2_stdin(&pty.slave))?;
     dup(nix::unistd::dup2_stdout(&pty.slave))?;
     dup(nix::unistd::dup2_stderr(&pty.slave))?;
-    let _ = nix::mount::mount(
-        Some(pty.slave_path.as_str()),
-        "/dev/console",
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    );
+    // Only the container's own init binds its terminal as /dev/console;
+    // an exec'd process does not touch the container's mounts.
+    if console {
+        let _ = nix::mount::mount(
+            Some(pty.slave_path.as_str()),
+            "/dev/console",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        );
+    }
     // SAFETY: descriptor 4 was set up by `spawn` for us alone.
     let sock = unsafe { OwnedFd::from_raw_fd(PTY_SOCK_FD) };
     crate::pty::send_fd(sock.as_raw_fd(), pty.master.as_raw_fd())

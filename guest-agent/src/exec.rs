@@ -33,7 +33,12 @@ struct Process {
 #[derive(Default)]
 pub struct Execs {
     procs: Mutex<HashMap<u32, Process>>,
+    /// Processes the reaper saw end before `start` recorded them.
+    early: Mutex<HashMap<Pid, i32>>,
 }
+
+/// More early ends than this are not kept (they would not be ours).
+const MAX_EARLY: usize = 1024;
 
 impl Execs {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Process>> {
@@ -55,7 +60,7 @@ impl Execs {
             return;
         }
         let p = spec.process;
-        let started = Streams::connect(spec.ports, p.terminal, p.stdin)
+        let started = Streams::connect_with_token(spec.ports, p.terminal, p.stdin, &spec.token)
             .map_err(|e| Fail::setup(format!("connecting the exec's streams: {e}")))
             .and_then(|streams| {
                 let init = ExecInit {
@@ -68,15 +73,25 @@ impl Execs {
             });
         match started {
             Ok(running) => {
+                let pid = running.init;
                 self.lock().insert(
                     id,
                     Process {
                         id,
-                        pid: running.init,
+                        pid,
                         running: Some(running),
                     },
                 );
                 report(reports, &AgentMessage::ExecStarted { id });
+                // It may have ended (and been reaped) before it was recorded.
+                let early = self
+                    .early
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&pid);
+                if let Some(code) = early {
+                    self.ended(pid, code, reports);
+                }
             }
             Err(f) => report(
                 reports,
@@ -108,6 +123,11 @@ impl Execs {
     pub fn ended(&self, pid: Pid, code: i32, reports: &Reports) -> bool {
         let mut g = self.lock();
         let Some(id) = g.values().find(|p| p.pid == pid).map(|p| p.id) else {
+            drop(g);
+            let mut early = self.early.lock().unwrap_or_else(|e| e.into_inner());
+            if early.len() < MAX_EARLY {
+                early.insert(pid, code);
+            }
             return false;
         };
         let Some(mut p) = g.remove(&id) else {

@@ -145,16 +145,10 @@ impl ChildExec {
 
 /// The exec helper keeps no stdio open, so the host sees end of file on
 /// the process's output as soon as it is done with it.
-pub fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors from an open file.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+pub fn detach_stdio(null: &std::fs::File) {
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors from an open file.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
 }
 

@@ -63,6 +63,13 @@ pub fn send_fd(sock: RawFd, fd: RawFd) -> nix::Result<()> {
 /// Receives one descriptor from `sock`; `None` when the peer closed the
 /// socket without sending one.
 pub fn recv_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    // A container can make opening its pty hang (a FIFO at /dev/ptmx):
+    // wait a bounded time, not forever.
+    let _ = nix::sys::socket::setsockopt(
+        sock,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(10, 0),
+    );
     let mut byte = [0u8; 1];
     let mut iov = [std::io::IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 1]);

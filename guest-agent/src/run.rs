@@ -129,18 +129,28 @@ pub struct Streams {
 
 impl Streams {
     pub fn connect(ports: StreamPorts, terminal: bool, stdin: bool) -> io::Result<Self> {
+        Self::connect_with_token(ports, terminal, stdin, "")
+    }
+
+    /// Connects, and writes `token` and a newline first on each
+    /// connection when it is not empty.
+    pub fn connect_with_token(
+        ports: StreamPorts,
+        terminal: bool,
+        stdin: bool,
+        token: &str,
+    ) -> io::Result<Self> {
+        let open = |port: u32| -> io::Result<File> {
+            let mut f = host_link::connect_host(port)?;
+            if !token.is_empty() {
+                f.write_all(format!("{token}\n").as_bytes())?;
+            }
+            Ok(f)
+        };
         Ok(Self {
-            stdout: host_link::connect_host(ports.stdout)?,
-            stderr: if terminal {
-                None
-            } else {
-                Some(host_link::connect_host(ports.stderr)?)
-            },
-            stdin: if stdin {
-                Some(host_link::connect_host(ports.stdin)?)
-            } else {
-                None
-            },
+            stdout: open(ports.stdout)?,
+            stderr: if terminal { None } else { Some(open(ports.stderr)?) },
+            stdin: if stdin { Some(open(ports.stdin)?) } else { None },
         })
     }
 }
@@ -249,7 +259,8 @@ fn image_root(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Res
 fn unpack(spec: &RunSpec, root: &OwnedFd, layer: &Layer) -> Result<(), Fail> {
     let setup = |e: &dyn std::fmt::Display| Fail::setup(format!("layer {}: {e}", layer.digest));
     let dev = disks::by_serial(&layer.disk).map_err(|e| setup(&e))?;
-    let f = File::open(&dev).map_err(|e| setup(&e))?;
+    let mut f = File::open(&dev).map_err(|e| setup(&e))?;
+    io::Seek::seek(&mut f, io::SeekFrom::Start(layer.offset)).map_err(|e| setup(&e))?;
     image_unpack::apply_layer(
         root,
         io::BufReader::with_capacity(256 * 1024, f.take(layer.size)),

@@ -56,6 +56,20 @@ pub fn start(state: &Path, c: &Container, mode: Mode) -> Result<UnixStream> {
             keep_stderr: output,
         },
     )?;
+    // Hold the command lock until the monitor holds the container: no
+    // `rm` or prune may come in between.
+    let _ = ours.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let mut conn = &ours;
+    match read_frame(&mut conn) {
+        Ok(Some(Frame::Ready)) => {}
+        _ => {
+            return Err(Error::host(format!(
+                "the container's monitor did not start (see {})",
+                c.monitor_log_path().display()
+            )))
+        }
+    }
+    let _ = ours.set_read_timeout(None);
     Ok(ours)
 }
 

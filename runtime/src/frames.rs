@@ -23,6 +23,8 @@ pub struct Failure {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     // Monitor to client.
+    /// The monitor holds the container (its first frame).
+    Ready,
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     /// The container's process runs.
@@ -41,6 +43,7 @@ pub enum Frame {
 impl Frame {
     fn kind(&self) -> u8 {
         match self {
+            Frame::Ready => 6,
             Frame::Stdout(_) => 1,
             Frame::Stderr(_) => 2,
             Frame::Started => 3,
@@ -61,7 +64,7 @@ impl Frame {
 pub fn write_frame(w: &mut impl Write, f: &Frame) -> io::Result<()> {
     let payload: Vec<u8> = match f {
         Frame::Stdout(d) | Frame::Stderr(d) | Frame::Stdin(d) | Frame::Failed(d) => d.clone(),
-        Frame::Started | Frame::StdinEof => Vec::new(),
+        Frame::Ready | Frame::Started | Frame::StdinEof => Vec::new(),
         Frame::Exit(c) | Frame::Signal(c) => c.to_be_bytes().to_vec(),
         Frame::Resize { rows, cols } => [rows.to_be_bytes(), cols.to_be_bytes()].concat(),
     };
@@ -106,6 +109,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
         3 => Frame::Started,
         4 => Frame::Exit(int(&p)?),
         5 => Frame::Failed(p),
+        6 => Frame::Ready,
         10 => Frame::Stdin(p),
         11 => Frame::StdinEof,
         12 => Frame::Signal(int(&p)?),
@@ -127,6 +131,7 @@ mod tests {
             Frame::Stdout(b"hi\n".to_vec()),
             Frame::Stderr(Vec::new()),
             Frame::Started,
+            Frame::Ready,
             Frame::Exit(137),
             Frame::Stdin(b"x".to_vec()),
             Frame::StdinEof,

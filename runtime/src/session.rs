@@ -16,6 +16,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::logfile::Stream;
 
+/// How long a message to the agent may wait for the guest to take it.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where the container's output goes (the monitor's log and clients).
 pub trait Output: Send + Sync {
     fn write(&self, stream: Stream, data: &[u8]);
@@ -190,6 +193,9 @@ impl Session {
         let writer = control
             .try_clone()
             .map_err(|e| Error::Protocol(e.to_string()))?;
+        // A guest that stops reading fails our sends instead of holding
+        // up whoever sends.
+        let _ = writer.set_write_timeout(Some(SEND_TIMEOUT));
         Ok(Self {
             control,
             writer: Arc::new(Mutex::new(writer)),

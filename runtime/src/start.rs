@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_protocol::{Layer, Rootfs, RunSpec};
-use devices::virtio::block::BlockConfig;
+use devices::virtio::block::{part_offsets, BlockConfig, Part};
 use devices::virtio::vsock::VsockConfig;
 use vmm::{ExitSignal, VmConfig};
 
@@ -59,6 +59,7 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
         id: "scratch".into(),
         window: None,
         seal: None,
+        parts: Vec::new(),
     }];
     let rootfs = image_disks(&image, &cache, &mut disks);
     timing::mark(if matches!(cache, rootfs_cache::Entry::Hit(_)) {
@@ -168,13 +169,16 @@ fn vm_config(
 }
 
 /// The disks that carry the image: its cached root file system, or an
-/// empty one to unpack onto plus one read-only disk per layer blob.
+/// empty one to unpack onto plus one read-only disk that holds every
+/// layer blob, each from a sector boundary (one device, however many
+/// layers: interrupts are kept for other devices).
 fn image_disks(
     image: &vm_image::Image,
     cache: &rootfs_cache::Entry,
     disks: &mut Vec<BlockConfig>,
 ) -> Rootfs {
     const DISK: &str = "image";
+    const LAYERS: &str = "layers";
     let (path, read_only, seal) = match cache {
         rootfs_cache::Entry::Hit(path) => (path.clone(), true, None),
         rootfs_cache::Entry::Miss(p) => (p.tmp.clone(), false, Some(p.flag.clone())),
@@ -185,25 +189,39 @@ fn image_disks(
         id: DISK.into(),
         window: None,
         seal,
+        parts: Vec::new(),
     });
     if read_only {
         return Rootfs::Cached { disk: DISK.into() };
     }
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for (i, l) in image.layers.iter().enumerate() {
-        let serial = format!("layer{i}");
-        disks.push(BlockConfig {
+    let parts: Vec<Part> = image
+        .layers
+        .iter()
+        .map(|l| Part {
             path: l.source.path.clone(),
-            read_only: true,
-            id: serial.clone(),
-            window: Some((l.source.offset, l.source.size)),
-            seal: None,
-        });
-        layers.push(Layer {
-            disk: serial,
+            offset: l.source.offset,
+            len: l.source.size,
+        })
+        .collect();
+    let offsets = part_offsets(parts.iter().map(|p| p.len));
+    let layers = image
+        .layers
+        .iter()
+        .zip(offsets)
+        .map(|(l, offset)| Layer {
+            disk: LAYERS.into(),
+            offset,
             size: l.source.size,
             compression: l.compression,
             digest: l.digest.to_string(),
+        })
+        .collect();
+    if !parts.is_empty() {
+        disks.push(BlockConfig {
+            read_only: true,
+            id: LAYERS.into(),
+            parts,
+            ..BlockConfig::default()
         });
     }
     Rootfs::Unpack {

@@ -114,6 +114,9 @@ vm start waiter
 await waiter '{{.State.Status}}' exited
 vm inspect -f '{{.State.ExitCode}}' waiter
 
+echo "== many-layers"
+vm run --rm -m 96m oci:$IMAGES/oci:many sh -c 'ls /many | wc -l; cat /many/file1 /many/file59'
+
 echo "== create"
 cid=$(vm create --name later -m 96m $I echo created-then-started)
 echo "id-length=${#cid}"

@@ -138,6 +138,11 @@ fn detached_containers_and_their_commands() {
         "{out}"
     );
     assert_eq!(
+        lines(section(&out.stdout, "many-layers")),
+        ["59", "layer 1", "layer 59"],
+        "an image of 60 layers runs (one device carries them all)\n{out}"
+    );
+    assert_eq!(
         lines(section(&out.stdout, "create")),
         ["id-length=64", "created", "created-then-started"],
         "{out}"

@@ -234,7 +234,9 @@ pub fn private_dir(path: &Path) -> Result<()> {
 
 /// Writes `data` to `path` through a temporary file and a rename, mode 0600.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     let err = |e: std::io::Error| Error::host(format!("writing {}: {e}", path.display()));
     let mut f = OpenOptions::new()
         .write(true)

@@ -97,6 +97,9 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
     if opts.args.is_empty() {
         return refuse(&conn, "no command given to exec");
     }
+    let Some(token) = token() else {
+        return refuse(&conn, "no random numbers for the exec's token (getrandom failed)");
+    };
     let c = &shared.container;
     let (id, agent, vsock) = {
         let mut g = shared.lock();
@@ -148,12 +151,23 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
                 listeners.push(Some(l));
                 paths.push(path);
             }
-            Err(e) => return refuse(&conn, format!("exec sockets: {e}")),
+            Err(e) => {
+                for p in paths {
+                    let _ = std::fs::remove_file(p);
+                }
+                shared.lock().execs.all.remove(&id);
+                return refuse(&conn, format!("exec sockets: {e}"));
+            }
         }
     }
-    agent.send(&HostMessage::Exec(Box::new(ExecSpec { id, process, ports })));
+    agent.send(&HostMessage::Exec(Box::new(ExecSpec {
+        id,
+        process,
+        ports,
+        token: token.clone(),
+    })));
     if answer(&conn, &Reply::default()).is_ok() {
-        let end = run(&conn, shared, id, &agent, listeners);
+        let end = run(&conn, shared, id, &token, &agent, listeners);
         let writer = &mut &conn;
         let _ = match end {
             Ok(code) => write_frame(writer, &Frame::Exit(code)),
@@ -212,6 +226,7 @@ fn run(
     conn: &UnixStream,
     shared: &Arc<Shared>,
     id: u32,
+    token: &str,
     agent: &session::Sender,
     listeners: Vec<Option<std::os::unix::net::UnixListener>>,
 ) -> Result<i32, Failure> {
@@ -229,7 +244,7 @@ fn run(
             streams.push(None);
             continue;
         };
-        match session::accept_until(l, what, deadline, &gone) {
+        match accept_verified(l, what, token, deadline, &gone) {
             Ok(s) => streams.push(Some(s)),
             Err(_) => {
                 let why = wait_for(shared, id, Duration::from_secs(2), |s| s.failed.clone());
@@ -333,6 +348,38 @@ fn spawn_input(conn: &UnixStream, id: u32, agent: &session::Sender, stdin: Optio
         }
     };
     let _ = std::thread::Builder::new().name("exec-in".into()).spawn(run);
+}
+
+/// A random token (128 bits, hex) for one exec's streams.
+fn token() -> Option<String> {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    (n == b.len() as isize).then(|| b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Accepts the agent's connection for one stream: the first that starts
+/// with `token` and a newline. Others (a container's own processes
+/// connecting to the same port) are dropped.
+fn accept_verified(
+    l: &std::os::unix::net::UnixListener,
+    what: &'static str,
+    token: &str,
+    deadline: Instant,
+    gone: &dyn Fn() -> bool,
+) -> Result<UnixStream, session::Error> {
+    loop {
+        let mut s = session::accept_until(l, what, deadline, gone)?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut got = vec![0u8; token.len() + 1];
+        let ok = std::io::Read::read_exact(&mut s, &mut got).is_ok()
+            && got[..token.len()] == *token.as_bytes()
+            && got[token.len()] == b'\n';
+        if ok {
+            let _ = s.set_read_timeout(None);
+            return Ok(s);
+        }
+    }
 }
 
 /// Where exec sockets go: the run's vsock path.

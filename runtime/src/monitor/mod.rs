@@ -143,7 +143,6 @@ struct Client {
 
 #[derive(Default)]
 struct Inner {
-    clients: Vec<Client>,
     /// The current run's stdin connection, when the container has one.
     stdin: Option<UnixStream>,
     agent: Option<session::Sender>,
@@ -166,6 +165,11 @@ struct Inner {
 struct Shared {
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Attached clients, apart from `inner`: a slow one holds up output,
+    /// never stop, kill or exec.
+    clients: Mutex<Vec<Client>>,
+    /// One state.json update at a time.
+    state_lock: Mutex<()>,
     log: Mutex<Option<logfile::Writer>>,
     container: Container,
 }
@@ -175,18 +179,38 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `frame` to the clients `pick` selects; drops those that fail.
+    fn clients(&self) -> MutexGuard<'_, Vec<Client>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `frame` to the clients `pick` selects; drops (and shuts down)
+    /// those that fail.
     fn broadcast(&self, frame: &Frame, pick: impl Fn(&Client) -> bool) {
-        let mut g = self.lock();
-        g.clients
-            .retain_mut(|c| !pick(c) || write_frame(&mut c.writer, frame).is_ok());
+        self.clients().retain_mut(|c| {
+            let ok = !pick(c) || write_frame(&mut c.writer, frame).is_ok();
+            if !ok {
+                let _ = c.writer.shutdown(std::net::Shutdown::Both);
+            }
+            ok
+        });
+    }
+
+    /// The agent's sender, taken out of the lock: sending may wait for the
+    /// guest, and nothing else may wait behind that.
+    fn agent(&self) -> Option<session::Sender> {
+        self.lock().agent.clone()
     }
 
     fn signal(&self, sig: i32) {
-        let mut g = self.lock();
-        match &g.agent {
-            Some(a) => a.send(&HostMessage::Signal(sig)),
-            None => g.pending.push(sig),
+        let agent = {
+            let mut g = self.lock();
+            if g.agent.is_none() {
+                g.pending.push(sig);
+            }
+            g.agent.clone()
+        };
+        if let Some(a) = agent {
+            a.send(&HostMessage::Signal(sig));
         }
     }
 
@@ -216,6 +240,7 @@ impl Shared {
     }
 
     fn set_state(&self, f: impl FnOnce(&mut container::State)) {
+        let _one = self.state_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = self.container.update_state(f) {
             note(&e.to_string());
         }
@@ -244,10 +269,19 @@ impl session::Output for Shared {
 fn main(state: &Path, c: &Container, launch: Launch) -> i32 {
     let log_path = c.monitor_log_path();
     redirect_stdio((!launch.keep_stderr).then_some(log_path.as_path()));
-    let Ok(Some(_alive)) = container::try_lock(&c.monitor_lock_path()) else {
-        note("another monitor holds this container");
-        return 1;
+    // (Waits out a command that only looks whether a monitor lives; the
+    // command that started us holds the container's command lock, so no
+    // second monitor is on its way.)
+    let _alive = match container::lock(&c.monitor_lock_path()) {
+        Ok(l) => l,
+        Err(e) => {
+            note(&e.to_string());
+            return 1;
+        }
     };
+    if write_frame(&mut &launch.client, &Frame::Ready).is_err() {
+        note("the starting command went away");
+    }
     match serve(state, c, launch) {
         Ok(()) => 0,
         Err(e) => {
@@ -272,6 +306,8 @@ fn serve(state: &Path, c: &Container, launch: Launch) -> Result<()> {
     let shared = Arc::new(Shared {
         inner: Mutex::new(Inner::default()),
         changed: Condvar::new(),
+        clients: Mutex::new(Vec::new()),
+        state_lock: Mutex::new(()),
         log: Mutex::new(Some(log)),
         container: c.clone(),
     });
@@ -328,9 +364,11 @@ fn serve(state: &Path, c: &Container, launch: Launch) -> Result<()> {
             None => Frame::Exit(end.code),
         };
         shared.broadcast(&frame, |_| true);
+        for c in shared.clients().drain(..) {
+            let _ = c.writer.shutdown(std::net::Shutdown::Both);
+        }
         {
             let mut g = shared.lock();
-            g.clients.clear();
             g.runs += 1;
             g.last_exit = end.code;
             g.done = !restart;
@@ -405,10 +443,16 @@ struct Events<'a> {
     vm: &'a mut VmProcess,
     cache: &'a mut rootfs_cache::Entry,
     shared: &'a Shared,
+    /// Each happens once a run; a guest that says it again is ignored.
+    sealed: bool,
+    started: bool,
 }
 
 impl session::Events for Events<'_> {
     fn sealed(&mut self) -> std::result::Result<(), String> {
+        if std::mem::replace(&mut self.sealed, true) {
+            return Err("the agent sealed the image disk twice".into());
+        }
         match self.cache {
             rootfs_cache::Entry::Miss(p) => {
                 self.vm.seal()?;
@@ -421,6 +465,9 @@ impl session::Events for Events<'_> {
     }
 
     fn started(&mut self) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
         let now = container::now_rfc3339();
         self.shared.set_state(|s| {
             s.status = Status::Running;
@@ -429,7 +476,12 @@ impl session::Events for Events<'_> {
             s.error.clear();
         });
         self.shared.broadcast(&Frame::Started, |_| true);
-        self.shared.lock().clients.retain(|c| !c.until_started);
+        self.shared.clients().retain(|c| {
+            if c.until_started {
+                let _ = c.writer.shutdown(std::net::Shutdown::Both);
+            }
+            !c.until_started
+        });
     }
 
     fn exec(&mut self, msg: agent_protocol::AgentMessage) {
@@ -479,18 +531,22 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         {
             let mut g = shared.lock();
             let sender = s.sender();
-            for sig in std::mem::take(&mut g.pending) {
-                sender.send(&HostMessage::Signal(sig));
-            }
-            g.agent = Some(sender);
+            let early = std::mem::take(&mut g.pending);
+            g.agent = Some(sender.clone());
             g.vsock = Some(exec::vsock_path(&c.run_dir(state)));
             g.stdin = s.take_stdin();
             shared.changed.notify_all();
+            drop(g);
+            for sig in early {
+                sender.send(&HostMessage::Signal(sig));
+            }
         }
         s.wait(&mut Events {
             vm: &mut vm,
             cache: &mut cache,
             shared,
+            sealed: false,
+            started: false,
         })
     });
     let grace = match &result {
@@ -579,7 +635,7 @@ fn add_client(
         .try_clone()
         .map_err(|e| Error::host(format!("client socket: {e}")))?;
     let _ = writer.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
-    shared.lock().clients.push(Client {
+    shared.clients().push(Client {
         writer,
         output,
         until_started,
@@ -610,7 +666,7 @@ fn client_input(mut stream: UnixStream, stdin: bool, shared: &Shared) {
             }
             Frame::Signal(sig) => shared.signal(sig),
             Frame::Resize { rows, cols } => {
-                if let Some(a) = &shared.lock().agent {
+                if let Some(a) = shared.agent() {
                     a.send(&HostMessage::Resize { rows, cols });
                 }
             }
@@ -712,7 +768,8 @@ fn stop(shared: &Shared, timeout: u64, signal: i32) -> Reply {
         shared.signal(signal);
     }
     let timeout = if agent {
-        Duration::from_secs(timeout)
+        // (a year is as good as forever, and cannot overflow a clock)
+        Duration::from_secs(timeout.min(365 * 24 * 3600))
     } else {
         Duration::ZERO
     };
@@ -731,19 +788,25 @@ fn kill(shared: &Shared, signal: i32) -> Reply {
         let g = shared.lock();
         (g.runs, g.vm.clone())
     };
+    if signal == libc::SIGKILL {
+        // Between two runs of a restart policy there is no VM: end the
+        // restarts.
+        let mut g = shared.lock();
+        g.stop_requested = true;
+        g.killed = vm.is_some();
+        shared.changed.notify_all();
+    }
     let Some(vm) = vm else {
-        return Reply {
-            error: Some("the container is not running".into()),
-            code: None,
+        return if signal == libc::SIGKILL {
+            Reply::default()
+        } else {
+            Reply {
+                error: Some("the container is not running".into()),
+                code: None,
+            }
         };
     };
     if signal == libc::SIGKILL {
-        {
-            let mut g = shared.lock();
-            g.stop_requested = true;
-            g.killed = true;
-            shared.changed.notify_all();
-        }
         vm.kill();
         shared.wait_run_end(runs, Some(Duration::from_secs(30)));
     } else {

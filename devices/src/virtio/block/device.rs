@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::request::{self, DiskInfo, ID_BYTES, SECTOR_SIZE};
+use super::request::{self, DiskInfo, Piece, ID_BYTES, SECTOR_SIZE};
 use crate::virtio::{
     DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -17,7 +17,10 @@ const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;
 const F_FLUSH: u64 = 1 << 9;
 
-#[derive(Clone, Debug)]
+/// At most this many files make one disk.
+pub const MAX_PARTS: usize = 1024;
+
+#[derive(Clone, Debug, Default)]
 pub struct BlockConfig {
     pub path: PathBuf,
     pub read_only: bool,
@@ -29,6 +32,32 @@ pub struct BlockConfig {
     /// Once this is set, the device refuses writes as if attached
     /// read-only (the host seals a disk the guest has finished writing).
     pub seal: Option<Arc<AtomicBool>>,
+    /// A read-only disk made of several files instead of `path`: each
+    /// part starts at the next sector boundary (see [`part_offsets`]) and
+    /// the gaps read as zeros. Image layers travel this way, many on one
+    /// device.
+    pub parts: Vec<Part>,
+}
+
+/// `len` bytes of the file `path` from `offset`.
+#[derive(Clone, Debug)]
+pub struct Part {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Where each part of a multi-file disk starts: every part begins on a
+/// sector boundary after the previous one.
+pub fn part_offsets(lens: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut at = 0u64;
+    lens.into_iter()
+        .map(|len| {
+            let start = at;
+            at = at.saturating_add(len.div_ceil(SECTOR_SIZE).saturating_mul(SECTOR_SIZE));
+            start
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +80,8 @@ pub enum Error {
     },
     #[error("disk id {0:?} is longer than 20 bytes")]
     Id(String),
+    #[error("a disk of parts must be read-only and have 1 to {MAX_PARTS} parts, not {0}")]
+    Parts(usize),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,6 +89,8 @@ pub enum Error {
 pub struct Block {
     pub(super) core: DeviceCore,
     pub(super) file: File,
+    /// Where reads come from: the file's window, or every part.
+    pieces: Vec<Piece>,
     capacity_sectors: u64,
     read_only: bool,
     seal: Option<Arc<AtomicBool>>,
@@ -70,34 +103,37 @@ pub struct Block {
 
 impl Block {
     pub fn new(cfg: &BlockConfig, mem: GuestMem, interrupt: Arc<Interrupt>) -> Result<Self, Error> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!cfg.read_only)
-            .open(&cfg.path)
-            .map_err(|source| Error::Open {
-                path: cfg.path.clone(),
-                source,
-            })?;
-        let size = file
-            .metadata()
-            .map_err(|source| Error::Open {
-                path: cfg.path.clone(),
-                source,
-            })?
-            .len();
-        let (offset, size) = match cfg.window {
-            None => (0, size),
-            Some((offset, len)) if offset.checked_add(len).is_some_and(|end| end <= size) => {
-                (offset, len)
+        let (file, pieces) = if cfg.parts.is_empty() {
+            let (file, offset, len) = open_window(&cfg.path, cfg.window, !cfg.read_only)?;
+            let piece = Piece {
+                file: file.try_clone()?,
+                file_offset: offset,
+                len,
+                start: 0,
+            };
+            (file, vec![piece])
+        } else {
+            if !cfg.read_only || cfg.parts.len() > MAX_PARTS {
+                return Err(Error::Parts(cfg.parts.len()));
             }
-            Some((offset, len)) => {
-                return Err(Error::Window {
-                    path: cfg.path.clone(),
-                    offset,
+            let starts = part_offsets(cfg.parts.iter().map(|p| p.len));
+            let mut pieces = Vec::with_capacity(cfg.parts.len());
+            for (p, start) in cfg.parts.iter().zip(starts) {
+                let (file, file_offset, len) =
+                    open_window(&p.path, Some((p.offset, p.len)), false)?;
+                pieces.push(Piece {
+                    file,
+                    file_offset,
                     len,
-                    size,
-                })
+                    start,
+                });
             }
+            let first = pieces[0].file.try_clone()?;
+            (first, pieces)
+        };
+        let (offset, size) = match pieces.as_slice() {
+            [one] => (one.file_offset, one.len),
+            many => (0, many.last().map_or(0, |p| p.start + p.len)),
         };
         // A read-only disk may end mid-sector (an image layer blob handed
         // in as is); the rest of its last sector reads as zeros.
@@ -129,6 +165,7 @@ impl Block {
         Ok(Self {
             core: DeviceCore::new(mem, interrupt, 1)?,
             file,
+            pieces,
             capacity_sectors,
             read_only: cfg.read_only,
             seal: cfg.seal.clone(),
@@ -155,13 +192,45 @@ impl Block {
             id: &self.id,
         };
         let file = &self.file;
+        let pieces = &self.pieces;
         self.core.drain_queue(0, "block", |chain, mem| {
-            let out = request::execute(chain, mem, file, &info);
+            let out = request::execute(chain, mem, file, pieces, &info);
             if let Some(why) = &out.error {
                 eprintln!("vm: virtio-blk: {why}");
             }
             out.used_len
         });
+    }
+}
+
+/// Opens `path` and checks that it has the window's bytes; returns the
+/// file, where the window starts and its length.
+fn open_window(
+    path: &std::path::Path,
+    window: Option<(u64, u64)>,
+    write: bool,
+) -> Result<(File, u64, u64), Error> {
+    let open_err = |source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(open_err)?;
+    let size = file.metadata().map_err(open_err)?.len();
+    match window {
+        None => Ok((file, 0, size)),
+        Some((offset, len)) if offset.checked_add(len).is_some_and(|end| end <= size) => {
+            Ok((file, offset, len))
+        }
+        Some((offset, len)) => Err(Error::Window {
+            path: path.to_path_buf(),
+            offset,
+            len,
+            size,
+        }),
     }
 }
 

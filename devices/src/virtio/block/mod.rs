@@ -1,10 +1,11 @@
-//! virtio-blk backed by a raw image file.
+//! virtio-blk backed by a raw image file (or a window of one, or several
+//! files read-only as one disk).
 
 mod device;
 mod event_handler;
 pub mod request;
 
-pub use device::{Block, BlockConfig, Error};
+pub use device::{part_offsets, Block, BlockConfig, Error, Part, MAX_PARTS};
 
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,16 @@ pub struct RequestHeader {
 // SAFETY: plain integers, no padding (4 + 4 + 8 bytes), any bit pattern valid.
 unsafe impl ByteValued for RequestHeader {}
 
+/// Part of a disk: `len` bytes of `file` from `file_offset`, at `start`
+/// bytes into the disk. A disk's pieces are sorted and do not overlap;
+/// what lies between them reads as zeros.
+pub struct Piece {
+    pub file: File,
+    pub file_offset: u64,
+    pub len: u64,
+    pub start: u64,
+}
+
 pub struct DiskInfo<'a> {
     pub capacity_sectors: u64,
     pub read_only: bool,
@@ -136,6 +146,7 @@ pub fn execute(
     chain: DescriptorChain<&GuestMem>,
     mem: &GuestMem,
     disk: &File,
+    pieces: &[Piece],
     info: &DiskInfo,
 ) -> Outcome {
     let fail = |why: String| Outcome {
@@ -167,7 +178,7 @@ pub fn execute(
         Ok(h) => {
             let data_in = skip(&l.readable, HEADER_LEN as u64).unwrap_or_default();
             match h.type_ {
-                T_IN => read_data(mem, &data_out, disk, h.sector, info),
+                T_IN => read_data(mem, &data_out, pieces, h.sector, info),
                 T_OUT => write_data(mem, &data_in, disk, h.sector, info),
                 T_FLUSH => match disk.sync_data() {
                     Ok(()) => (0, S_OK, None),
@@ -214,7 +225,7 @@ fn read_header(mem: &GuestMem, readable: &[Seg]) -> Result<RequestHeader, String
 fn read_data(
     mem: &GuestMem,
     segs: &[Seg],
-    disk: &File,
+    pieces: &[Piece],
     sector: u64,
     info: &DiskInfo,
 ) -> (u64, u8, Option<String>) {
@@ -228,62 +239,78 @@ fn read_data(
             )),
         );
     }
-    let mut f = disk;
-    let start = sector * SECTOR_SIZE;
-    if let Err(e) = f.seek(SeekFrom::Start(info.offset + start)) {
-        return (0, S_IOERR, Some(format!("seek: {e}")));
-    }
-    // Bytes of the disk left from here; past them (the partial last
-    // sector of a read-only disk) the guest reads zeros.
-    let mut left = info.size.saturating_sub(start);
+    let mut pos = sector * SECTOR_SIZE;
     let mut done = 0;
     for &s in segs {
         let mut dst = match slice(mem, s) {
             Ok(v) => v,
             Err(e) => return (done, S_IOERR, Some(e)),
         };
-        if let Err(e) = read_or_zero(&mut f, &mut dst, &mut left) {
+        if let Err(e) = fill(pieces, pos, &mut dst) {
             return (done, S_IOERR, Some(format!("read at sector {sector}: {e}")));
         }
+        pos += s.len;
         done += s.len;
     }
     (done, S_OK, None)
 }
 
-/// Fills `dst` from the file; past the end of the file (the partial last
-/// sector of a read-only disk) it fills zeros.
-fn read_or_zero(
-    f: &mut &File,
-    dst: &mut VolatileSlice<'_, ()>,
-    left: &mut u64,
-) -> std::io::Result<()> {
+/// Fills `dst` with the disk's bytes from `pos`: from the piece that holds
+/// them, zeros where no piece does (between pieces, past the last one,
+/// or past the end of a file that shrank).
+fn fill(pieces: &[Piece], pos: u64, dst: &mut VolatileSlice<'_, ()>) -> std::io::Result<()> {
+    let mut off = 0usize;
+    while off < dst.len() {
+        let at = pos + off as u64;
+        let room = dst.len() - off;
+        // The first piece that ends after `at`.
+        let i = pieces.partition_point(|p| p.start + p.len <= at);
+        let n = match pieces.get(i) {
+            Some(p) if p.start <= at => {
+                let n = room.min(usize::try_from(p.start + p.len - at).unwrap_or(usize::MAX));
+                let mut part = dst
+                    .offset(off)
+                    .and_then(|d| d.subslice(0, n))
+                    .map_err(std::io::Error::other)?;
+                read_exact_or_zero(p, p.file_offset + (at - p.start), &mut part)?;
+                n
+            }
+            next => {
+                let gap = next.map_or(u64::MAX, |p| p.start - at);
+                let n = room.min(usize::try_from(gap).unwrap_or(usize::MAX));
+                zero(&dst.offset(off).map_err(std::io::Error::other)?, n)?;
+                n
+            }
+        };
+        off += n;
+    }
+    Ok(())
+}
+
+fn zero(dst: &VolatileSlice<'_, ()>, n: usize) -> std::io::Result<()> {
+    const ZEROS: [u8; 512] = [0; 512];
+    let mut off = 0;
+    while off < n {
+        let k = (n - off).min(ZEROS.len());
+        dst.offset(off)
+            .map_err(std::io::Error::other)?
+            .copy_from(&ZEROS[..k]);
+        off += k;
+    }
+    Ok(())
+}
+
+/// Reads all of `dst` from the piece's file at `at`; a file that ends
+/// early leaves zeros.
+fn read_exact_or_zero(p: &Piece, at: u64, dst: &mut VolatileSlice<'_, ()>) -> std::io::Result<()> {
+    let mut f = &p.file;
+    f.seek(SeekFrom::Start(at))?;
     let mut off = 0;
     while off < dst.len() {
-        let want = (dst.len() - off).min(usize::try_from(*left).unwrap_or(usize::MAX));
         let mut rest = dst.offset(off).map_err(std::io::Error::other)?;
-        if want < rest.len() {
-            rest = rest.subslice(0, want).map_err(std::io::Error::other)?;
-        }
-        let got = if want == 0 {
-            Ok(0)
-        } else {
-            f.read_volatile(&mut rest)
-        };
-        match got {
-            Ok(0) => {
-                const ZEROS: [u8; 512] = [0; 512];
-                while off < dst.len() {
-                    let n = (dst.len() - off).min(ZEROS.len());
-                    dst.offset(off)
-                        .map_err(std::io::Error::other)?
-                        .copy_from(&ZEROS[..n]);
-                    off += n;
-                }
-            }
-            Ok(n) => {
-                off += n;
-                *left -= n as u64;
-            }
+        match f.read_volatile(&mut rest) {
+            Ok(0) => return zero(&rest, rest.len()),
+            Ok(n) => off += n,
             Err(vm_memory::VolatileMemoryError::IOError(e))
                 if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(std::io::Error::other(e)),

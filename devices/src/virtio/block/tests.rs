@@ -6,7 +6,7 @@ use std::io::Write;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::request::{RequestHeader, S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
-use super::{Block, BlockConfig};
+use super::{part_offsets, Block, BlockConfig, Part};
 use crate::virtio::testutil::{desc, interrupt, memory, Driver, DATA, F_NEXT, F_WRITE};
 use crate::virtio::{GuestMem, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -387,6 +387,7 @@ fn config(disk: &Disk, read_only: bool) -> BlockConfig {
         id: String::new(),
         window: None,
         seal: None,
+        parts: Vec::new(),
     }
 }
 
@@ -459,4 +460,65 @@ fn a_sealed_disk_refuses_writes_from_then_on() {
     let bytes = disk.bytes();
     assert!(bytes[..512].iter().all(|b| *b == 9));
     assert!(bytes[512..].iter().all(|b| *b == 0));
+}
+
+#[test]
+fn many_files_make_one_read_only_disk_with_parts_on_sector_boundaries() {
+    let mem = memory();
+    let a = Disk::new("part-a", 0, 0);
+    let b = Disk::new("part-b", 0, 0);
+    // a: 700 bytes of 0xa1 after 100 bytes that are not part of it; b: a
+    // whole sector of 0xb2, then 10 bytes of 0xb3.
+    let mut body = vec![0xffu8; 100];
+    body.extend_from_slice(&[0xa1; 700]);
+    std::fs::write(&a.path, &body).expect("write a");
+    let mut body = vec![0xb2u8; 512];
+    body.extend_from_slice(&[0xb3; 10]);
+    std::fs::write(&b.path, &body).expect("write b");
+    let parts = vec![
+        Part {
+            path: a.path.clone(),
+            offset: 100,
+            len: 700,
+        },
+        Part {
+            path: b.path.clone(),
+            offset: 0,
+            len: 522,
+        },
+    ];
+    assert_eq!(part_offsets(parts.iter().map(|p| p.len)), [0, 1024]);
+    let cfg = BlockConfig {
+        read_only: true,
+        parts: parts.clone(),
+        ..BlockConfig::default()
+    };
+    let (mut dev, mut driver) = activated(&mem, &cfg);
+    // One read across both parts and the gaps after each.
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_IN, 0, 2048), S_OK);
+    let buf = buffer(&mem, 2048);
+    assert!(buf[..700].iter().all(|x| *x == 0xa1));
+    assert!(buf[700..1024].iter().all(|x| *x == 0));
+    assert!(buf[1024..1536].iter().all(|x| *x == 0xb2));
+    assert!(buf[1536..1546].iter().all(|x| *x == 0xb3));
+    assert!(buf[1546..].iter().all(|x| *x == 0));
+    // A read that starts inside the second part.
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_IN, 3, 512), S_OK);
+    let buf = buffer(&mem, 512);
+    assert!(buf[..10].iter().all(|x| *x == 0xb3));
+    assert!(buf[10..].iter().all(|x| *x == 0));
+    // Four sectors in all; a fifth is beyond the end; writes are refused.
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_IN, 4, 512), S_IOERR);
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_OUT, 0, 512), S_IOERR);
+    // A writable disk of parts, or a part past its file's end, is refused.
+    let (irq, _) = interrupt();
+    let writable = BlockConfig {
+        read_only: false,
+        ..cfg.clone()
+    };
+    assert!(Block::new(&writable, mem.clone(), irq.clone()).is_err());
+    let mut long = parts;
+    long[1].len = 600;
+    let bad = BlockConfig { parts: long, ..cfg };
+    assert!(Block::new(&bad, mem.clone(), irq).is_err());
 }
