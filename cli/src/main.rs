@@ -214,6 +214,10 @@ fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String>
 }
 
 fn main() -> ExitCode {
+    // Like any Unix tool, end quietly when our reader goes away (`vm ps |
+    // head`): Rust ignores SIGPIPE and would fail on the write instead.
+    // SAFETY: setting a signal's disposition to the default is sound.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -265,6 +265,10 @@ pub fn attach_foreground(
     raw_wanted: bool,
     wait_monitor: bool,
 ) -> ExitCode {
+    // The container's output keeps flowing (and is dropped) when our
+    // reader goes away; its end still gives our exit status.
+    // SAFETY: ignoring a signal is sound.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let (tx, rx) = mpsc::channel();
     // A signal that comes while the guest boots waits for the container.
     let mut catcher = Catcher::new(tx);

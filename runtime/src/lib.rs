@@ -14,6 +14,7 @@ pub mod frames;
 pub mod in_use;
 pub mod logfile;
 pub mod monitor;
+mod proctitle;
 pub mod pull;
 pub mod rootfs_cache;
 mod scratch;

@@ -84,7 +84,11 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
     let config = vm_config(c, kernel, initrd, disks, vsock_path, exit);
     vmm::vm::validate(&config)?;
     Ok(Prepared {
-        vm: crate::vm_process::Plan { config, seal },
+        vm: crate::vm_process::Plan {
+            id: c.config.id.clone(),
+            config,
+            seal,
+        },
         spec,
         cache,
     })

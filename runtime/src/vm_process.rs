@@ -41,6 +41,8 @@ pub struct End {
 
 /// What the child needs to build its VM: made before the fork.
 pub struct Plan {
+    /// The container's ID, for the VMM's command line.
+    pub id: String,
     pub config: VmConfig,
     /// The flag the image disk checks before each write, when it is to be
     /// sealed.
@@ -118,6 +120,7 @@ pub fn spawn(plan: Plan) -> Result<VmProcess> {
 
 fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    crate::proctitle::set(&["vm-vmm", &plan.id]);
     if nix::unistd::getppid() != monitor {
         // SAFETY: _exit ends the process without running anything else.
         unsafe { libc::_exit(1) };

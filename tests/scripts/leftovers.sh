@@ -40,6 +40,9 @@ done
 vm ps -q | wc -l
 echo "processes=$(procs)"
 echo "sockets=$(find "$VM_ROOT" -type s | wc -l)"
+# The monitor and the VMM carry the container's ID on their command lines.
+c0=$(vm inspect -f '{{.Id}}' c0)
+echo "named=$(pgrep -fc "^vm-monitor $c0\$") $(pgrep -fc "^vm-vmm $c0\$")"
 stat -c '%a' "$VM_ROOT/containers" "$VM_ROOT/run" "$(vm inspect -f '{{.LogPath}}' c0)"
 vm stop -t 1 $(vm ps -q) | wc -l
 vm rm $(vm ps -a -q) | wc -l

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+/// The nested host's default time limit for one script, in seconds.
+const DEFAULT_LIMIT: u32 = 180;
+
 pub struct Env {
     pub repo: PathBuf,
     pub vm: PathBuf,
@@ -142,14 +145,15 @@ impl std::fmt::Display for ScriptOutput {
 }
 
 impl Env {
-    fn script_command(&self, script: &str, in_kvm_host: bool) -> Command {
+    fn script_command(&self, script: &str, in_kvm_host: bool, limit: u32) -> Command {
         let mut cmd = if in_kvm_host && self.nested {
             let mut c = Command::new(self.repo.join("resources/kvm-host/run"));
-            // A nested host that has not finished in 3 minutes is stuck
-            // (no script here takes more than about one). It happens: the
-            // emulated host has wedged at the start of a guest boot, where
-            // even `timeout` inside it stopped working.
-            c.args(["--timeout", "180", "bash", "-c", script]);
+            // A nested host that has not finished in `limit` seconds is
+            // stuck (3 minutes by default; no script here takes more than
+            // about one, save those that boot dozens of guests). It
+            // happens: the emulated host has wedged at the start of a
+            // guest boot, where even `timeout` inside it stopped working.
+            c.args(["--timeout", &limit.to_string(), "bash", "-c", script]);
             c
         } else {
             let mut c = Command::new("bash");
@@ -178,8 +182,13 @@ impl Env {
     /// Run a bash script where guests can boot: here, or in the nested KVM
     /// host. $VM, $VMLINUX, $BZIMAGE, $AGENT_INITRD, $TEST_INITRD are set.
     pub fn run_with_kvm(&self, script: &str) -> ScriptOutput {
+        self.run_with_kvm_for(script, DEFAULT_LIMIT)
+    }
+
+    /// `run_with_kvm` with a time limit (seconds) for the nested host.
+    pub fn run_with_kvm_for(&self, script: &str, limit: u32) -> ScriptOutput {
         let out = self
-            .script_command(script, true)
+            .script_command(script, true, limit)
             .output()
             .expect("run the test script");
         ScriptOutput::from(out)
@@ -195,7 +204,17 @@ impl Env {
         script: &str,
         flaked: impl Fn(&ScriptOutput) -> bool,
     ) -> ScriptOutput {
-        let out = self.run_with_kvm(script);
+        self.run_with_kvm_retrying_for(script, DEFAULT_LIMIT, flaked)
+    }
+
+    /// `run_with_kvm_retrying` with a time limit (seconds).
+    pub fn run_with_kvm_retrying_for(
+        &self,
+        script: &str,
+        limit: u32,
+        flaked: impl Fn(&ScriptOutput) -> bool,
+    ) -> ScriptOutput {
+        let out = self.run_with_kvm_for(script, limit);
         // The nested host stuck until its time limit (124), or gone without
         // running the script to its end (it crashed: 125 and this message).
         let host_stuck = self.nested
@@ -207,13 +226,13 @@ impl Env {
         eprintln!(
             "WARNING: the nested host run looks like an environment failure; retrying once:\n{out}"
         );
-        self.run_with_kvm(script)
+        self.run_with_kvm_for(script, limit)
     }
 
     /// Run a bash script on this machine (no guest boots).
     pub fn run_here(&self, script: &str) -> ScriptOutput {
         let out = self
-            .script_command(script, false)
+            .script_command(script, false, DEFAULT_LIMIT)
             .output()
             .expect("run the test script");
         ScriptOutput::from(out)

@@ -267,6 +267,11 @@ impl session::Output for Shared {
 }
 
 fn main(state: &Path, c: &Container, launch: Launch) -> i32 {
+    // A client or guest socket that closes must fail a write, never kill
+    // the monitor (the command that forked us may have wanted SIGPIPE).
+    // SAFETY: ignoring a signal is sound.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    crate::proctitle::set(&["vm-monitor", &c.config.id]);
     let log_path = c.monitor_log_path();
     redirect_stdio((!launch.keep_stderr).then_some(log_path.as_path()));
     // (Waits out a command that only looks whether a monitor lives; the

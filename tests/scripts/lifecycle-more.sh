@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# More of the container lifecycle (pause, a killed monitor, wait, start,
+# create, exec, a 60-layer image), in one nested host. Each section
+# starts with "== NAME"; tests/tests/lifecycle.rs checks them.
+# Needs: $VM, $IMAGES, $W (a scratch directory), $VM_ROOT.
+set -u
+I=oci:$IMAGES/oci:busybox
+vm() { timeout 120 "$VM" "$@"; }
+now() { date +%s.%N; }
+# Polls (up to 60 s) until `vm inspect -f FORMAT NAME` prints WANT.
+await() {
+    for _ in $(seq 1 300); do
+        [ "$(vm inspect -f "$2" "$1" 2>/dev/null)" = "$3" ] && return 0
+        sleep 0.2
+    done
+    echo "timed out waiting for $1: $2 = $3 (is $(vm inspect -f "$2" "$1"))"
+}
+
+echo "== pause"
+vm run -d --name counter -m 96m $I sh -c 'i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done' >/dev/null
+sleep 1
+vm pause counter
+vm inspect -f '{{.State.Status}} {{.State.Paused}}' counter
+a=$(vm logs counter | wc -l); sleep 2; b=$(vm logs counter | wc -l)
+echo "paused-advanced=$((b - a))"
+vm unpause counter
+sleep 2
+c=$(vm logs counter | wc -l)
+echo "resumed=$([ "$c" -gt "$b" ] && echo yes || echo no)"
+vm inspect -f '{{.State.Status}}' counter
+vm rm -f counter >/dev/null
+
+echo "== monitor-killed"
+vm run -d --name orphan -m 96m $I sleep 1000 >/dev/null
+pid=$(vm inspect -f '{{.State.Pid}}' orphan)
+kill -9 "$pid"
+sleep 1
+vm ps -a --filter name=orphan --format '{{.State}}'
+vm inspect -f '{{.State.Status}} {{.State.ExitCode}}' orphan
+vm rm orphan; echo "rc=$?"
+
+echo "== wait"
+vm run -d --name waiter -m 96m $I sh -c 'sleep 1; exit 5' >/dev/null
+vm wait waiter
+
+echo "== start-again"
+vm start -a waiter; echo "rc=$?"
+vm start waiter
+await waiter '{{.State.Status}}' exited
+vm inspect -f '{{.State.ExitCode}}' waiter
+
+echo "== exec"
+vm run -d --name box -m 96m $I sh -c 'echo $$ > /tmp/pid; sleep 1000' >/dev/null
+vm exec box cat /tmp/pid
+vm exec box sh -c 'echo "$$ $(cat /proc/1/comm)"; exit 3'; echo "rc=$?"
+echo piped | vm exec -i box cat
+vm exec box no-such-command 2>/dev/null; echo "rc=$?"
+vm exec -u app -w /tmp -e FOO=bar box sh -c 'echo "$(id -un) $(pwd) $FOO"'
+script -qec "$VM exec -t box sh -c 'test -t 0 && echo tty; stty size'" /dev/null </dev/null | tr -d '\r\000'
+vm exec -d box sh -c 'echo detached > /tmp/d'; echo "rc=$?"
+sleep 0.5
+vm exec box cat /tmp/d
+vm rm -f box >/dev/null
+vm exec box true 2>/dev/null; echo "rc=$?"
+
+echo "== many-layers"
+vm run --rm -m 96m oci:$IMAGES/oci:many sh -c 'ls /many | wc -l; cat /many/file1 /many/file59'
+
+echo "== create"
+cid=$(vm create --name later -m 96m $I echo created-then-started)
+echo "id-length=${#cid}"
+vm inspect -f '{{.State.Status}}' later
+vm start -a later
+echo "== end"
