@@ -15,11 +15,14 @@ pub fn set(words: &[&str]) -> bool {
     let text: &'static [u8] = Box::leak(buf.into_boxed_slice());
     let start = text.as_ptr() as libc::c_ulong;
     let end = start + text.len() as libc::c_ulong;
-    // SAFETY: prctl with integer arguments; the range is memory of ours
-    // that is never freed. The start goes first so that start <= end holds
-    // at each step (the buffer lies below the stack's original one).
-    unsafe {
-        libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_ARG_START, start, 0, 0) == 0
-            && libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_ARG_END, end, 0, 0) == 0
-    }
+    // The kernel wants start <= end after each step: which end moves
+    // first depends on where the old range lies (the stack, or a buffer
+    // like this one that a forked parent left).
+    let set = |what: libc::c_int, at: libc::c_ulong| {
+        // SAFETY: prctl with integer arguments; the range is memory of
+        // ours that is never freed.
+        unsafe { libc::prctl(libc::PR_SET_MM, what, at, 0, 0) == 0 }
+    };
+    (set(libc::PR_SET_MM_ARG_START, start) && set(libc::PR_SET_MM_ARG_END, end))
+        || (set(libc::PR_SET_MM_ARG_END, end) && set(libc::PR_SET_MM_ARG_START, start))
 }

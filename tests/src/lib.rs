@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The nested host's default time limit for one script, in seconds.
-const DEFAULT_LIMIT: u32 = 180;
+const DEFAULT_LIMIT: u32 = 360;
 
 pub struct Env {
     pub repo: PathBuf,
@@ -149,10 +149,10 @@ impl Env {
         let mut cmd = if in_kvm_host && self.nested {
             let mut c = Command::new(self.repo.join("resources/kvm-host/run"));
             // A nested host that has not finished in `limit` seconds is
-            // stuck (3 minutes by default; no script here takes more than
-            // about one, save those that boot dozens of guests). It
-            // happens: the emulated host has wedged at the start of a
-            // guest boot, where even `timeout` inside it stopped working.
+            // stuck (6 minutes by default: the emulated host boots a guest
+            // in 2 to 6 s, and scripts here boot up to 30). It happens:
+            // the emulated host has wedged at the start of a guest boot,
+            // where even `timeout` inside it stopped working.
             c.args(["--timeout", &limit.to_string(), "bash", "-c", script]);
             c
         } else {

@@ -5,7 +5,7 @@
 use vm_tests::{env, section, work_dir, ScriptOutput};
 
 /// Runs tests/scripts/NAME.sh in the nested host. These boot a dozen
-/// guests or more each: they get five minutes.
+/// guests or more each: they get eight minutes.
 fn run_script(name: &str) -> ScriptOutput {
     let e = env();
     let w = work_dir(name);
@@ -14,7 +14,7 @@ fn run_script(name: &str) -> ScriptOutput {
         w = w.display(),
         repo = e.repo.display()
     );
-    e.run_with_kvm_retrying_for(&script, 300, |out| out.stdout.contains("rc=124"))
+    e.run_with_kvm_retrying_for(&script, 480, |out| out.stdout.contains("rc=124"))
 }
 
 fn lines(text: &str) -> Vec<&str> {
