@@ -146,10 +146,11 @@ pub fn stop(args: StopArgs, root: Option<PathBuf>) -> ExitCode {
 
 pub fn restart(args: StopArgs, root: Option<PathBuf>) -> ExitCode {
     each(root, &args.containers, |state, c| {
-        let _lock = c.command_lock()?;
+        let lock = c.command_lock()?;
         stop_one(state, c, args.time, args.signal)?;
+        // (The monitor may want the lock to finish: wait without it.)
+        drop(lock);
         client::wait_monitor(c);
-        drop(_lock);
         client::start(state, c, Mode::Detached).and_then(client::wait_started)?;
         Ok(None)
     })

@@ -114,6 +114,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         id,
     };
     vmm::vm::check_size(config.cpus, config.memory_mib)?;
+    // What runs killed before they could clean up left behind goes now.
+    container::sweep(state);
     container::create(state, config)
 }
 

@@ -64,7 +64,8 @@ pub fn key(layer_digests: &[String]) -> String {
 
 pub fn lookup(root: &Path, key: &str, run_id: &str) -> Result<Entry, String> {
     let dir = root.join("rootfs");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    // Unpacked images are private to the state's owner, as the store is.
+    crate::container::private_dir(&dir).map_err(|e| e.message)?;
     let path = dir.join(format!("{key}.ext4"));
     if path.is_file() {
         return Ok(Entry::Hit(path));

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -51,7 +52,13 @@ fn template(state: &Path) -> Result<PathBuf, String> {
 }
 
 fn mkfs(path: &Path) -> Result<(), String> {
-    let f = File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
     f.set_len(SIZE)
         .map_err(|e| format!("sizing {}: {e}", path.display()))?;
     drop(f);
@@ -94,9 +101,11 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> io::Result<()> {
             ));
         }
     }
+    // A container's writes and an unpacked image: the owner's alone.
     let to = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(dst)?;
     to.set_len(len)?;
     let mut pos: i64 = 0;

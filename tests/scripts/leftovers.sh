@@ -43,7 +43,8 @@ echo "sockets=$(find "$VM_ROOT" -type s | wc -l)"
 # The monitor and the VMM carry the container's ID on their command lines.
 c0=$(vm inspect -f '{{.Id}}' c0)
 echo "named=$(pgrep -fc "^vm-monitor $c0\$") $(pgrep -fc "^vm-vmm $c0\$")"
-stat -c '%a' "$VM_ROOT/containers" "$VM_ROOT/run" "$(vm inspect -f '{{.LogPath}}' c0)"
+log=$(vm inspect -f '{{.LogPath}}' c0)
+stat -c '%a' "$VM_ROOT/containers" "$VM_ROOT/run" "$VM_ROOT/rootfs" "$log" "$(dirname "$log")/scratch.img" "$VM_ROOT"/rootfs/*.ext4
 vm stop -t 1 $(vm ps -q) | wc -l
 vm rm $(vm ps -a -q) | wc -l
 leftovers

@@ -214,7 +214,11 @@ fn nothing_left_behind() {
         "named=1 1",
         "the monitor's and the VMM's command lines name the container\n{out}"
     );
-    assert_eq!(l[4..7], ["700", "700", "600"], "private state\n{out}");
-    assert_eq!(l[7..9], ["10", "10"], "{out}");
-    assert_eq!(l[9..], clean, "{out}");
+    assert_eq!(
+        l[4..10],
+        ["700", "700", "700", "600", "600", "600"],
+        "private state: directories, the log, the scratch disk, the unpacked image\n{out}"
+    );
+    assert_eq!(l[10..12], ["10", "10"], "{out}");
+    assert_eq!(l[12..], clean, "{out}");
 }
