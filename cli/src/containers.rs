@@ -242,28 +242,29 @@ pub fn wait(args: NamesArgs, root: Option<PathBuf>) -> ExitCode {
 }
 
 pub fn pause(args: NamesArgs, root: Option<PathBuf>) -> ExitCode {
-    each(root, &args.containers, |state, c| {
-        let _lock = c.command_lock()?;
-        if c.state().status != container::Status::Running {
-            return Err(runtime::Error::in_use(format!(
-                "Container {} is not running",
-                c.config.id
-            )));
-        }
-        monitor::request(state, c, &Request::Pause).map(|_| None)
-    })
+    set_paused(args, root, true)
 }
 
 pub fn unpause(args: NamesArgs, root: Option<PathBuf>) -> ExitCode {
+    set_paused(args, root, false)
+}
+
+/// `vm pause` (`on`) and `vm unpause`: the whole VMM stops or goes on.
+fn set_paused(args: NamesArgs, root: Option<PathBuf>, on: bool) -> ExitCode {
+    let (from, req, what) = if on {
+        (container::Status::Running, Request::Pause, "running")
+    } else {
+        (container::Status::Paused, Request::Unpause, "paused")
+    };
     each(root, &args.containers, |state, c| {
         let _lock = c.command_lock()?;
-        if c.state().status != container::Status::Paused {
+        if c.state().status != from {
             return Err(runtime::Error::in_use(format!(
-                "Container {} is not paused",
+                "Container {} is not {what}",
                 c.config.id
             )));
         }
-        monitor::request(state, c, &Request::Unpause).map(|_| None)
+        monitor::request(state, c, &req).map(|_| None)
     })
 }
 

@@ -24,7 +24,6 @@ use nix::unistd::{fork, ForkResult, Pid};
 pub use crate::init_spec::{ExecInit, InitSpec};
 use crate::process::{self, ChildExec};
 use crate::rootfs;
-use crate::users;
 
 pub const INIT_ARG: &str = "--container-init";
 pub const EXEC_ARG: &str = "--container-exec";
@@ -163,7 +162,13 @@ fn start_self(
 
 /// Entry point of `/init --container-init`.
 pub fn init_main() -> ! {
-    let code = match init() {
+    exit_with(init())
+}
+
+/// Exits with the status, or says why on stderr (the process's own) and
+/// exits with the failure's status.
+fn exit_with(r: Result<i32, Fail>) -> ! {
+    let code = match r {
         Ok(code) => code,
         Err(f) => {
             eprintln!("vm: {}", f.msg);
@@ -173,19 +178,22 @@ pub fn init_main() -> ! {
     std::process::exit(code)
 }
 
-fn init() -> Result<i32, Fail> {
-    // Signals stay blocked (as the agent started us) until the process's
-    // own mask is set right before its execve: one the host forwards
-    // early waits for it.
-    // SAFETY: descriptor 3 was set up by `spawn` for us alone.
+/// The spec the agent wrote on descriptor 3.
+fn read_spec<T: serde::de::DeserializeOwned>() -> Result<T, Fail> {
+    // SAFETY: descriptor 3 was set up by `start_self` for us alone.
     let mut spec_file = unsafe { File::from_raw_fd(SPEC_FD) };
     let mut json = Vec::new();
     spec_file
         .read_to_end(&mut json)
         .map_err(|e| Fail::setup(format!("reading the spec: {e}")))?;
-    drop(spec_file);
-    let spec: InitSpec =
-        serde_json::from_slice(&json).map_err(|e| Fail::setup(format!("bad spec: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| Fail::setup(format!("bad spec: {e}")))
+}
+
+fn init() -> Result<i32, Fail> {
+    // Signals stay blocked (as the agent started us) until the process's
+    // own mask is set right before its execve: one the host forwards
+    // early waits for it.
+    let spec: InitSpec = read_spec()?;
 
     rootfs::prepare(&spec).map_err(Fail::setup)?;
     if spec.process.terminal {
@@ -195,21 +203,6 @@ fn init() -> Result<i32, Fail> {
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| Fail::setup(format!("sethostname: {e}")))?;
 
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = users::resolve(&spec.process.user, &passwd, &group).map_err(Fail::setup)?;
-    let env = process::environment(&spec.process.env, &spec.hostname, &user.home);
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(process::DEFAULT_PATH)
-        .to_string();
-    let program = spec
-        .process
-        .args
-        .first()
-        .ok_or_else(|| Fail::setup("no command to run"))?;
-    let exe = process::lookup(program, &path_var)?;
     let cwd = if spec.process.cwd.is_empty() {
         "/"
     } else {
@@ -223,36 +216,21 @@ fn init() -> Result<i32, Fail> {
         })?;
     }
 
-    let child = ChildExec::new(&exe, &spec.process.args, &env, cwd, &user, spec.process.terminal)?;
+    let child = ChildExec::resolve(&spec.process, &spec.hostname, cwd)?;
     // Becomes the process: it is PID 1 of the container.
-    match child.exec(program)? {}
+    match child.exec()? {}
 }
 
 /// Entry point of `/init --container-exec`.
 pub fn exec_main() -> ! {
-    let code = match exec() {
-        Ok(code) => code,
-        Err(f) => {
-            eprintln!("vm: {}", f.msg);
-            f.code
-        }
-    };
-    std::process::exit(code)
+    exit_with(exec())
 }
 
 /// Joins the container of the process `spec.target` (its IPC, UTS, PID
 /// and mount namespaces and its root), then forks the process there and
 /// relays signals to it until it exits.
 fn exec() -> Result<i32, Fail> {
-    // SAFETY: descriptor 3 was set up by `spawn_exec` for us alone.
-    let mut spec_file = unsafe { File::from_raw_fd(SPEC_FD) };
-    let mut json = Vec::new();
-    spec_file
-        .read_to_end(&mut json)
-        .map_err(|e| Fail::setup(format!("reading the spec: {e}")))?;
-    drop(spec_file);
-    let spec: ExecInit =
-        serde_json::from_slice(&json).map_err(|e| Fail::setup(format!("bad spec: {e}")))?;
+    let spec: ExecInit = read_spec()?;
     let proc_dir = format!("/proc/{}", spec.target);
     let open = |p: String| {
         File::open(&p).map_err(|e| Fail::setup(format!("the container is gone ({p}: {e})")))
@@ -314,20 +292,6 @@ fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_default();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = users::resolve(&p.user, &passwd, &group).map_err(Fail::setup)?;
-    let env = process::environment(&p.env, &hostname, &user.home);
-    let path_var = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or(process::DEFAULT_PATH)
-        .to_string();
-    let program = p
-        .args
-        .first()
-        .ok_or_else(|| Fail::setup("no command to run"))?;
-    let exe = process::lookup(program, &path_var)?;
     let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
     if !Path::new(cwd).is_dir() {
         return Err(Fail {
@@ -335,8 +299,7 @@ fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
             msg: format!("the working directory {cwd} does not exist"),
         });
     }
-    let child = ChildExec::new(&exe, &p.args, &env, cwd, &user, p.terminal)?;
-    child.exec(program)
+    ChildExec::resolve(p, &hostname, cwd)?.exec()
 }
 
 /// Opens the container's pty (from its own devpts), makes the slave our

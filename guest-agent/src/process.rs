@@ -59,6 +59,8 @@ pub fn lookup(program: &str, path: &str) -> Result<std::path::PathBuf, Fail> {
 
 /// Everything the execve needs, made before anything changes.
 pub struct ChildExec {
+    /// The command as given (for messages).
+    program: String,
     exe: CString,
     args: Vec<CString>,
     env: Vec<CString>,
@@ -68,7 +70,29 @@ pub struct ChildExec {
 }
 
 impl ChildExec {
-    pub fn new(
+    /// `p` as it will run in this root: its user from the container's
+    /// /etc/passwd and /etc/group, Docker's environment, its program found
+    /// in its PATH, in `cwd`.
+    pub fn resolve(p: &agent_protocol::Process, hostname: &str, cwd: &str) -> Result<Self, Fail> {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let user = users::resolve(&p.user, &passwd, &group).map_err(Fail::setup)?;
+        let env = environment(&p.env, hostname, &user.home);
+        let path_var = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH)
+            .to_string();
+        let program = p
+            .args
+            .first()
+            .ok_or_else(|| Fail::setup("no command to run"))?;
+        let exe = lookup(program, &path_var)?;
+        Self::new(program, &exe, &p.args, &env, cwd, &user, p.terminal)
+    }
+
+    fn new(
+        program: &str,
         exe: &Path,
         args: &[String],
         env: &[String],
@@ -80,6 +104,7 @@ impl ChildExec {
             CString::new(s).map_err(|_| Fail::setup(format!("{s:?} contains a NUL byte")))
         };
         Ok(Self {
+            program: program.to_string(),
             exe: CString::new(exe.as_os_str().as_bytes())
                 .map_err(|_| Fail::setup("bad path"))?,
             args: args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
@@ -94,7 +119,8 @@ impl ChildExec {
     /// the user's groups and ids, the working directory, default signal
     /// dispositions and an empty mask, then execve. Returns only when a
     /// step failed: 127 when the program is not there, 126 otherwise.
-    pub fn exec(&self, program: &str) -> Result<std::convert::Infallible, Fail> {
+    pub fn exec(&self) -> Result<std::convert::Infallible, Fail> {
+        let program = &self.program;
         let fail = |what: &str, e: nix::errno::Errno| {
             let code = if what == "exec" && e == nix::errno::Errno::ENOENT {
                 127

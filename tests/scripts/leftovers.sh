@@ -4,8 +4,8 @@
 # containers stopped and removed. Counts processes, sockets and files.
 # Needs: $VM, $IMAGES, $VM_ROOT.
 set -u
-I=oci:$IMAGES/oci:busybox
-vm() { timeout 120 "$VM" "$@"; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 # Processes of ours: monitors and VMMs are forks of the vm binary.
 procs() { pgrep -x vm | wc -l; }
 leftovers() {

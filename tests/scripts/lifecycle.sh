@@ -4,17 +4,8 @@
 # "== NAME"; tests/tests/lifecycle.rs checks them.
 # Needs: $VM, $IMAGES, $W (a scratch directory), $VM_ROOT.
 set -u
-I=oci:$IMAGES/oci:busybox
-vm() { timeout 120 "$VM" "$@"; }
-now() { date +%s.%N; }
-# Polls (up to 60 s) until `vm inspect -f FORMAT NAME` prints WANT.
-await() {
-    for _ in $(seq 1 300); do
-        [ "$(vm inspect -f "$2" "$1" 2>/dev/null)" = "$3" ] && return 0
-        sleep 0.2
-    done
-    echo "timed out waiting for $1: $2 = $3 (is $(vm inspect -f "$2" "$1"))"
-}
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 
 echo "== run-d"
 id=$(vm run -d --name ticker -m 96m $I sh -c 'i=0; while true; do echo "tick $i"; echo "err $i" >&2; i=$((i+1)); sleep 0.2; done')
