@@ -423,9 +423,11 @@ $R localhost:5000/me/bb:v1 sh -c 'echo by tag'; echo "rc=$?"
 $R --pull never nosuch true 2>&1; echo "rc=$?"
 echo "== in-use"
 # While a container runs its image, its last name cannot be removed.
-# (Its process is PID 1: it ends on SIGTERM because it says so.)
-$VM run --rm busybox sh -c 'trap "exit 143" TERM; while true; do sleep 0.1; done' > /dev/null 2>&1 & rp=$!
-for i in $(seq 1 300); do ls $VM_ROOT/run/*/image > /dev/null 2>&1 && break; sleep 0.1; done
+# (Its process is PID 1: it ends on SIGTERM because it says so, once it
+# has said so: a signal that comes before its trap is ignored, as under
+# Docker.)
+$VM run --rm busybox sh -c 'trap "exit 143" TERM; echo ready; while true; do sleep 0.1; done' > /tmp/in-use.out 2>&1 & rp=$!
+for i in $(seq 1 600); do grep -q ready /tmp/in-use.out 2>/dev/null && break; sleep 0.1; done
 $VM rmi localhost:5000/me/bb:v1 > /dev/null; echo "rc=$?"
 $VM rmi busybox 2>&1 | sed 's/container [0-9a-f]*;/container ID;/'; echo "rc=${PIPESTATUS[0]}"
 $VM tag busybox localhost:5000/me/bb:v1
