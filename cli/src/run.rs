@@ -182,29 +182,40 @@ impl RunArgs {
     }
 }
 
-/// Progress of a pull on the terminal.
+/// Progress of a pull on the terminal; with `catcher`, the signals for
+/// the container are caught from the moment the image is open (before,
+/// while it is read or pulled, Ctrl-C simply ends `vm`: the store's
+/// writes are atomic).
 struct Watch {
     meter: crate::registry::Meter,
+    catcher: Option<Catcher>,
 }
 
 impl runtime::Observer for Watch {
     fn progress(&mut self, p: vm_image::registry::Progress) {
         self.meter.report(p);
     }
+
+    fn image_opened(&mut self) -> Result<(), String> {
+        match &mut self.catcher {
+            Some(c) => c.catch(),
+            None => Ok(()),
+        }
+    }
 }
 
 fn create_container(
     args: RunArgs,
     state: &std::path::Path,
-) -> Result<(runtime::container::Container, RunOptions), ExitCode> {
+    catcher: Option<Catcher>,
+) -> Result<(runtime::container::Container, RunOptions, Option<Catcher>), ExitCode> {
     let opts = args.options().map_err(|e| crate::fail(&e))?;
     let mut watch = Watch {
         meter: crate::registry::Meter::new(),
+        catcher,
     };
-    // Ctrl-C while the image is read or pulled simply ends `vm`: the
-    // store's writes are atomic.
     let c = runtime::create(&opts, state, &mut watch).map_err(|e| crate::runtime_error(&e))?;
-    Ok((c, opts))
+    Ok((c, opts, watch.catcher))
 }
 
 /// `vm create`: prints the new container's ID.
@@ -213,8 +224,8 @@ pub fn create(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return crate::fail(&e),
     };
-    match create_container(args, &state) {
-        Ok((c, _)) => {
+    match create_container(args, &state, None) {
+        Ok((c, _, _)) => {
             println!("{}", c.config.id);
             ExitCode::SUCCESS
         }
@@ -229,7 +240,9 @@ pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return crate::fail(&e),
     };
-    let (c, opts) = match create_container(args, &state) {
+    let (tx, rx) = mpsc::channel();
+    let catcher = (!detach).then(|| Catcher::new(tx));
+    let (c, opts, catcher) = match create_container(args, &state, catcher) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -253,7 +266,18 @@ pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
         Ok(conn) => conn,
         Err(e) => return crate::runtime_error(&e),
     };
-    attach_foreground(conn, &c, opts.interactive, raw_wanted, opts.restart == RestartPolicy::No)
+    let Some(catcher) = catcher else {
+        return crate::fail(&"no signal catcher for an attached run");
+    };
+    attach_with(
+        conn,
+        &c,
+        opts.interactive,
+        raw_wanted,
+        opts.restart == RestartPolicy::No,
+        catcher,
+        rx,
+    )
 }
 
 /// Runs an attached container to its end: our terminal, stdin and
@@ -265,13 +289,30 @@ pub fn attach_foreground(
     raw_wanted: bool,
     wait_monitor: bool,
 ) -> ExitCode {
+    let (tx, rx) = mpsc::channel();
+    let mut catcher = Catcher::new(tx);
+    if let Err(e) = catcher.catch() {
+        return crate::fail(&e);
+    }
+    attach_with(conn, c, stdin, raw_wanted, wait_monitor, catcher, rx)
+}
+
+/// `attach_foreground` with signals already caught by `catcher` (their
+/// thread starts here: after the monitor was forked).
+fn attach_with(
+    conn: std::os::unix::net::UnixStream,
+    c: &runtime::container::Container,
+    stdin: bool,
+    raw_wanted: bool,
+    wait_monitor: bool,
+    mut catcher: Catcher,
+    rx: mpsc::Receiver<Control>,
+) -> ExitCode {
     // The container's output keeps flowing (and is dropped) when our
     // reader goes away; its end still gives our exit status.
     // SAFETY: ignoring a signal is sound.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let (tx, rx) = mpsc::channel();
-    // A signal that comes while the guest boots waits for the container.
-    let mut catcher = Catcher::new(tx);
+    // A signal that came while the guest boots waits for the container.
     if let Err(e) = catcher.arm() {
         return crate::fail(&e);
     }
@@ -303,8 +344,9 @@ pub fn attach_foreground(
 
 /// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 go to the
 /// container's process; SIGWINCH sends the terminal's new size.
-struct Catcher {
+pub struct Catcher {
     tx: Option<Sender<Control>>,
+    signals: Option<signal_hook::iterator::Signals>,
     handle: Option<signal_hook::iterator::Handle>,
 }
 
@@ -312,20 +354,32 @@ impl Catcher {
     fn new(tx: Sender<Control>) -> Self {
         Self {
             tx: Some(tx),
+            signals: None,
             handle: None,
         }
     }
 
+    /// Catches the signals (no thread yet: the process may still fork).
+    fn catch(&mut self) -> Result<(), String> {
+        use signal_hook::consts::*;
+        if self.signals.is_none() {
+            let signals = signal_hook::iterator::Signals::new([
+                SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
+            ])
+            .map_err(|e| format!("installing signal handlers: {e}"))?;
+            self.handle = Some(signals.handle());
+            self.signals = Some(signals);
+        }
+        Ok(())
+    }
+
+    /// Forwards what was caught, and what comes, on a thread.
     fn arm(&mut self) -> Result<(), String> {
         use signal_hook::consts::*;
-        let Some(tx) = self.tx.take() else {
+        self.catch()?;
+        let (Some(tx), Some(mut signals)) = (self.tx.take(), self.signals.take()) else {
             return Ok(());
         };
-        let mut signals = signal_hook::iterator::Signals::new([
-            SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH,
-        ])
-        .map_err(|e| format!("installing signal handlers: {e}"))?;
-        self.handle = Some(signals.handle());
         let run = move || {
             for sig in signals.forever() {
                 let c = if sig == SIGWINCH {

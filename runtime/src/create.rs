@@ -58,6 +58,10 @@ pub struct RunOptions {
 pub trait Observer {
     /// A pull's progress.
     fn progress(&mut self, _p: Progress) {}
+    /// The image is open (pulled if it had to be).
+    fn image_opened(&mut self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Creates a container from `opts`; returns it in state `created`.
@@ -79,6 +83,7 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
     crate::assets::kernel().map_err(Error::host)?;
     crate::assets::initrd().map_err(Error::host)?;
     let image = open_image(&opts.image, opts.pull, state, &mut |p| observer.progress(p))?;
+    observer.image_opened().map_err(Error::host)?;
     crate::timing::mark("image-opened");
     let process = process_spec(opts, &image, &env_lines).map_err(Error::invalid)?;
     let id = container_id();

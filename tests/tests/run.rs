@@ -172,7 +172,7 @@ $R $I sh -c 'touch /x && echo wrote'
 echo "== dev"
 $R $I sh -c 'ls /dev | tr "\n" " "; echo; head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; echo $$; ls /proc/1/ns >/dev/null && echo proc-ok'
 echo "== zombies"
-$R $I sh -c '(sleep 0.2 &); sleep 1; grep -l "^State:.Z" /proc/[0-9]*/status | wc -l; cat /proc/1/comm'
+$R $I sh -c 'c=$(cat /proc/1/comm); (sleep 0.2 &); sleep 1; grep -l "^State:.Z" /proc/[0-9]*/status | wc -l; echo $c'
 echo "== sigterm"
 # The container's process is PID 1 (as under Docker): it ends on SIGTERM
 # because it has a handler.

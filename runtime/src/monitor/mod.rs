@@ -271,6 +271,20 @@ fn main(state: &Path, c: &Container, launch: Launch) -> i32 {
     // the monitor (the command that forked us may have wanted SIGPIPE).
     // SAFETY: ignoring a signal is sound.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // The starting command may have caught these to forward them; the
+    // monitor (in a session of its own) takes them as any daemon does.
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ] {
+        // SAFETY: restoring a signal's default disposition is sound.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     crate::proctitle::set(&["vm-monitor", &c.config.id]);
     let log_path = c.monitor_log_path();
     redirect_stdio((!launch.keep_stderr).then_some(log_path.as_path()));
