@@ -187,9 +187,10 @@ echo "== sigterm-during-boot"
 # Sent while the guest still boots: it waits for the container's process;
 # that one (sleep, PID 1 without a handler) ignores it, as under Docker,
 # and vm run is not killed by it: it waits for the end and cleans up.
-$VM run $I sleep 3 >$W/early.out 2>&1 &
+$VM run --name early $I sleep 3 >$W/early.out 2>&1 &
 pid=$!
-sleep 0.5
+# Once the container exists (its VM starts), not while the image is read.
+for i in $(seq 1 300); do $VM inspect -f '{{{{.Name}}}}' early >/dev/null 2>&1 && break; sleep 0.1; done
 t0=$(date +%s)
 kill -TERM $pid
 wait $pid; echo "rc=$?"
