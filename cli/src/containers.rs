@@ -32,6 +32,14 @@ fn state(root: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
     runtime::state_root(root.as_deref()).map_err(|e| crate::fail(&e))
 }
 
+/// The state root and the container `name` names, or the exit status
+/// that says why not.
+fn one(root: Option<PathBuf>, name: &str) -> Result<(PathBuf, Container), ExitCode> {
+    let state = state(root)?;
+    let c = container::find(&state, name).map_err(|e| crate::runtime_error(&e))?;
+    Ok((state, c))
+}
+
 /// Runs `f` on each named container; prints what it returns (Docker
 /// echoes the name as given) or the error; status 125 when any failed.
 fn each(
@@ -75,16 +83,12 @@ pub struct StartArgs {
 
 pub fn start(args: StartArgs, root: Option<PathBuf>) -> ExitCode {
     if args.attach || args.interactive {
-        let state = match state(root) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
         let [name] = args.containers.as_slice() else {
             return crate::fail(&"you cannot start and attach multiple containers at once");
         };
-        let c = match container::find(&state, name) {
-            Ok(c) => c,
-            Err(e) => return crate::runtime_error(&e),
+        let (state, c) = match one(root, name) {
+            Ok(x) => x,
+            Err(code) => return code,
         };
         let stdin = args.interactive && c.config.process.stdin;
         let conn = match client::start(&state, &c, Mode::Attached { stdin }) {
@@ -296,13 +300,9 @@ pub struct AttachArgs {
 }
 
 pub fn attach(args: AttachArgs, root: Option<PathBuf>) -> ExitCode {
-    let state = match state(root) {
-        Ok(s) => s,
+    let (state, c) = match one(root, &args.container) {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    let c = match container::find(&state, &args.container) {
-        Ok(c) => c,
-        Err(e) => return crate::runtime_error(&e),
     };
     if !c.state().status.is_live() {
         return crate::fail(&"You cannot attach to a stopped container, start it first");
@@ -418,13 +418,9 @@ pub struct ExecArgs {
 /// `vm exec`: another process in a running container, with its own
 /// stdio, terminal, signals and exit status.
 pub fn exec(args: ExecArgs, root: Option<PathBuf>) -> ExitCode {
-    let state = match state(root) {
-        Ok(s) => s,
+    let (state, c) = match one(root, &args.container) {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    let c = match container::find(&state, &args.container) {
-        Ok(c) => c,
-        Err(e) => return crate::runtime_error(&e),
     };
     if !matches!(c.state().status, container::Status::Running) {
         return crate::fail(&format!("container {} is not running", c.config.id));
