@@ -73,6 +73,91 @@ pub struct ExecSpec {
     /// connections a container's own processes make to the same ports.
     #[serde(default)]
     pub token: String,
+    /// Instead of `process.args`, run this piece of the agent in the
+    /// container (as root, in its namespaces and root), with the same
+    /// streams and exit status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<Builtin>,
+}
+
+/// Work the agent does itself inside a running container, for `vm cp`,
+/// `vm export`, `vm top` and `vm stats`. Output goes to the exec's
+/// stdout, errors to its stderr; exit status 0 means it worked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Builtin {
+    /// Write a tar archive of `path` to stdout: its entry is named after
+    /// the path's last component, its descendants below that name.
+    /// Symlinks are archived, not followed.
+    TarOut { path: String },
+    /// Write a tar archive of the whole root file system to stdout,
+    /// names relative to `/`, without descending into other mounts
+    /// (`/proc`, `/sys`, `/dev`).
+    Export,
+    /// Read a tar archive on stdin (as `TarOut` writes one) and put it at
+    /// `dest` as `docker cp` does (see [`CopyPlace`]). `keep_owner` keeps
+    /// the archive's owners (else root owns all).
+    TarIn {
+        dest: String,
+        place: CopyPlace,
+        keep_owner: bool,
+    },
+    /// Write the container's processes as JSON ([`TopRow`] per line).
+    Top,
+    /// Write `count` samples of the guest's counters ([`StatsSample`],
+    /// one JSON object a line), `interval_ms` apart; 0 means until the
+    /// stream closes.
+    Stats { interval_ms: u32, count: u32 },
+}
+
+/// Where `vm cp` puts an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyPlace {
+    /// Its one top entry goes into `dest` when that is a directory, and
+    /// becomes `dest` otherwise.
+    Named,
+    /// The top directory's children go into the directory `dest` (a
+    /// source that ends in `/.`).
+    Contents,
+    /// As it is, into the existing directory `dest` (a tar stream).
+    Stream,
+}
+
+/// One process of the container, as `vm top` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopRow {
+    pub uid: u32,
+    /// The user's name in the container's /etc/passwd, else the number.
+    pub user: String,
+    /// As the container sees it (its own PID namespace).
+    pub pid: i32,
+    pub ppid: i32,
+    /// CPU use over the process's life, percent.
+    pub cpu: u32,
+    /// Seconds since the epoch.
+    pub started: u64,
+    pub tty: String,
+    /// user + system CPU seconds.
+    pub cpu_secs: u64,
+    pub cmd: String,
+}
+
+/// The guest's counters at one moment, for `vm stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSample {
+    /// Clock ticks (USER_HZ) the CPUs were busy, and in all.
+    pub cpu_busy: u64,
+    pub cpu_total: u64,
+    pub cpus: u32,
+    pub mem_total: u64,
+    pub mem_available: u64,
+    pub block_read: u64,
+    pub block_write: u64,
+    pub net_rx: u64,
+    pub net_tx: u64,
+    /// Processes in the container.
+    pub pids: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,13 +28,13 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
         .map_err(|_| format!("invalid signal {s:?}: use a name such as TERM or KILL, or a number"))
 }
 
-fn state(root: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+pub fn state(root: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
     runtime::state_root(root.as_deref()).map_err(|e| crate::fail(&e))
 }
 
 /// The state root and the container `name` names, or the exit status
 /// that says why not.
-fn one(root: Option<PathBuf>, name: &str) -> Result<(PathBuf, Container), ExitCode> {
+pub fn one(root: Option<PathBuf>, name: &str) -> Result<(PathBuf, Container), ExitCode> {
     let state = state(root)?;
     let c = container::find(&state, name).map_err(|e| crate::runtime_error(&e))?;
     Ok((state, c))
@@ -451,6 +451,7 @@ pub fn exec(args: ExecArgs, root: Option<PathBuf>) -> ExitCode {
         stdin: args.interactive && !args.detach,
         rows,
         cols,
+        builtin: None,
     };
     let conn = match client::exec(&state, &c, opts) {
         Ok(conn) => conn,

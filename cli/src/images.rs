@@ -312,41 +312,73 @@ pub fn confirm(warning: &str) -> bool {
 pub fn prune(args: PruneArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
         let state = state_root(root.as_deref())?;
-        let store = Store::open(&state).map_err(|e| e.to_string())?;
         if !args.force && !confirm("WARNING! This will remove all dangling images and the unpacked root file systems no stored image uses.") {
             return Ok(());
         }
-        let running: std::collections::HashSet<String> = runtime::in_use::all(&state)
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect();
-        let freed = store
-            .prune(|d| running.contains(&d.to_string()))
-            .map_err(|e| e.to_string())?;
-        if !freed.images.is_empty() {
-            println!("Deleted Images:");
-            for d in &freed.images {
-                println!("deleted: {d}");
-            }
-        }
-        let mut used = std::collections::HashSet::new();
-        for e in store.list().map_err(|e| e.to_string())? {
-            let img = store
-                .entry_image(&e)
-                .map_err(|err| format!("{}: {err}", e.manifest))?;
-            let digests: Vec<String> = img.layers.iter().map(|l| l.digest.to_string()).collect();
-            used.insert(format!("{}.ext4", runtime::rootfs_cache::key(&digests)));
-        }
-        let (caches, cache_bytes) = runtime::rootfs_cache::prune(&state, &used)?;
-        if caches > 0 {
-            println!("Deleted cached root file systems: {caches}");
-        }
-        println!(
-            "Total reclaimed space: {}",
-            human(freed.bytes + cache_bytes)
-        );
+        let p = prune_images(&state, false)?;
+        print_pruned_images(&p);
+        println!("Total reclaimed space: {}", human(p.bytes));
         Ok(())
     })())
+}
+
+/// What [`prune_images`] removed.
+pub struct Pruned {
+    pub images: Vec<String>,
+    pub caches: usize,
+    pub bytes: u64,
+}
+
+pub fn print_pruned_images(p: &Pruned) {
+    if !p.images.is_empty() {
+        println!("Deleted Images:");
+        for d in &p.images {
+            println!("deleted: {d}");
+        }
+        println!();
+    }
+    if p.caches > 0 {
+        println!("Deleted cached root file systems: {}", p.caches);
+    }
+}
+
+/// Removes the untagged images (with `all`, every image no container
+/// uses), then the blobs and cached root file systems nothing uses.
+pub fn prune_images(state: &std::path::Path, all: bool) -> Result<Pruned, String> {
+    let store = Store::open(state).map_err(|e| e.to_string())?;
+    let used_by_containers: std::collections::HashSet<String> = runtime::in_use::all(state)
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let mut freed = store
+        .prune(|d| used_by_containers.contains(&d.to_string()))
+        .map_err(|e| e.to_string())?;
+    if all {
+        let mut seen = std::collections::HashSet::new();
+        for e in store.list().map_err(|e| e.to_string())? {
+            let d = e.manifest.to_string();
+            if used_by_containers.contains(&d) || !seen.insert(d) {
+                continue;
+            }
+            let f = store.remove_image(&e.manifest).map_err(|e| e.to_string())?;
+            freed.images.extend(f.images);
+            freed.bytes += f.bytes;
+        }
+    }
+    let mut used = std::collections::HashSet::new();
+    for e in store.list().map_err(|e| e.to_string())? {
+        let img = store
+            .entry_image(&e)
+            .map_err(|err| format!("{}: {err}", e.manifest))?;
+        let digests: Vec<String> = img.layers.iter().map(|l| l.digest.to_string()).collect();
+        used.insert(format!("{}.ext4", runtime::rootfs_cache::key(&digests)));
+    }
+    let (caches, cache_bytes) = runtime::rootfs_cache::prune(state, &used)?;
+    Ok(Pruned {
+        images: freed.images.iter().map(ToString::to_string).collect(),
+        caches,
+        bytes: freed.bytes + cache_bytes,
+    })
 }
 
 #[derive(clap::Args)]

@@ -1,12 +1,15 @@
 //! `vm`: run container images in KVM microVMs.
 
 mod containers;
+mod cp;
 mod images;
 mod logs;
 mod ps;
 mod registry;
 mod run;
+mod system;
 mod template;
+mod top;
 mod tty;
 
 use std::path::PathBuf;
@@ -71,6 +74,17 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Show containers or images as JSON.
     Inspect(ps::InspectArgs),
+    /// Copy files between a running container and the host.
+    Cp(cp::CpArgs),
+    /// Write a running container's file system as a tar archive.
+    Export(cp::ExportArgs),
+    /// The processes of a running container.
+    Top(top::TopArgs),
+    /// What running containers use: CPU, memory, I/O, processes.
+    Stats(top::StatsArgs),
+    /// Disk use, and removing everything unused.
+    #[command(subcommand)]
+    System(system::SystemCommand),
     /// Container commands (`vm container ls|inspect|rm|prune|...`).
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -131,6 +145,10 @@ enum ContainerCommand {
     Exec(containers::ExecArgs),
     Logs(logs::LogsArgs),
     Inspect(ps::InspectArgs),
+    Cp(cp::CpArgs),
+    Export(cp::ExportArgs),
+    Top(top::TopArgs),
+    Stats(top::StatsArgs),
     /// Remove all stopped containers.
     Prune(containers::PruneArgs),
 }
@@ -244,6 +262,11 @@ fn main() -> ExitCode {
         Command::Ps(args) => ps::ps(args, cli.root),
         Command::Logs(args) => logs::logs(args, cli.root),
         Command::Inspect(args) => ps::inspect(args, cli.root),
+        Command::Cp(args) => cp::cp(args, cli.root),
+        Command::Export(args) => cp::export(args, cli.root),
+        Command::Top(args) => top::top(args, cli.root),
+        Command::Stats(args) => top::stats(args, cli.root),
+        Command::System(c) => system::main(c, cli.root),
         Command::Container(c) => container_command(c, cli.root),
         Command::Load(args) => images::load(args, cli.root),
         Command::Images(args) => images::images(args, cli.root),
@@ -279,6 +302,10 @@ fn container_command(c: ContainerCommand, root: Option<PathBuf>) -> ExitCode {
         ContainerCommand::Exec(args) => containers::exec(args, root),
         ContainerCommand::Logs(args) => logs::logs(args, root),
         ContainerCommand::Inspect(args) => ps::inspect(args, root),
+        ContainerCommand::Cp(args) => cp::cp(args, root),
+        ContainerCommand::Export(args) => cp::export(args, root),
+        ContainerCommand::Top(args) => top::top(args, root),
+        ContainerCommand::Stats(args) => top::stats(args, root),
         ContainerCommand::Prune(args) => containers::prune(args, root),
     }
 }

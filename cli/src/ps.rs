@@ -206,13 +206,21 @@ pub fn print_formatted(
     default: &str,
     headers: &HashMap<&str, &str>,
 ) -> Result<(), String> {
+    print!("{}", format_values(values, format, default, headers)?);
+    Ok(())
+}
+
+/// What [`print_formatted`] prints.
+pub fn format_values(
+    values: &[Value],
+    format: Option<&str>,
+    default: &str,
+    headers: &HashMap<&str, &str>,
+) -> Result<String, String> {
     let src = match format {
         None | Some("table") => default,
         Some("json") => {
-            for v in values {
-                println!("{v}");
-            }
-            return Ok(());
+            return Ok(values.iter().map(|v| format!("{v}\n")).collect());
         }
         Some(f) => f,
     };
@@ -225,13 +233,10 @@ pub fn print_formatted(
         lines.push(t.render(v).map_err(|e| e.to_string())?);
     }
     if t.is_table() {
-        print!("{}", tabwrite(&lines));
+        Ok(tabwrite(&lines))
     } else {
-        for l in lines {
-            println!("{l}");
-        }
+        Ok(lines.into_iter().map(|l| l + "\n").collect())
     }
-    Ok(())
 }
 
 pub fn ps(args: PsArgs, root: Option<PathBuf>) -> ExitCode {

@@ -36,7 +36,7 @@ impl ConnectArgs {
 
 /// The options for talking to `registry`: flags, then the config file.
 fn options(registry: &str, args: &ConnectArgs) -> Result<Options, String> {
-    runtime::pull::options(registry, &args.connect())
+    runtime::pull::options(registry, &args.connect()).map_err(|e| e.message)
 }
 
 /// Progress on a terminal: step lines, and a status line of bytes moved
@@ -106,6 +106,7 @@ fn pull_into(
 ) -> Result<vm_image::Digest, String> {
     let mut meter = Meter::new();
     runtime::pull::pull(store, name, &connect.connect(), &mut |p| meter.report(p))
+        .map_err(|e| e.message)
 }
 
 #[derive(clap::Args)]

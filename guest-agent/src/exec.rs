@@ -59,6 +59,7 @@ impl Execs {
             );
             return;
         }
+        let builtin = spec.builtin;
         let p = spec.process;
         let started = Streams::connect_with_token(spec.ports, p.terminal, p.stdin, &spec.token)
             .map_err(|e| Fail::setup(format!("connecting the exec's streams: {e}")))
@@ -66,6 +67,7 @@ impl Execs {
                 let init = ExecInit {
                     target: target.as_raw(),
                     process: p.clone(),
+                    builtin: builtin.clone(),
                 };
                 run::start(p.terminal, streams, |stdio, pty| {
                     container::spawn_exec(&init, stdio, pty)

@@ -23,4 +23,7 @@ pub struct ExecInit {
     /// PID namespace: whose namespaces and root to join.
     pub target: i32,
     pub process: Process,
+    /// Run this piece of the agent instead of `process.args`.
+    #[serde(default)]
+    pub builtin: Option<agent_protocol::Builtin>,
 }

@@ -10,6 +10,7 @@
 //! and as `/init --container-exec` for `vm exec`.
 
 mod boot_timer;
+mod builtin;
 mod container;
 mod disks;
 mod exec;

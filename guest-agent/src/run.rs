@@ -271,7 +271,7 @@ fn unpack(spec: &RunSpec, root: &OwnedFd, layer: &Layer) -> Result<(), Fail> {
         },
         image_unpack::Options {
             set_owner: true,
-            allow_devices: false,
+            ..image_unpack::Options::default()
         },
     )
     .map_err(|e| Fail::setup(format!("unpacking layer {}: {e}", layer.digest)))?;

@@ -39,6 +39,13 @@ pub struct Options {
     pub set_owner: bool,
     /// Create character and block devices (skipped by default).
     pub allow_devices: bool,
+    /// A `vm cp` archive, not an image layer: names that start with
+    /// `.wh.` are ordinary files, an existing directory is never replaced
+    /// by something else, and extended attributes are not set.
+    pub copy: bool,
+    /// Clear setuid and setgid bits (for files from a guest landing on
+    /// the host).
+    pub strip_setid: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -93,6 +100,19 @@ pub fn apply_layer<R: Read>(
     limits: Limits,
     opts: Options,
 ) -> Result<Stats> {
+    apply(root, src, compression, limits, opts, false)
+}
+
+/// [`apply_layer`], and with `strip_top` each entry's first component is
+/// dropped (the archive's top directory itself is skipped).
+pub(crate) fn apply<R: Read>(
+    root: &OwnedFd,
+    src: R,
+    compression: Compression,
+    limits: Limits,
+    opts: Options,
+    strip_top: bool,
+) -> Result<Stats> {
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(src),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
@@ -117,13 +137,16 @@ pub fn apply_layer<R: Read>(
             });
         }
         let raw = entry.path_bytes().into_owned();
-        let comps = components(&raw)?;
+        let mut comps = components(&raw)?;
+        if strip_top && !comps.is_empty() {
+            comps.remove(0);
+        }
         let Some((name, parent)) = comps.split_last() else {
             continue; // the root itself
         };
         let path = comps.join("/");
         let dir = open_dir(root, parent)?;
-        if name == OPAQUE {
+        if name == OPAQUE && !opts.copy {
             stats.whiteouts += 1;
             let parent_path = parent.join("/");
             let sub = fs::openat(
@@ -142,7 +165,7 @@ pub fn apply_layer<R: Read>(
             }
             continue;
         }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+        if let Some(hidden) = name.strip_prefix(WHITEOUT).filter(|_| !opts.copy) {
             stats.whiteouts += 1;
             if hidden.is_empty() || hidden == "." || hidden == ".." {
                 return Err(Error::UnsafePath {
@@ -155,12 +178,25 @@ pub fn apply_layer<R: Read>(
         }
         let header = entry.header().clone();
         let kind = header.entry_type();
-        let xattrs = xattrs(&mut entry)?;
-        let mode = header.mode().map_err(corrupt)? & 0o7777;
+        let xattrs = if opts.copy {
+            Vec::new()
+        } else {
+            xattrs(&mut entry)?
+        };
+        let mut mode = header.mode().map_err(corrupt)? & 0o7777;
+        if opts.strip_setid {
+            mode &= !0o6000;
+        }
         let existing = kind_at(&dir, name);
         // Anything but a directory replacing a directory (or vice versa)
         // removes what was there; a directory over a directory merges.
         let keep_dir = kind.is_dir() && existing == Some(FileType::Directory);
+        if opts.copy && existing == Some(FileType::Directory) && !keep_dir {
+            return Err(Error::UnsafePath {
+                path,
+                why: "would replace a directory with a non-directory",
+            });
+        }
         if existing.is_some() && !keep_dir {
             remove_all(&dir, name, &path)?;
         }
@@ -199,7 +235,10 @@ pub fn apply_layer<R: Read>(
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| corrupt(format!("hardlink {path} without a target")))?;
-                let tcomps = components(&target)?;
+                let mut tcomps = components(&target)?;
+                if strip_top && !tcomps.is_empty() {
+                    tcomps.remove(0);
+                }
                 let Some((tname, tparent)) = tcomps.split_last() else {
                     return Err(Error::UnsafePath {
                         path,

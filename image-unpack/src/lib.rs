@@ -7,6 +7,7 @@
 //! symlink or hardlink leads out, the last component of a path is never
 //! followed, and caps on size and entry count stop decompression bombs.
 
+pub mod copy;
 mod layer;
 mod path;
 mod tree;
@@ -31,5 +32,7 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+#[cfg(test)]
+mod copy_tests;
 #[cfg(test)]
 mod tests;

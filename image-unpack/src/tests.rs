@@ -9,19 +9,19 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::{apply_layer, Compression, Error, Limits, Options};
 
-struct Scratch {
+pub(crate) struct Scratch {
     base: PathBuf,
 }
 
 impl Scratch {
     /// `base/root` is the root; `base` itself plays "outside the root".
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let base = std::env::temp_dir().join(format!("image-unpack-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("root")).expect("mkdir");
         Self { base }
     }
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.base.join("root")
     }
     fn fd(&self) -> OwnedFd {
@@ -42,7 +42,7 @@ impl Scratch {
         )
     }
     /// Everything in `base` but the root: what escaped.
-    fn outside(&self) -> Vec<String> {
+    pub(crate) fn outside(&self) -> Vec<String> {
         std::fs::read_dir(&self.base)
             .expect("read")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -59,7 +59,7 @@ impl Drop for Scratch {
 
 /// A tar stream from (path, type, data-or-link-target, mode) entries,
 /// written byte by byte so that hostile paths survive.
-fn layer(entries: &[(&str, tar::EntryType, &[u8], u32)]) -> Vec<u8> {
+pub(crate) fn layer(entries: &[(&str, tar::EntryType, &[u8], u32)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (path, kind, payload, mode) in entries {
         let mut h = tar::Header::new_gnu();

@@ -215,7 +215,7 @@ fn open_image(
         ))
     })?;
     let store = vm_image::store::Store::open(state).map_err(|e| Error::host(e.to_string()))?;
-    let mut fetch = || pull::pull(&store, &name, &pull::Connect::default(), progress).map_err(Error::image);
+    let mut fetch = || pull::pull(&store, &name, &pull::Connect::default(), progress);
     if policy == PullPolicy::Always {
         fetch()?;
     }

@@ -6,8 +6,10 @@
 //! caller can match on.
 
 mod assets;
+pub mod builtin;
 pub mod client;
 pub mod container;
+pub mod copy;
 pub mod create;
 pub mod error;
 pub mod frames;
@@ -23,6 +25,11 @@ pub mod spec;
 mod start;
 pub mod timing;
 mod vm_process;
+
+/// The guest's reports that callers read (`vm top`, `vm stats`).
+pub mod agent {
+    pub use agent_protocol::{StatsSample, TopRow};
+}
 
 pub use client::Control;
 pub use create::{create, Observer, RunOptions};

@@ -8,6 +8,8 @@ use vm_image::name::Name;
 use vm_image::registry::{Options, Progress};
 use vm_image::store::Store;
 
+use crate::error::{Error, Kind, Result};
+
 /// How to reach registries beyond what the config file says.
 #[derive(Debug, Clone, Default)]
 pub struct Connect {
@@ -27,8 +29,8 @@ pub enum PullPolicy {
 }
 
 /// The options for talking to `registry`: `connect`, then the config file.
-pub fn options(registry: &str, connect: &Connect) -> Result<Options, String> {
-    let config = Config::load().map_err(|e| e.to_string())?;
+pub fn options(registry: &str, connect: &Connect) -> Result<Options> {
+    let config = Config::load().map_err(|e| Error::invalid(e.to_string()))?;
     let mut insecure = connect.insecure.clone();
     insecure.extend(config.insecure_registries());
     let mut ca_files = connect.ca_files.clone();
@@ -46,8 +48,8 @@ pub fn pull(
     name: &Name,
     connect: &Connect,
     progress: &mut dyn FnMut(Progress),
-) -> Result<vm_image::Digest, String> {
+) -> Result<vm_image::Digest> {
     let opts = options(&name.registry, connect)?;
     vm_image::registry::pull(store, name, &opts, progress)
-        .map_err(|e| format!("pulling {name}: {e}"))
+        .map_err(|e| Error::new(Kind::Image, format!("pulling {name}: {e}")))
 }

@@ -222,3 +222,112 @@ fn nothing_left_behind() {
     assert_eq!(l[10..12], ["10", "10"], "{out}");
     assert_eq!(l[12..], clean, "{out}");
 }
+
+#[test]
+fn copy_export_top_stats_and_system() {
+    let out = run_script("files");
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("== end"), "{out}");
+
+    assert_eq!(
+        lines(section(&out.stdout, "cp-out")),
+        [
+            "rc=0",
+            "hello",
+            "/etc/passwd",
+            "755",
+            "hello",
+            "data",
+            "link sub up ",
+            "f",
+            "rc=125 exists=no",
+            "0"
+        ],
+        "cp out: a directory, a symlink kept as one, setuid cleared on the host, a file, into a directory, /. contents, a tar stream, a missing path; no temporary left\n{out}"
+    );
+    assert_eq!(
+        lines(section(&out.stdout, "cp-in")),
+        ["world", "world", "0", "1234", "rc=125"],
+        "cp in: a directory, a file under a new name, root owns it unless -a, a missing source\n{out}"
+    );
+    assert_eq!(
+        lines(section(&out.stdout, "cp-hostile")),
+        [
+            "dotdot-rc=125",
+            "link-rc=0",
+            "through-rc=0",
+            "abs-rc=0",
+            "0",
+            "evil",
+            "evil",
+            "rc=0",
+            "/",
+            "evil2 evil3 "
+        ],
+        "hostile archives land inside the destination or are refused, both ways\n{out}"
+    );
+    assert_eq!(
+        lines(section(&out.stdout, "export")),
+        ["1", "some", "0", "rc=0", "1"],
+        "export: the container's files, its writes, not /proc's contents; -o\n{out}"
+    );
+    assert_eq!(
+        lines(section(&out.stdout, "top")),
+        ["UID PID PPID C STIME TTY TIME CMD", "root 1 0 sleep 1000"],
+        "top: the container's processes as it sees them\n{out}"
+    );
+    let s = lines(section(&out.stdout, "stats"));
+    assert_eq!(
+        s.first().copied(),
+        Some("box 1"),
+        "stats: the container's processes\n{out}"
+    );
+    assert_eq!(
+        s.get(1).copied(),
+        Some("CONTAINER ID NAME CPU % MEM USAGE / LIMIT MEM % NET I/O BLOCK I/O PIDS"),
+        "{out}"
+    );
+    // "12.5MiB / 85.2MiB 0.50%": the guest's memory, under the VM's 96 MiB.
+    let mem: Vec<&str> = s.get(2).map(|l| l.split(' ').collect()).unwrap_or_default();
+    let mib = |t: &str| t.strip_suffix("MiB").and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        mem.len() == 4
+            && mem[1] == "/"
+            && mib(mem[0]).is_some_and(|u| u > 1.0)
+            && mib(mem[2]).is_some_and(|l| l > 40.0 && l <= 96.0)
+            && mem[3].ends_with('%'),
+        "stats memory {mem:?}\n{out}"
+    );
+    assert_eq!(
+        s.get(3..).unwrap_or_default(),
+        ["tables=several", "left=1"],
+        "stats streams until stopped, and leaves nothing running in the guest\n{out}"
+    );
+    assert_eq!(
+        lines(section(&out.stdout, "not-running")),
+        ["rc=125", "rc=125"],
+        "{out}"
+    );
+    let s = lines(section(&out.stdout, "system"));
+    assert_eq!(s.first().copied(), Some("load-rc=0"), "{out}");
+    assert!(
+        s.get(1).is_some_and(|l| l.starts_with("Images some ")),
+        "df counts the loaded images\n{out}"
+    );
+    assert_eq!(
+        s.get(2..4).unwrap_or_default(),
+        ["Containers 1 0", "Local Volumes 0 0"],
+        "{out}"
+    );
+    assert!(
+        s.get(4).is_some_and(|l| l.starts_with("Root FS Cache ")),
+        "{out}"
+    );
+    assert_eq!(s.get(5).copied(), Some("Deleted Containers:"), "{out}");
+    assert_eq!(s.get(6).map(|l| l.len()), Some(64), "the pruned container's ID\n{out}");
+    assert_eq!(
+        s.get(7..).unwrap_or_default(),
+        ["0", "some", "Images 0", "Containers 0"],
+        "prune removes the stopped container; -a every image no container uses\n{out}"
+    );
+}

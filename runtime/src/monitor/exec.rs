@@ -32,6 +32,9 @@ pub struct ExecOptions {
     pub stdin: bool,
     pub rows: u16,
     pub cols: u16,
+    /// A piece of the agent to run instead of `args` (`vm cp`, `top`, ...).
+    #[serde(default)]
+    pub builtin: Option<agent_protocol::Builtin>,
 }
 
 /// What the agent said of one exec.
@@ -122,13 +125,16 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
         stderr: base + 2,
     };
     let process = Process {
-        args: opts.args,
+        args: opts.args.clone(),
         env: merge_env(&c.config.process.env, &opts.env),
         cwd: opts
             .workdir
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| c.config.process.cwd.clone()),
-        user: opts.user.unwrap_or_else(|| c.config.process.user.clone()),
+        user: opts
+            .user
+            .clone()
+            .unwrap_or_else(|| c.config.process.user.clone()),
         terminal: opts.tty,
         stdin: opts.stdin,
         rows: opts.rows,
@@ -165,9 +171,11 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
         process,
         ports,
         token: token.clone(),
+        builtin: opts.builtin.clone(),
     })));
     if answer(&conn, &Reply::default()).is_ok() {
-        let end = run(&conn, shared, id, &token, &agent, listeners);
+        let builtin = opts.builtin.is_some();
+        let end = run(&conn, shared, id, &token, &agent, listeners, builtin);
         let writer = &mut &conn;
         let _ = match end {
             Ok(code) => write_frame(writer, &Frame::Exit(code)),
@@ -229,6 +237,7 @@ fn run(
     token: &str,
     agent: &session::Sender,
     listeners: Vec<Option<std::os::unix::net::UnixListener>>,
+    builtin: bool,
 ) -> Result<i32, Failure> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     let gone = || {
@@ -279,7 +288,7 @@ fn run(
     let stdin = streams.pop().flatten();
     let stderr = streams.pop().flatten();
     let stdout = streams.pop().flatten();
-    spawn_input(conn, id, agent, stdin);
+    spawn_input(conn, id, agent, stdin, builtin);
     let pumps: Vec<_> = [(stdout, true), (stderr, false)]
         .into_iter()
         .filter_map(|(s, out)| s.map(|s| (s, out)))
@@ -319,8 +328,16 @@ fn pump(mut from: UnixStream, stdout: bool, to: &Mutex<UnixStream>) {
     }
 }
 
-/// The client's stdin, signals and resizes, to the exec'd process.
-fn spawn_input(conn: &UnixStream, id: u32, agent: &session::Sender, stdin: Option<UnixStream>) {
+/// The client's stdin, signals and resizes, to the exec'd process. A
+/// builtin (`vm stats`, `vm cp`) is killed when its client goes away; a
+/// user's process goes on, as under Docker.
+fn spawn_input(
+    conn: &UnixStream,
+    id: u32,
+    agent: &session::Sender,
+    stdin: Option<UnixStream>,
+    builtin: bool,
+) {
     let Ok(mut reader) = conn.try_clone() else {
         return;
     };
@@ -345,6 +362,12 @@ fn spawn_input(conn: &UnixStream, id: u32, agent: &session::Sender, stdin: Optio
                 }
                 _ => {}
             }
+        }
+        if builtin {
+            agent.send(&HostMessage::ExecSignal {
+                id,
+                signal: libc::SIGKILL,
+            });
         }
     };
     let _ = std::thread::Builder::new().name("exec-in".into()).spawn(run);

@@ -103,6 +103,10 @@ pub fn spawn(state: &Path, c: &Container, launch: Launch) -> Result<()> {
 }
 
 /// Points descriptors 0 and 1 at /dev/null, and 2 at `stderr` when given.
+/// monitor.log is rotated (one old file kept) when it is past this, at
+/// each run of the container.
+const MONITOR_LOG_MAX: u64 = 1 << 20;
+
 fn redirect_stdio(stderr: Option<&Path>) {
     let null = std::fs::OpenOptions::new()
         .read(true)
@@ -117,6 +121,11 @@ fn redirect_stdio(stderr: Option<&Path>) {
     }
     if let Some(path) = stderr {
         use std::os::unix::fs::OpenOptionsExt;
+        // The log of the monitor's own notes (and, with --debug, the
+        // guest's console) keeps at most two files of MONITOR_LOG_MAX.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > MONITOR_LOG_MAX) {
+            let _ = std::fs::rename(path, path.with_extension("log.1"));
+        }
         if let Ok(f) = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -351,6 +360,9 @@ fn serve(state: &Path, c: &Container, launch: Launch) -> Result<()> {
     let mut keep_stderr = launch.keep_stderr;
     let mut backoff = Duration::from_millis(100);
     loop {
+        if !keep_stderr {
+            redirect_stdio(Some(&c.monitor_log_path()));
+        }
         let started = Instant::now();
         let end = run_once(state, &shared);
         let (stop_requested, restarts) = {
