@@ -54,11 +54,10 @@ const DF_TABLE: &str = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}
 
 /// One row: total count, active count, bytes, reclaimable bytes.
 fn df_row(kind: &str, total: usize, active: usize, size: u64, reclaimable: u64) -> Value {
-    let pct = if size > 0 {
-        format!(" ({}%)", reclaimable * 100 / size)
-    } else {
-        String::new()
-    };
+    let pct = (reclaimable * 100)
+        .checked_div(size)
+        .map(|p| format!(" ({p}%)"))
+        .unwrap_or_default();
     json!({
         "Type": kind,
         "TotalCount": total.to_string(),

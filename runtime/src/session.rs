@@ -300,3 +300,203 @@ fn copy_out(stream: Stream, mut from: UnixStream, to: &dyn Output) {
     }
     to.end(stream);
 }
+
+#[cfg(test)]
+mod tests {
+    //! A fake agent on the guest's side of the sockets: what a hostile
+    //! guest can send the host, and what the host makes of it.
+
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use agent_protocol::{Process, Rootfs};
+
+    use super::*;
+
+    struct Sink;
+    impl Output for Sink {
+        fn write(&self, _: Stream, _: &[u8]) {}
+        fn end(&self, _: Stream) {}
+    }
+
+    #[derive(Default)]
+    struct Count {
+        sealed: usize,
+        started: usize,
+        execs: Vec<AgentMessage>,
+    }
+    impl Events for Count {
+        fn sealed(&mut self) -> Result<(), String> {
+            self.sealed += 1;
+            Ok(())
+        }
+        fn started(&mut self) {
+            self.started += 1;
+        }
+        fn exec(&mut self, msg: AgentMessage) {
+            self.execs.push(msg);
+        }
+    }
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            rootfs: Rootfs::Cached { disk: "r".into() },
+            scratch_disk: "s".into(),
+            process: Process {
+                args: vec!["true".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: String::new(),
+                terminal: true,
+                stdin: false,
+                rows: 24,
+                cols: 80,
+            },
+            hostname: "h".into(),
+            read_only: false,
+            max_layer_bytes: 1,
+            max_layer_entries: 1,
+        }
+    }
+
+    static N: AtomicUsize = AtomicUsize::new(0);
+
+    /// Runs a session against `agent` (given the control and stdout
+    /// connections once the handshake is done) and returns how `wait`
+    /// ended, with the events.
+    fn against(
+        agent: impl FnOnce(UnixStream, UnixStream) + Send + 'static,
+    ) -> (Result<Ended, Error>, Count) {
+        let dir = std::env::temp_dir().join(format!(
+            "vm-session-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let vsock = dir.join("v");
+        let l = Listeners::bind(&vsock).expect("bind");
+        let path = |p: u32| format!("{}_{p}", vsock.display());
+        let (control, stdout) = (path(port::CONTROL), path(port::STDOUT));
+        let t = std::thread::spawn(move || {
+            let mut c = UnixStream::connect(&control).expect("connect control");
+            hello(&mut c);
+            let run = read_frame::<_, HostMessage>(&mut c);
+            assert!(matches!(run, Ok(Some(HostMessage::Run(_)))), "{run:?}");
+            let o = UnixStream::connect(&stdout).expect("connect stdout");
+            agent(c, o);
+        });
+        let mut events = Count::default();
+        let r = Session::start(&l, spec(), Duration::from_secs(10), &|| false, Arc::new(Sink))
+            .and_then(|s| s.wait(&mut events));
+        let _ = t.join();
+        let _ = std::fs::remove_dir_all(&dir);
+        (r, events)
+    }
+
+    fn hello(c: &mut UnixStream) {
+        write_frame(c, &AgentMessage::Hello { version: agent_protocol::VERSION }).expect("hello");
+    }
+
+    fn protocol_error(r: &Result<Ended, Error>) -> Option<&str> {
+        match r {
+            Err(Error::Protocol(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_well_behaved_agent_ends_with_its_status() {
+        let (r, ev) = against(|mut c, mut o| {
+            o.write_all(b"hi").expect("out");
+            drop(o);
+            write_frame(&mut c, &AgentMessage::Started).expect("w");
+            write_frame(&mut c, &AgentMessage::Exited { code: 3 }).expect("w");
+        });
+        assert!(matches!(r, Ok(Ended::Exited(3))));
+        assert_eq!(ev.started, 1);
+    }
+
+    #[test]
+    fn an_oversized_frame_is_an_error_not_an_allocation() {
+        let (r, _) = against(|mut c, _o| {
+            let _ = c.write_all(&u32::MAX.to_be_bytes());
+            let _ = c.write_all(&[0u8; 64]);
+        });
+        let m = protocol_error(&r).expect("a protocol error");
+        assert!(m.contains("limit"), "{m}");
+    }
+
+    #[test]
+    fn garbage_a_second_hello_and_a_wrong_version_are_refused() {
+        let (r, _) = against(|mut c, _o| {
+            let body = b"{not json";
+            let _ = c.write_all(&(body.len() as u32).to_be_bytes());
+            let _ = c.write_all(body);
+        });
+        assert!(protocol_error(&r).is_some_and(|m| m.contains("malformed")));
+
+        let (r, _) = against(|mut c, _o| {
+            hello(&mut c);
+        });
+        assert!(protocol_error(&r).is_some_and(|m| m.contains("hello twice")));
+
+        let dir = std::env::temp_dir().join(format!("vm-session-v-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let vsock = dir.join("v");
+        let l = Listeners::bind(&vsock).expect("bind");
+        let control = format!("{}_{}", vsock.display(), port::CONTROL);
+        let t = std::thread::spawn(move || {
+            let mut c = UnixStream::connect(control).expect("connect");
+            let _ = write_frame(&mut c, &AgentMessage::Hello { version: 1 });
+            // Keep the connection open until the host has read it.
+            let mut b = [0u8; 1];
+            let _ = c.read(&mut b);
+        });
+        let r = Session::start(&l, spec(), Duration::from_secs(10), &|| false, Arc::new(Sink));
+        let m = match r {
+            Err(Error::Protocol(m)) => m,
+            _ => String::from("no protocol error"),
+        };
+        assert!(m.contains("version 1"), "{m}");
+        drop(l);
+        let _ = t.join();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_silent_agent_times_out_and_a_vanished_one_ends_the_run() {
+        let dir = std::env::temp_dir().join(format!("vm-session-t-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let vsock = dir.join("v");
+        let l = Listeners::bind(&vsock).expect("bind");
+        let control = format!("{}_{}", vsock.display(), port::CONTROL);
+        // Connects and says nothing.
+        let c = UnixStream::connect(control).expect("connect");
+        let r = Session::start(&l, spec(), Duration::from_millis(300), &|| false, Arc::new(Sink));
+        assert!(matches!(r, Err(Error::Protocol(_)) | Err(Error::Timeout(_))));
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let (r, _) = against(|mut c, _o| {
+            write_frame(&mut c, &AgentMessage::Started).expect("w");
+        });
+        assert!(matches!(r, Err(Error::VmEnded)));
+    }
+
+    #[test]
+    fn exec_news_for_unknown_ids_is_passed_on_untouched() {
+        let (r, ev) = against(|mut c, o| {
+            drop(o);
+            for id in [7, u32::MAX] {
+                write_frame(&mut c, &AgentMessage::ExecExited { id, code: 0 }).expect("w");
+                write_frame(&mut c, &AgentMessage::ExecStarted { id }).expect("w");
+            }
+            write_frame(&mut c, &AgentMessage::Exited { code: 0 }).expect("w");
+        });
+        assert!(matches!(r, Ok(Ended::Exited(0))));
+        assert_eq!(ev.execs.len(), 4);
+    }
+}

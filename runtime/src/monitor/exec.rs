@@ -409,3 +409,35 @@ fn accept_verified(
 pub fn vsock_path(run_dir: &std::path::Path) -> PathBuf {
     run_dir.join("vsock")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn news_of_unknown_execs_changes_nothing_and_a_run_end_ends_the_rest() {
+        let mut e = Execs::default();
+        e.all.insert(1, Status::default());
+        e.news(AgentMessage::ExecExited { id: 9, code: 0 });
+        e.news(AgentMessage::ExecStarted { id: u32::MAX });
+        e.news(AgentMessage::ExecFailed {
+            id: 2,
+            code: 125,
+            message: "x".into(),
+        });
+        assert_eq!(e.all.len(), 1, "no entry made for an id the host never chose");
+        e.news(AgentMessage::ExecStarted { id: 1 });
+        e.news(AgentMessage::ExecStarted { id: 1 });
+        assert!(e.all[&1].started && e.all[&1].code.is_none());
+        e.run_ended();
+        assert_eq!(e.all[&1].code, Some(137));
+        e.news(AgentMessage::ExecExited { id: 1, code: 0 });
+        assert_eq!(e.all[&1].code, Some(0), "a late report may still land");
+    }
+
+    #[test]
+    fn exec_env_overrides_by_name() {
+        let env = merge_env(&["A=1".into(), "B=2".into()], &["A=3".into(), "C".into()]);
+        assert_eq!(env, ["B=2", "A=3", "C"]);
+    }
+}
