@@ -40,6 +40,9 @@ pub fn cp(args: CpArgs, root: Option<PathBuf>) -> ExitCode {
                 Err(code) => return code,
             };
             let r = if args.dest == "-" {
+                if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                    return crate::fail(&"cowardly refusing to write a tar archive to a terminal; redirect it or name a destination");
+                }
                 let mut out = std::io::stdout().lock();
                 copy::copy_out(&state, &c, path, Dest::Stream(&mut out))
             } else {
@@ -103,9 +106,20 @@ pub fn export(args: ExportArgs, root: Option<PathBuf>) -> ExitCode {
     let Some(name) = name else {
         return crate::fail(&format!("{}: not a file name", path.display()));
     };
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}-{nanos:x}", std::process::id()));
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)
+        use std::os::unix::fs::OpenOptionsExt;
+        // A new file of ours (never one someone put there), private until
+        // it is renamed into place.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .map_err(|e| runtime::Error::host(format!("{}: {e}", tmp.display())))?;
         copy::export(&state, &c, &mut f)?;
         f.flush()

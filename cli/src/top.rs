@@ -45,18 +45,20 @@ pub fn top(args: TopArgs, root: Option<PathBuf>) -> ExitCode {
 
 fn top_line(r: &TopRow, now: u64) -> String {
     let t = r.cpu_secs;
+    // The guest's words, with no tab to fake a column either.
+    let text = |s: &str| escape(s).replace('\t', "\\t");
     format!(
         "{}\t{}\t{}\t{}\t{}\t{}\t{:02}:{:02}:{:02}\t{}",
-        escape(&r.user),
+        text(&r.user),
         r.pid,
         r.ppid,
         r.cpu,
         start_time(r.started, now),
-        escape(&r.tty),
+        text(&r.tty),
         t / 3600,
         t / 60 % 60,
         t % 60,
-        escape(&r.cmd)
+        text(&r.cmd)
     )
 }
 
@@ -72,6 +74,10 @@ fn start_time(secs: u64, now: u64) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
+    // Past the year 9999 (only a guest's lie), there is no date to show.
+    if secs > 253_402_300_799 {
+        return "?".into();
+    }
     let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs))
         .to_string();
     // YYYY-MM-DDTHH:MM:SSZ
@@ -325,5 +331,6 @@ mod tests {
         assert_eq!(binary(3 * 1024 * 1024 / 2), "1.50MiB");
         assert_eq!(start_time(86400 * 3 + 3600 * 5 + 60 * 7, 86400 * 3 + 9000), "05:07");
         assert_eq!(start_time(0, 86400 * 40), "Jan01");
+        assert_eq!(start_time(u64::MAX, 0), "?");
     }
 }

@@ -293,6 +293,12 @@ fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
         // that when the builtin's client goes away), and takes signals.
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        // The helper lives outside the container's PID namespace, so its
+        // pid reads 0 here; once it is gone we belong to the container's
+        // init (1). It may have gone before the line above took effect.
+        if nix::unistd::getppid().as_raw() != 0 {
+            std::process::exit(137);
+        }
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
         std::process::exit(crate::builtin::run(b));
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::layer::apply;
+use crate::layer::{apply, Shape};
 use crate::{Compression, Error, Limits, Options, Result};
 
 fn io_err(op: &'static str, path: &Path, source: std::io::Error) -> Error {
@@ -136,13 +136,20 @@ pub enum Place {
     Stream,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CopyOptions {
     pub place: Place,
+    /// The name the archive's top entry must have (the last component of
+    /// the path asked for): with [`Place::Named`], an entry under any
+    /// other name is refused, so an archive cannot put files of its
+    /// choosing beside the one asked for.
+    pub top: Option<String>,
     /// Keep the archive's owners (else the caller owns everything).
     pub set_owner: bool,
     /// Clear setuid and setgid bits.
     pub strip_setid: bool,
+    /// Mode bits to clear (the caller's umask).
+    pub umask: u32,
     pub limits: Limits,
 }
 
@@ -156,6 +163,15 @@ pub fn unpack_at<R: Read>(dest: &Path, src: R, o: &CopyOptions) -> Result<()> {
         allow_devices: false,
         copy: true,
         strip_setid: o.strip_setid,
+        umask: o.umask,
+    };
+    let named = Shape {
+        strip_top: false,
+        top: o.top.as_deref(),
+    };
+    let contents = Shape {
+        strip_top: true,
+        top: None,
     };
     let wants_dir = dest.as_os_str().as_bytes().ends_with(b"/");
     let missing_dir = || Error::Fs {
@@ -168,11 +184,17 @@ pub fn unpack_at<R: Read>(dest: &Path, src: R, o: &CopyOptions) -> Result<()> {
     };
     match std::fs::metadata(dest) {
         Ok(m) if m.is_dir() => {
-            let root = open_root(dest)?;
-            apply(&root, src, Compression::None, o.limits, opts, o.place == Place::Contents)
-                .map(drop)
+            let root = open_root(dest, false)?;
+            let shape = match o.place {
+                Place::Named => named,
+                Place::Contents => contents,
+                Place::Stream => Shape::default(),
+            };
+            apply(&root, src, Compression::None, o.limits, opts, shape).map(drop)
         }
-        Ok(_) if o.place == Place::Named && !wants_dir => via_temp(dest, src, o.limits, opts),
+        Ok(_) if o.place == Place::Named && !wants_dir => {
+            via_temp(dest, src, o.limits, opts, named)
+        }
         Ok(_) => Err(io_err(
             "copy to",
             dest,
@@ -183,14 +205,14 @@ pub fn unpack_at<R: Read>(dest: &Path, src: R, o: &CopyOptions) -> Result<()> {
                 return Err(missing_dir());
             }
             match o.place {
-                Place::Named => via_temp(dest, src, o.limits, opts),
+                Place::Named => via_temp(dest, src, o.limits, opts, named),
                 Place::Contents => {
                     std::fs::DirBuilder::new()
                         .mode(0o755)
                         .create(dest)
                         .map_err(|e| io_err("mkdir", dest, e))?;
-                    let r = open_root(dest).and_then(|root| {
-                        apply(&root, src, Compression::None, o.limits, opts, true).map(drop)
+                    let r = open_root(dest, true).and_then(|root| {
+                        apply(&root, src, Compression::None, o.limits, opts, contents).map(drop)
                     });
                     if r.is_err() {
                         let _ = std::fs::remove_dir_all(dest);
@@ -204,18 +226,25 @@ pub fn unpack_at<R: Read>(dest: &Path, src: R, o: &CopyOptions) -> Result<()> {
     }
 }
 
-fn open_root(dir: &Path) -> Result<OwnedFd> {
-    rustix::fs::open(
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err("open", dir, e.into()))
+/// A descriptor of the directory `dir`; with `made`, one this call just
+/// made, so a symlink found there now was put there by someone else.
+fn open_root(dir: &Path, made: bool) -> Result<OwnedFd> {
+    let mut flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if made {
+        flags |= OFlags::NOFOLLOW;
+    }
+    rustix::fs::open(dir, flags, Mode::empty()).map_err(|e| io_err("open", dir, e.into()))
 }
 
 /// Unpacks into a new private directory beside `dest`, then renames the
 /// archive's one top entry to `dest`.
-fn via_temp<R: Read>(dest: &Path, src: R, limits: Limits, opts: Options) -> Result<()> {
+fn via_temp<R: Read>(
+    dest: &Path,
+    src: R,
+    limits: Limits,
+    opts: Options,
+    shape: Shape<'_>,
+) -> Result<()> {
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -237,9 +266,8 @@ fn via_temp<R: Read>(dest: &Path, src: R, limits: Limits, opts: Options) -> Resu
         .create(&tmp)
         .map_err(|e| io_err("mkdir", &tmp, e))?;
     let r = (|| {
-        let root = open_root(&tmp)?;
-        apply(&root, src, Compression::None, limits, opts, false)?;
-        drop(root);
+        let root = open_root(&tmp, true)?;
+        apply(&root, src, Compression::None, limits, opts, shape)?;
         let mut tops = Vec::new();
         for e in std::fs::read_dir(&tmp).map_err(|e| io_err("read", &tmp, e))? {
             tops.push(e.map_err(|e| io_err("read", &tmp, e))?.file_name());
@@ -251,9 +279,9 @@ fn via_temp<R: Read>(dest: &Path, src: R, limits: Limits, opts: Options) -> Resu
             )));
         };
         let from = tmp.join(top);
-        let is_dir = std::fs::symlink_metadata(&from)
-            .map_err(|e| io_err("stat", &from, e))?
-            .is_dir();
+        let st = rustix::fs::statat(&root, top.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_err("stat", &from, e.into()))?;
+        let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
         if is_dir && dest.exists() {
             return Err(io_err(
                 "copy to",
@@ -261,7 +289,9 @@ fn via_temp<R: Read>(dest: &Path, src: R, limits: Limits, opts: Options) -> Resu
                 std::io::Error::other("cannot copy a directory onto a file"),
             ));
         }
-        std::fs::rename(&from, dest).map_err(|e| io_err("rename", dest, e))
+        // From our descriptor of the temporary directory, not its path.
+        rustix::fs::renameat(&root, top.as_os_str(), rustix::fs::CWD, dest)
+            .map_err(|e| io_err("rename", dest, e.into()))
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     r

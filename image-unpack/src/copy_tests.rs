@@ -13,9 +13,19 @@ use crate::Limits;
 fn opts(place: Place) -> CopyOptions {
     CopyOptions {
         place,
+        top: None,
         set_owner: false,
         strip_setid: true,
+        umask: 0,
         limits: Limits::default(),
+    }
+}
+
+fn named(top: &str) -> CopyOptions {
+    CopyOptions {
+        top: Some(top.into()),
+        umask: 0o022,
+        ..opts(Place::Named)
     }
 }
 
@@ -153,4 +163,37 @@ fn pack_then_unpack_round_trips_a_tree() {
         Path::new("/"),
         "a link target is kept byte for byte"
     );
+}
+
+#[test]
+fn an_archive_cannot_choose_names_beside_the_one_asked_for() {
+    let s = Scratch::new("cp-top");
+    // The user asked for `report.txt`; the archive also brings a dot file.
+    let tar = layer(&[
+        ("report.txt", File, b"r", 0o644),
+        (".bashrc", File, b"evil", 0o644),
+    ]);
+    let e = unpack_at(&s.root(), &tar[..], &named("report.txt")).expect_err("refused");
+    assert!(e.to_string().contains("asked for"), "{e}");
+    assert!(!s.root().join(".bashrc").exists());
+    let link = layer(&[("d/", Dir, b"", 0o777), ("d/h", Link, b"other/x", 0o644)]);
+    assert!(unpack_at(&s.root(), &link[..], &named("d")).is_err());
+    let ok = layer(&[("d/", Dir, b"", 0o777), ("d/f", File, b"f", 0o666)]);
+    unpack_at(&s.root(), &ok[..], &named("d")).expect("the name asked for");
+    let mode = |p: &str| std::fs::metadata(s.root().join(p)).expect("stat").permissions().mode() & 0o777;
+    assert_eq!((mode("d"), mode("d/f")), (0o755, 0o644), "the umask applies");
+}
+
+#[test]
+fn huge_metadata_entries_are_refused_before_they_are_read() {
+    let s = Scratch::new("cp-meta");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_size(8 << 30);
+    h.set_path("././@LongLink").expect("path");
+    h.set_cksum();
+    let mut tar = h.as_bytes().to_vec();
+    tar.extend(vec![b'a'; 4096]);
+    let e = unpack_at(&s.root(), &tar[..], &opts(Place::Named)).expect_err("refused");
+    assert!(e.to_string().contains("metadata entry"), "{e}");
 }

@@ -46,6 +46,21 @@ pub struct Options {
     /// Clear setuid and setgid bits (for files from a guest landing on
     /// the host).
     pub strip_setid: bool,
+    /// Mode bits to clear (the caller's umask, for files from a guest
+    /// landing on the host).
+    pub umask: u32,
+}
+
+/// How a copy's entries map to the destination.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shape<'a> {
+    /// Drop each entry's first component (the archive's top directory
+    /// itself is skipped).
+    pub strip_top: bool,
+    /// Every entry (and hardlink target) must lie under this first
+    /// component: the name the caller asked for, not one the archive
+    /// chose.
+    pub top: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -100,19 +115,19 @@ pub fn apply_layer<R: Read>(
     limits: Limits,
     opts: Options,
 ) -> Result<Stats> {
-    apply(root, src, compression, limits, opts, false)
+    apply(root, src, compression, limits, opts, Shape::default())
 }
 
-/// [`apply_layer`], and with `strip_top` each entry's first component is
-/// dropped (the archive's top directory itself is skipped).
+/// [`apply_layer`], with the entries' names mapped by `shape`.
 pub(crate) fn apply<R: Read>(
     root: &OwnedFd,
     src: R,
     compression: Compression,
     limits: Limits,
     opts: Options,
-    strip_top: bool,
+    shape: Shape<'_>,
 ) -> Result<Stats> {
+    let strip_top = shape.strip_top;
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(src),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
@@ -123,7 +138,12 @@ pub(crate) fn apply<R: Read>(
         left: limits.max_bytes,
         limit: limits.max_bytes,
     };
-    let mut archive = tar::Archive::new(capped);
+    let guarded: Box<dyn Read> = if opts.copy {
+        Box::new(crate::guard::MetaCap::new(capped))
+    } else {
+        Box::new(capped)
+    };
+    let mut archive = tar::Archive::new(guarded);
     let mut stats = Stats::default();
     // Paths this layer created: an opaque directory keeps them.
     let mut created: HashSet<Vec<String>> = HashSet::new();
@@ -138,6 +158,7 @@ pub(crate) fn apply<R: Read>(
         }
         let raw = entry.path_bytes().into_owned();
         let mut comps = components(&raw)?;
+        check_top(shape, &comps, &raw)?;
         if strip_top && !comps.is_empty() {
             comps.remove(0);
         }
@@ -187,6 +208,7 @@ pub(crate) fn apply<R: Read>(
         if opts.strip_setid {
             mode &= !0o6000;
         }
+        mode &= !opts.umask;
         let existing = kind_at(&dir, name);
         // Anything but a directory replacing a directory (or vice versa)
         // removes what was there; a directory over a directory merges.
@@ -236,6 +258,7 @@ pub(crate) fn apply<R: Read>(
                     .link_name_bytes()
                     .ok_or_else(|| corrupt(format!("hardlink {path} without a target")))?;
                 let mut tcomps = components(&target)?;
+                check_top(shape, &tcomps, &target)?;
                 if strip_top && !tcomps.is_empty() {
                     tcomps.remove(0);
                 }
@@ -362,8 +385,7 @@ fn set_metadata(
     }
     // After chown, which clears setuid/setgid.
     if !is_link {
-        fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
-            .map_err(|e| fs_err("chmod", path, e))?;
+        chmod_nofollow(dir, name, mode).map_err(|e| fs_err("chmod", path, e))?;
     }
     let mtime = header.mtime().unwrap_or(0);
     let t = Timespec {
@@ -381,6 +403,43 @@ fn set_metadata(
     )
     .map_err(|e| fs_err("utimes", path, e))?;
     Ok(())
+}
+
+/// chmod that never follows a symlink: whoever else can write the
+/// directory may have swapped `name` for one since it was made. The mode
+/// goes on the inode `name` is now, through a descriptor of it; a symlink
+/// found there is left alone.
+fn chmod_nofollow(dir: &OwnedFd, name: &str, mode: u32) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        return Ok(());
+    }
+    let magic = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    match fs::chmod(magic.as_str(), Mode::from_raw_mode(mode)) {
+        // No /proc here: the directory descriptor is the best there is.
+        Err(rustix::io::Errno::NOENT) => {
+            fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
+        }
+        r => r,
+    }
+}
+
+/// Refuses an entry outside the top name the caller expects.
+fn check_top(shape: Shape<'_>, comps: &[String], raw: &[u8]) -> Result<()> {
+    match (shape.top, comps.first()) {
+        (Some(top), Some(first)) if first != top => Err(Error::UnsafePath {
+            path: String::from_utf8_lossy(raw).into_owned(),
+            why: "outside the path that was asked for",
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn fs_err(op: &'static str, path: &str, e: rustix::io::Errno) -> Error {

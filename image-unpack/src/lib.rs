@@ -8,6 +8,7 @@
 //! followed, and caps on size and entry count stop decompression bombs.
 
 pub mod copy;
+mod guard;
 mod layer;
 mod path;
 mod tree;

@@ -81,7 +81,17 @@ impl Store {
     pub fn open(state_root: &Path) -> Result<Self> {
         let dir = state_root.join("images");
         let blobs = dir.join("blobs/sha256");
-        std::fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
+        // Private: only its owner may read or change what was verified
+        // when it was written (runs trust stored blobs without hashing
+        // them again).
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&blobs)
+                .map_err(io_err(&blobs))?;
+        }
         let marker = dir.join("oci-layout");
         if !marker.exists() {
             write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;

@@ -119,6 +119,8 @@ pub fn top(state: &Path, c: &Container) -> Result<Vec<TopRow>> {
 
 /// Splits a builtin's output into lines and hands each sample on.
 struct Samples<'a> {
+    /// Samples still wanted (None: until `each` says stop).
+    left: Option<u32>,
     line: Vec<u8>,
     each: &'a mut dyn FnMut(StatsSample) -> bool,
     stop: Sender<Control>,
@@ -142,6 +144,11 @@ impl Write for Samples<'_> {
                 Ok(s) => (self.each)(s),
                 Err(_) => false,
             };
+            // A guest that sends more than was asked for is stopped.
+            if let Some(left) = &mut self.left {
+                *left = left.saturating_sub(1);
+            }
+            let go_on = go_on && self.left != Some(0);
             if !go_on {
                 self.stopped = true;
                 let _ = self.stop.send(Control::Signal(libc::SIGKILL));
@@ -165,6 +172,7 @@ pub fn stats(
 ) -> Result<()> {
     let (tx, rx) = mpsc::channel();
     let mut out = Samples {
+        left: (count > 0).then_some(count),
         line: Vec::new(),
         each,
         stop: tx.clone(),

@@ -48,32 +48,78 @@ pub fn copy_out(state: &Path, c: &Container, src: &str, dest: Dest<'_>) -> Resul
         } else {
             Place::Named
         },
+        // The guest names its entry after the path's last component, as
+        // the host does here; nothing else may arrive.
+        top: Path::new(src)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned()),
         set_owner: false,
         strip_setid: true,
+        umask: umask(),
         limits: image_unpack::Limits::default(),
     };
     let (reader, mut writer) =
         std::io::pipe().map_err(|e| Error::host(format!("pipe: {e}")))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = tx.clone();
     let dest_owned = dest.to_path_buf();
     let unpacker = std::thread::Builder::new()
         .name("cp-unpack".into())
-        .spawn(move || unpack_draining(&dest_owned, reader, &opts))
+        .spawn(move || unpack_draining(&dest_owned, reader, &opts, &stop))
         .map_err(|e| Error::host(format!("starting the unpacking thread: {e}")))?;
-    let guest = builtin::run(state, c, b, None, &mut writer, None);
+    let guest = builtin::run(state, c, b, None, &mut writer, Some((tx, rx)));
     drop(writer);
     let unpacked = unpacker
         .join()
         .unwrap_or_else(|_| Err("the unpacking thread panicked".into()));
-    guest?;
-    unpacked.map_err(|e| Error::new(crate::Kind::Guest, format!("copying to {}: {e}", dest.display())))
+    match (guest, unpacked) {
+        (_, Err(e)) if e.is_empty() => Err(Error::new(
+            crate::Kind::Guest,
+            "the guest kept sending after the end of the archive; it was stopped",
+        )),
+        (_, Err(e)) => Err(Error::new(
+            crate::Kind::Guest,
+            format!("copying to {}: {e}", dest.display()),
+        )),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
+    }
 }
 
-/// Unpacks, and on failure reads the rest of the stream so the writer is
-/// not stopped by a closed pipe.
-fn unpack_draining(dest: &Path, mut r: impl Read, o: &CopyOptions) -> std::result::Result<(), String> {
+/// Bytes a well-formed archive may still send after its end (tar pads to
+/// its blocking factor; 10 KiB for GNU tar's default).
+const MAX_TRAILER: u64 = 1 << 20;
+
+/// Unpacks; then reads what follows the archive's end (a little, so the
+/// writer is not stopped by a closed pipe), and stops a guest that keeps
+/// sending. An `Err("")` means the guest was stopped for that: its own
+/// status then says nothing.
+fn unpack_draining(
+    dest: &Path,
+    mut r: impl Read,
+    o: &CopyOptions,
+    stop: &std::sync::mpsc::Sender<crate::Control>,
+) -> std::result::Result<(), String> {
     let res = copy::unpack_at(dest, &mut r, o).map_err(|e| e.to_string());
-    let _ = std::io::copy(&mut r, &mut std::io::sink());
+    let trailer = std::io::copy(&mut (&mut r).take(MAX_TRAILER), &mut std::io::sink()).unwrap_or(0);
+    if trailer >= MAX_TRAILER {
+        let _ = stop.send(crate::Control::Signal(libc::SIGKILL));
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+        return res.and(Err(String::new()));
+    }
     res
+}
+
+/// This process's umask, which files from a guest get, as tar gives them
+/// for an ordinary user.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?.trim().to_string();
+            u32::from_str_radix(&v, 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 /// Where a copy into a container comes from.
@@ -130,10 +176,26 @@ pub fn copy_in(
     };
     let mut sink = std::io::sink();
     let guest = builtin::run(state, c, b, Some(input), &mut sink, None);
-    // A failure to read the host's files explains a broken archive; but a
-    // packer still writing into a pipe nobody reads any more is left to
-    // end with the process.
-    if let Some(t) = packer.filter(|t| guest.is_ok() || t.is_finished()) {
+    // A failure to read the host's files explains a broken archive. A
+    // guest that ended before it read the whole archive leaves the packer
+    // writing into a pipe nobody reads: it is left to end with the process.
+    if let Some(t) = packer {
+        if guest.is_err() && !t.is_finished() {
+            return guest;
+        }
+        for _ in 0..50 {
+            if t.is_finished() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if !t.is_finished() {
+            guest?;
+            return Err(Error::new(
+                crate::Kind::Guest,
+                "the guest stopped reading the archive before its end",
+            ));
+        }
         let packed = t
             .join()
             .unwrap_or_else(|_| Err("the packing thread panicked".into()));

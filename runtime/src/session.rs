@@ -361,12 +361,9 @@ mod tests {
 
     static N: AtomicUsize = AtomicUsize::new(0);
 
-    /// Runs a session against `agent` (given the control and stdout
-    /// connections once the handshake is done) and returns how `wait`
-    /// ended, with the events.
-    fn against(
-        agent: impl FnOnce(UnixStream, UnixStream) + Send + 'static,
-    ) -> (Result<Ended, Error>, Count) {
+    /// Listeners in a fresh directory: (the directory, them, the path of
+    /// a socket for `port`).
+    fn listeners() -> (std::path::PathBuf, Listeners, impl Fn(u32) -> String) {
         let dir = std::env::temp_dir().join(format!(
             "vm-session-{}-{}",
             std::process::id(),
@@ -376,7 +373,16 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let vsock = dir.join("v");
         let l = Listeners::bind(&vsock).expect("bind");
-        let path = |p: u32| format!("{}_{p}", vsock.display());
+        (dir, l, move |p: u32| format!("{}_{p}", vsock.display()))
+    }
+
+    /// Runs a session against `agent` (given the control and stdout
+    /// connections once the handshake is done) and returns how `wait`
+    /// ended, with the events.
+    fn against(
+        agent: impl FnOnce(UnixStream, UnixStream) + Send + 'static,
+    ) -> (Result<Ended, Error>, Count) {
+        let (dir, l, path) = listeners();
         let (control, stdout) = (path(port::CONTROL), path(port::STDOUT));
         let t = std::thread::spawn(move || {
             let mut c = UnixStream::connect(&control).expect("connect control");
@@ -441,12 +447,8 @@ mod tests {
         });
         assert!(protocol_error(&r).is_some_and(|m| m.contains("hello twice")));
 
-        let dir = std::env::temp_dir().join(format!("vm-session-v-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let vsock = dir.join("v");
-        let l = Listeners::bind(&vsock).expect("bind");
-        let control = format!("{}_{}", vsock.display(), port::CONTROL);
+        let (dir, l, path) = listeners();
+        let control = path(port::CONTROL);
         let t = std::thread::spawn(move || {
             let mut c = UnixStream::connect(control).expect("connect");
             let _ = write_frame(&mut c, &AgentMessage::Hello { version: 1 });
@@ -467,12 +469,8 @@ mod tests {
 
     #[test]
     fn a_silent_agent_times_out_and_a_vanished_one_ends_the_run() {
-        let dir = std::env::temp_dir().join(format!("vm-session-t-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let vsock = dir.join("v");
-        let l = Listeners::bind(&vsock).expect("bind");
-        let control = format!("{}_{}", vsock.display(), port::CONTROL);
+        let (dir, l, path) = listeners();
+        let control = path(port::CONTROL);
         // Connects and says nothing.
         let c = UnixStream::connect(control).expect("connect");
         let r = Session::start(&l, spec(), Duration::from_millis(300), &|| false, Arc::new(Sink));

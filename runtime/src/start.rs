@@ -46,8 +46,10 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
     let digests: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
     let cache = rootfs_cache::lookup(state, &rootfs_cache::key(&digests), &c.config.id)
         .map_err(Error::host)?;
-    if matches!(cache, rootfs_cache::Entry::Miss(_)) {
-        // Layers are read only when unpacking; check them first.
+    // Layers are read only when unpacking; check them first, unless they
+    // are in our own store: it is private and checked every blob before
+    // it took it, so hashing them again on each first run buys nothing.
+    if matches!(cache, rootfs_cache::Entry::Miss(_)) && c.config.image_is_file {
         for l in &image.layers {
             l.verify()
                 .map_err(|e| Error::image(format!("image {}: {e}", c.config.image)))?;

@@ -66,8 +66,10 @@ fn tar_in(dest: &str, place: CopyPlace, keep_owner: bool) -> Result<(), String> 
             CopyPlace::Contents => Place::Contents,
             CopyPlace::Stream => Place::Stream,
         },
+        top: None,
         set_owner: keep_owner,
         strip_setid: false,
+        umask: 0,
         limits: image_unpack::Limits::default(),
     };
     let stdin = std::io::stdin().lock();
