@@ -54,7 +54,7 @@ def children(pid):
 def main():
     ap = argparse.ArgumentParser()
     for name in ("vm", "kernel", "initrd", "idle_initrd", "image"):
-        ap.add_argument("--" + name, required=True)
+        ap.add_argument("--" + name.replace("_", "-"), required=True)
     ap.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
     state = tempfile.mkdtemp(prefix="vm-bench-lifecycle-")

@@ -102,16 +102,18 @@ fn hostile_archives_write_nothing_outside_the_destination() {
     assert!(r.is_err(), "{r:?}");
     assert!(s.outside().is_empty(), "escaped: {:?}", s.outside());
 
+    // A link the archive made is never a way through, even inside.
     let tar = layer(&[
         ("data/", Dir, b"", 0o755),
         ("data/out", Symlink, b"/", 0o777),
         ("data/out/escaped", File, b"x", 0o644),
-        ("data/null", Char, b"", 0o666),
     ]);
-    unpack_at(&s.root(), &tar[..], &opts(Place::Named)).expect("stays inside");
+    assert!(unpack_at(&s.root(), &tar[..], &opts(Place::Named)).is_err());
     assert!(s.outside().is_empty(), "escaped: {:?}", s.outside());
-    assert!(s.root().join("escaped").exists(), "resolved inside the root");
-    assert!(!s.root().join("data/null").exists(), "no device nodes");
+    assert!(!s.root().join("escaped").exists(), "not written through the link");
+    let tar = layer(&[("data2/", Dir, b"", 0o755), ("data2/null", Char, b"", 0o666)]);
+    unpack_at(&s.root(), &tar[..], &opts(Place::Named)).expect("devices are skipped");
+    assert!(!s.root().join("data2/null").exists(), "no device nodes");
 
     let tar = layer(&[("../up", File, b"x", 0o644)]);
     assert!(unpack_at(&s.root(), &tar[..], &opts(Place::Named)).is_err());
@@ -196,4 +198,27 @@ fn huge_metadata_entries_are_refused_before_they_are_read() {
     tar.extend(vec![b'a'; 4096]);
     let e = unpack_at(&s.root(), &tar[..], &opts(Place::Named)).expect_err("refused");
     assert!(e.to_string().contains("metadata entry"), "{e}");
+}
+
+#[test]
+fn the_name_asked_for_cannot_be_a_link_to_beside_it() {
+    // `vm cp ctr:/report.txt ~`: the guest makes report.txt a link to the
+    // destination's root, then writes through it.
+    let s = Scratch::new("cp-top-link");
+    std::fs::write(s.root().join("keep"), b"mine").expect("write");
+    let tar = layer(&[
+        ("report.txt", Symlink, b"/", 0o777),
+        ("report.txt/keep", File, b"evil", 0o644),
+    ]);
+    assert!(unpack_at(&s.root(), &tar[..], &named("report.txt")).is_err());
+    assert_eq!(std::fs::read(s.root().join("keep")).expect("read"), b"mine");
+}
+
+#[test]
+fn contents_of_a_file_are_refused() {
+    let s = Scratch::new("cp-contents-file");
+    let tar = layer(&[("f", File, b"x", 0o644)]);
+    let e = unpack_at(&s.root().join("new"), &tar[..], &opts(Place::Contents)).expect_err("refused");
+    assert!(e.to_string().contains("not a directory"), "{e}");
+    assert!(names(&s.root()).is_empty());
 }

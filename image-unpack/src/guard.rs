@@ -19,6 +19,14 @@ pub struct MetaCap<R> {
     have: usize,
     /// Bytes of data (whole blocks) before the next header.
     data_left: u64,
+    /// The data of a PAX (`x`) entry being read, and how much of it is
+    /// still to come: its `size` record replaces the next entry's size,
+    /// for the tar crate and so for this reader.
+    pax: Vec<u8>,
+    pax_want: u64,
+    pax_size: Option<u64>,
+    /// The end-of-archive block went by: the tar crate reads no further.
+    ended: bool,
 }
 
 impl<R> MetaCap<R> {
@@ -28,61 +36,89 @@ impl<R> MetaCap<R> {
             header: [0; BLOCK],
             have: 0,
             data_left: 0,
+            pax: Vec::new(),
+            pax_want: 0,
+            pax_size: None,
+            ended: false,
         }
     }
-}
-
-/// The size field of a header (octal, or base-256 when its top bit is
-/// set); `None` when it does not parse.
-fn size(h: &[u8; BLOCK]) -> Option<u64> {
-    let field = &h[124..136];
-    if field[0] & 0x80 != 0 {
-        let mut v: u64 = 0;
-        for (i, b) in field.iter().enumerate() {
-            let b = if i == 0 { b & 0x7f } else { *b };
-            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(v);
-    }
-    let text: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|b| *b == b' ' || *b == 0)
-        .take_while(|b| (b'0'..=b'7').contains(b))
-        .collect();
-    if text.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
 }
 
 fn refuse(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
+/// The first `size` record of PAX data, as the tar crate reads it (a bad
+/// record before it means none).
+fn pax_size(data: &[u8]) -> Option<u64> {
+    for ext in tar::PaxExtensions::new(data) {
+        let ext = ext.ok()?;
+        if ext.key() == Ok("size") {
+            return ext.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
 impl<R> MetaCap<R> {
     /// A whole header has been seen: check it and learn how much data
-    /// follows.
+    /// follows, exactly as the tar crate (0.4.46) will.
     fn header_done(&mut self) -> io::Result<()> {
         self.have = 0;
         if self.header.iter().all(|b| *b == 0) {
-            return Ok(()); // end-of-archive padding
+            self.ended = true;
+            return Ok(());
         }
-        let kind = self.header[156];
-        let size = size(&self.header).ok_or_else(|| refuse("a tar header with a bad size".into()))?;
-        let meta = matches!(kind, b'L' | b'K' | b'x' | b'g');
-        if meta && size > MAX_META {
+        let h = tar::Header::from_byte_slice(&self.header);
+        let kind = h.entry_type();
+        let mut size = h
+            .entry_size()
+            .map_err(|e| refuse(format!("a tar header with a bad size: {e}")))?;
+        let extension = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        if extension && size > MAX_META {
             return Err(refuse(format!(
                 "a tar metadata entry of {size} bytes (the limit is {MAX_META})"
             )));
         }
         // Old GNU sparse headers can be followed by extension blocks that
         // the size does not count; this reader would lose its place.
-        if kind == b'S' && self.header[482] != 0 {
+        if kind.is_gnu_sparse() && self.header[482] != 0 {
             return Err(refuse("extended GNU sparse entries are not supported".into()));
         }
-        self.data_left = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        if !extension {
+            if let Some(s) = self.pax_size.take() {
+                size = s;
+            }
+        }
+        if kind.is_pax_local_extensions() {
+            self.pax.clear();
+            self.pax_want = size;
+            if size == 0 {
+                self.pax_size = None;
+            }
+        }
+        let rounded = size
+            .checked_add(BLOCK as u64 - 1)
+            .ok_or_else(|| refuse("a tar entry size overflows".into()))?;
+        self.data_left = rounded & !(BLOCK as u64 - 1);
         Ok(())
+    }
+
+    /// Data bytes went by: keep those of a PAX entry.
+    fn data(&mut self, bytes: &[u8]) {
+        if self.pax_want == 0 {
+            return;
+        }
+        let take = usize::try_from(self.pax_want).unwrap_or(usize::MAX).min(bytes.len());
+        self.pax.extend_from_slice(&bytes[..take]);
+        self.pax_want -= take as u64;
+        if self.pax_want == 0 {
+            self.pax_size = pax_size(&self.pax);
+            self.pax = Vec::new();
+        }
     }
 }
 
@@ -90,9 +126,10 @@ impl<R: Read> Read for MetaCap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut i = 0;
-        while i < n {
+        while i < n && !self.ended {
             if self.data_left > 0 {
                 let skip = usize::try_from(self.data_left).unwrap_or(usize::MAX).min(n - i);
+                self.data(&buf[i..i + skip]);
                 self.data_left -= skip as u64;
                 i += skip;
                 continue;
@@ -147,5 +184,35 @@ mod tests {
         bad.extend(header(b'x', 40 << 30));
         let e = std::io::copy(&mut MetaCap::new(&bad[..]), &mut std::io::sink());
         assert!(e.is_err_and(|e| e.to_string().contains("metadata entry")));
+    }
+
+    fn refused(stream: &[u8]) -> bool {
+        std::io::copy(&mut MetaCap::new(stream), &mut std::io::sink())
+            .is_err_and(|e| e.to_string().contains("metadata entry"))
+    }
+
+    #[test]
+    fn keeps_its_place_as_the_tar_crate_does() {
+        // A PAX size of 0 for a header that says 512: the tar crate reads
+        // the next block as a header, and so must this reader.
+        let record = b"10 size=0\n";
+        let mut s = header(b'x', record.len() as u64);
+        s.extend_from_slice(record);
+        s.resize(1024, 0);
+        s.extend(header(b'0', 512));
+        s.extend(header(b'L', 8 << 30));
+        s.extend(vec![0u8; 1024]);
+        assert!(refused(&s), "a PAX size override");
+
+        // A size field the tar crate trims (a tab, then octal zeros): it
+        // reads the next block as a header, and so must this reader.
+        let mut h = tar::Header::from_byte_slice(&header(b'0', 0)).clone();
+        h.as_old_mut().size.copy_from_slice(b"\t0000000000\0");
+        h.set_cksum();
+        assert_eq!(h.entry_size().expect("size"), 0);
+        let mut s = h.as_bytes().to_vec();
+        s.extend(header(b'K', 8 << 30));
+        s.extend(vec![0u8; 1024]);
+        assert!(refused(&s), "as the tar crate reads the size");
     }
 }

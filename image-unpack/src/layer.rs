@@ -159,6 +159,12 @@ pub(crate) fn apply<R: Read>(
         let raw = entry.path_bytes().into_owned();
         let mut comps = components(&raw)?;
         check_top(shape, &comps, &raw)?;
+        if strip_top && comps.len() == 1 && !entry.header().entry_type().is_dir() {
+            return Err(Error::Corrupt(format!(
+                "{} is not a directory (a source ending in /. copies a directory's contents)",
+                comps[0]
+            )));
+        }
         if strip_top && !comps.is_empty() {
             comps.remove(0);
         }
@@ -166,7 +172,7 @@ pub(crate) fn apply<R: Read>(
             continue; // the root itself
         };
         let path = comps.join("/");
-        let dir = open_dir(root, parent)?;
+        let dir = open_dir(root, parent, opts.copy)?;
         if name == OPAQUE && !opts.copy {
             stats.whiteouts += 1;
             let parent_path = parent.join("/");
@@ -268,7 +274,7 @@ pub(crate) fn apply<R: Read>(
                         why: "hardlink to the root",
                     });
                 };
-                let tdir = open_dir(root, tparent)?;
+                let tdir = open_dir(root, tparent, opts.copy)?;
                 fs::linkat(&tdir, tname.as_str(), &dir, name.as_str(), AtFlags::empty())
                     .map_err(|e| fs_err("link", &path, e))?;
                 // A hard link shares its target's metadata: nothing to set.
@@ -421,14 +427,9 @@ fn chmod_nofollow(dir: &OwnedFd, name: &str, mode: u32) -> rustix::io::Result<()
     if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
         return Ok(());
     }
+    // (Needs /proc, which the guest agent and any host have.)
     let magic = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    match fs::chmod(magic.as_str(), Mode::from_raw_mode(mode)) {
-        // No /proc here: the directory descriptor is the best there is.
-        Err(rustix::io::Errno::NOENT) => {
-            fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
-        }
-        r => r,
-    }
+    fs::chmod(magic.as_str(), Mode::from_raw_mode(mode))
 }
 
 /// Refuses an entry outside the top name the caller expects.

@@ -20,26 +20,35 @@ const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGIC
 
 /// Open directory `rel` (components joined) inside `root`, creating
 /// missing directories (mode 0755) on the way, as tar extraction does.
-pub fn open_dir(root: &OwnedFd, comps: &[String]) -> Result<OwnedFd> {
+/// Symlinks on the way are followed inside the root (image layers write
+/// through links such as `/lib -> usr/lib`) unless `no_symlinks`: a copy
+/// must not reach, through a link its own archive made, places beside the
+/// name it was asked for.
+pub fn open_dir(root: &OwnedFd, comps: &[String], no_symlinks: bool) -> Result<OwnedFd> {
+    let resolve = if no_symlinks {
+        RESOLVE.union(ResolveFlags::NO_SYMLINKS)
+    } else {
+        RESOLVE
+    };
     let mut dir = fs::openat2(
         root,
         ".",
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-        RESOLVE,
+        resolve,
     )
     .map_err(fs_err("open", "/"))?;
     for (i, c) in comps.iter().enumerate() {
         let so_far = comps[..=i].join("/");
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        dir = match fs::openat2(root, so_far.as_str(), flags, Mode::empty(), RESOLVE) {
+        dir = match fs::openat2(root, so_far.as_str(), flags, Mode::empty(), resolve) {
             Ok(d) => d,
             Err(rustix::io::Errno::NOENT) => {
                 match fs::mkdirat(&dir, c.as_str(), Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(fs_err("mkdir", &so_far)(e)),
                 }
-                fs::openat2(root, so_far.as_str(), flags, Mode::empty(), RESOLVE)
+                fs::openat2(root, so_far.as_str(), flags, Mode::empty(), resolve)
                     .map_err(fs_err("open", &so_far))?
             }
             Err(e) => return Err(fs_err("open", &so_far)(e)),

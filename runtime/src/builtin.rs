@@ -150,8 +150,10 @@ impl Write for Samples<'_> {
             }
             let go_on = go_on && self.left != Some(0);
             if !go_on {
+                // Hanging up ends our side whatever the guest does; the
+                // monitor then kills the builtin.
                 self.stopped = true;
-                let _ = self.stop.send(Control::Signal(libc::SIGKILL));
+                let _ = self.stop.send(Control::Hangup);
             }
         }
         Ok(b.len())

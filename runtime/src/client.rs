@@ -18,6 +18,9 @@ use crate::monitor::{self, Launch, Request};
 pub enum Control {
     Signal(i32),
     Resize { rows: u16, cols: u16 },
+    /// Stop listening: close the connection (the monitor then kills a
+    /// builtin it was running for us; see `monitor::exec`).
+    Hangup,
 }
 
 /// How the starting caller stays connected.
@@ -159,6 +162,11 @@ pub fn attached(
                     let f = match c {
                         Control::Signal(s) => Frame::Signal(s),
                         Control::Resize { rows, cols } => Frame::Resize { rows, cols },
+                        Control::Hangup => {
+                            let w = w.lock().unwrap_or_else(|e| e.into_inner());
+                            let _ = w.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
                     };
                     let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
                     if write_frame(&mut *w, &f).is_err() {

@@ -42,6 +42,14 @@ pub fn copy_out(state: &Path, c: &Container, src: &str, dest: Dest<'_>) -> Resul
         Dest::Path(p) => p,
     };
     builtin::check_running(c)?;
+    let top = Path::new(src)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if top.is_none() && !wants_contents(src) {
+        return Err(Error::invalid(format!(
+            "{src}: name a file or directory in the container (or DIR/. for a directory's contents)"
+        )));
+    }
     let opts = CopyOptions {
         place: if wants_contents(src) {
             Place::Contents
@@ -50,9 +58,7 @@ pub fn copy_out(state: &Path, c: &Container, src: &str, dest: Dest<'_>) -> Resul
         },
         // The guest names its entry after the path's last component, as
         // the host does here; nothing else may arrive.
-        top: Path::new(src)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned()),
+        top,
         set_owner: false,
         strip_setid: true,
         umask: umask(),
@@ -103,7 +109,9 @@ fn unpack_draining(
     let res = copy::unpack_at(dest, &mut r, o).map_err(|e| e.to_string());
     let trailer = std::io::copy(&mut (&mut r).take(MAX_TRAILER), &mut std::io::sink()).unwrap_or(0);
     if trailer >= MAX_TRAILER {
-        let _ = stop.send(crate::Control::Signal(libc::SIGKILL));
+        // Hang up (whatever the guest does, our side ends; the monitor
+        // kills the builtin), and read on until the writer has stopped.
+        let _ = stop.send(crate::Control::Hangup);
         let _ = std::io::copy(&mut r, &mut std::io::sink());
         return res.and(Err(String::new()));
     }

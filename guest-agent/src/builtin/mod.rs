@@ -34,12 +34,13 @@ pub fn run(b: &Builtin) -> i32 {
     }
 }
 
-/// The name `docker cp` gives a path's entry: its last component.
+/// The name `docker cp` gives a path's entry: its last component (`root`
+/// for `/`, whose contents the host takes).
 fn entry_name(path: &str) -> String {
     Path::new(path)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| ".".into())
+        .unwrap_or_else(|| "root".into())
 }
 
 fn tar_out(path: &str) -> Result<(), String> {
