@@ -75,19 +75,26 @@ pub fn copy_out(state: &Path, c: &Container, src: &str, dest: Dest<'_>) -> Resul
         .map_err(|e| Error::host(format!("starting the unpacking thread: {e}")))?;
     let guest = builtin::run(state, c, b, None, &mut writer, Some((tx, rx)));
     drop(writer);
-    let unpacked = unpacker
+    let (unpacked, hung_up) = unpacker
         .join()
-        .unwrap_or_else(|_| Err("the unpacking thread panicked".into()));
+        .unwrap_or_else(|_| (Err("the unpacking thread panicked".into()), false));
+    let copying = |e: String| {
+        Error::new(
+            crate::Kind::Guest,
+            format!("copying to {}: {e}", dest.display()),
+        )
+    };
     match (guest, unpacked) {
-        (_, Err(e)) if e.is_empty() => Err(Error::new(
+        // We hung up: the guest's status says only that.
+        (_, Err(e)) if hung_up => Err(copying(e)),
+        (_, Ok(())) if hung_up => Err(Error::new(
             crate::Kind::Guest,
             "the guest kept sending after the end of the archive; it was stopped",
         )),
-        (_, Err(e)) => Err(Error::new(
-            crate::Kind::Guest,
-            format!("copying to {}: {e}", dest.display()),
-        )),
-        (Err(e), Ok(())) => Err(e),
+        // The guest's own failure (a missing path) explains a broken or
+        // empty archive.
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(copying(e)),
         (Ok(()), Ok(())) => Ok(()),
     }
 }
@@ -97,25 +104,24 @@ pub fn copy_out(state: &Path, c: &Container, src: &str, dest: Dest<'_>) -> Resul
 const MAX_TRAILER: u64 = 1 << 20;
 
 /// Unpacks; then reads what follows the archive's end (a little, so the
-/// writer is not stopped by a closed pipe), and stops a guest that keeps
-/// sending. An `Err("")` means the guest was stopped for that: its own
-/// status then says nothing.
+/// writer is not stopped by a closed pipe), and hangs up on a guest that
+/// keeps sending (the second value says so).
 fn unpack_draining(
     dest: &Path,
     mut r: impl Read,
     o: &CopyOptions,
     stop: &std::sync::mpsc::Sender<crate::Control>,
-) -> std::result::Result<(), String> {
+) -> (std::result::Result<(), String>, bool) {
     let res = copy::unpack_at(dest, &mut r, o).map_err(|e| e.to_string());
     let trailer = std::io::copy(&mut (&mut r).take(MAX_TRAILER), &mut std::io::sink()).unwrap_or(0);
     if trailer >= MAX_TRAILER {
-        // Hang up (whatever the guest does, our side ends; the monitor
-        // kills the builtin), and read on until the writer has stopped.
+        // Whatever the guest does, our side ends; the monitor kills the
+        // builtin. Read on until the writer has stopped.
         let _ = stop.send(crate::Control::Hangup);
         let _ = std::io::copy(&mut r, &mut std::io::sink());
-        return res.and(Err(String::new()));
+        return (res, true);
     }
-    res
+    (res, false)
 }
 
 /// This process's umask, which files from a guest get, as tar gives them
