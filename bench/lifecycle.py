@@ -25,7 +25,9 @@ def med(v):
 
 
 def smaps_kib(pid, guest_kib):
-    """Proportional set size of a process, less the mapping of guest RAM."""
+    """Proportional set size of a process, less the mapping of guest RAM
+    (the largest mapping of at least the guest's size: QEMU rounds its
+    guest RAM mapping up)."""
     total = guest = 0
     size = None
     with open(f"/proc/{pid}/smaps") as f:
@@ -35,8 +37,8 @@ def smaps_kib(pid, guest_kib):
             elif line.startswith("Pss:"):
                 pss = int(line.split()[1])
                 total += pss
-                if size == guest_kib:
-                    guest += pss
+                if size is not None and guest_kib <= size <= guest_kib + 8192:
+                    guest = max(guest, pss)
     return total - guest
 
 
@@ -104,8 +106,18 @@ def main():
                           "-kernel", a.kernel, "-initrd", a.idle_initrd,
                           "-append", "console=ttyS0 reboot=t panic=-1 quiet"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4)
-    qemu_kib = smaps_kib(q.pid, GUEST_MIB * 1024) if q.poll() is None else float("nan")
+    # QEMU starts slowly under the emulator (a large binary and its
+    # libraries over 9p): sample once its memory has stopped growing.
+    qemu_kib, last = float("nan"), -1
+    for _ in range(60):
+        time.sleep(1)
+        if q.poll() is not None:
+            qemu_kib = float("nan")
+            break
+        qemu_kib = smaps_kib(q.pid, GUEST_MIB * 1024)
+        if last > 0 and abs(qemu_kib - last) <= 0.01 * last and qemu_kib > 1024:
+            break
+        last = qemu_kib
     q.kill()
     q.wait()
 
