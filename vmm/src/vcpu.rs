@@ -127,8 +127,9 @@ pub fn spawn(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) -> Result<VcpuHandle, E
 }
 
 /// Stop every vCPU thread and wait for them, kicking them out of KVM_RUN
-/// until they notice. Gives up on a thread after `timeout`.
-pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) {
+/// until they notice. Gives up on a thread after `timeout`. Returns
+/// whether every thread was joined.
+pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) -> bool {
     for h in handles.iter() {
         h.stop.store(true, Ordering::SeqCst);
     }
@@ -149,7 +150,7 @@ pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) {
             }
         }
         if running == 0 {
-            return;
+            return true;
         }
         if Instant::now() >= deadline {
             for h in handles.iter() {
@@ -157,7 +158,7 @@ pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) {
                     eprintln!("vm: vCPU {} did not stop in time", h.id);
                 }
             }
-            return;
+            return false;
         }
         std::thread::sleep(Duration::from_millis(2));
     }

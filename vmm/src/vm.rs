@@ -161,7 +161,8 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     .map_err(kvm_err("create PIT"))?;
 
     let mem_bytes = cfg.memory_mib << 20;
-    let mem = memory::create(mem_bytes)?;
+    // Declared before everything that uses guest memory, so dropped after.
+    let (mem, mappings) = memory::create(mem_bytes)?;
     memory::register(&vm, &mem)?;
 
     // virtio devices.
@@ -250,7 +251,16 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     }
     let mut handles = Vec::with_capacity(fds.len());
     for (id, fd) in fds.into_iter().enumerate() {
-        handles.push(vcpu::spawn(fd, id as u8, ctx.clone())?);
+        match vcpu::spawn(fd, id as u8, ctx.clone()) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // The ones already running must not outlive guest memory.
+                if !vcpu::stop_all(&mut handles, Duration::from_secs(2)) {
+                    mappings.leak();
+                }
+                return Err(e.into());
+            }
+        }
     }
 
     let result = event_loop(
@@ -260,7 +270,11 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         &serial,
         std::mem::take(&mut dm.subscribers),
     );
-    vcpu::stop_all(&mut handles, Duration::from_secs(2));
+    if !vcpu::stop_all(&mut handles, Duration::from_secs(2)) {
+        // A vCPU that did not stop may still reach guest memory through
+        // a device: keep it mapped until the process ends.
+        mappings.leak();
+    }
     let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
     let console = serial.writer_mut();
     let _ = console.flush();
