@@ -161,7 +161,8 @@ struct BootArgs {
     /// Initial ramdisk (a cpio archive, optionally compressed).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Kernel command line. The VMM adds `reboot=k panic=-1` in front.
+    /// Kernel command line. The VMM adds `reboot=k,f panic=-1 no_timer_check`
+    /// and its devices in front.
     #[arg(long, default_value = "console=ttyS0 quiet")]
     cmdline: String,
     /// Number of vCPUs.
