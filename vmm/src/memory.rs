@@ -3,7 +3,9 @@
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
 
 use crate::arch::layout::ram_ranges;
 
@@ -13,6 +15,16 @@ pub type GuestMem = GuestMemoryMmap<()>;
 pub enum Error {
     #[error("cannot allocate {mib} MiB of guest memory: {source}")]
     Map { mib: u64, source: std::io::Error },
+    #[error("cannot describe {mib} MiB of guest memory: {source}")]
+    Region {
+        mib: u64,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("cannot lay out {mib} MiB of guest memory: {source}")]
+    Layout {
+        mib: u64,
+        source: vm_memory::GuestRegionCollectionError,
+    },
     #[error("{0} MiB of guest memory is more than this host can address")]
     TooLarge(u64),
     #[error("cannot register guest memory with KVM: {0}")]
@@ -70,18 +82,13 @@ pub fn create(mem_bytes: u64) -> Result<(GuestMem, Mappings), Error> {
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
                 .build()
         }
-        .map_err(|e| Error::Map {
-            mib,
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let region = GuestRegionMmap::new(region, GuestAddress(start))
-            .ok_or(Error::TooLarge(mib))?;
+        .map_err(|source| Error::Region { mib, source })?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(start)).ok_or(Error::TooLarge(mib))?;
         regions.push(region);
     }
-    let mem = GuestMemoryMmap::from_regions(regions).map_err(|e| Error::Map {
-        mib,
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let mem =
+        GuestMemoryMmap::from_regions(regions).map_err(|source| Error::Layout { mib, source })?;
     Ok((mem, maps))
 }
 
