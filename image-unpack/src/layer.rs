@@ -5,8 +5,9 @@ use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{self, AtFlags, FileType, Mode, OFlags};
 
+use crate::meta;
 use crate::path::components;
 use crate::tree::{children, kind_at, open_dir, remove_all};
 use crate::{Error, Result};
@@ -148,6 +149,8 @@ pub(crate) fn apply<R: Read>(
     let mut buf = vec![0u8; COPY_BUF];
     // Paths this layer created: an opaque directory keeps them.
     let mut created: HashSet<Vec<String>> = HashSet::new();
+    // The directory the last entry went into, by its components.
+    let mut last_dir: Option<(Vec<String>, OwnedFd)> = None;
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(|e| limit_or_corrupt(e, limits))?;
         stats.entries += 1;
@@ -173,7 +176,10 @@ pub(crate) fn apply<R: Read>(
             continue; // the root itself
         };
         let path = comps.join("/");
-        let dir = open_dir(root, parent, opts.copy)?;
+        let dir = match last_dir.take() {
+            Some((at, fd)) if at.as_slice() == parent => fd,
+            _ => open_dir(root, parent, opts.copy)?,
+        };
         if name == OPAQUE && !opts.copy {
             stats.whiteouts += 1;
             let parent_path = parent.join("/");
@@ -216,112 +222,216 @@ pub(crate) fn apply<R: Read>(
             mode &= !0o6000;
         }
         mode &= !opts.umask;
-        let existing = kind_at(&dir, name);
-        // Anything but a directory replacing a directory (or vice versa)
-        // removes what was there; a directory over a directory merges.
-        let keep_dir = kind.is_dir() && existing == Some(FileType::Directory);
-        if opts.copy && existing == Some(FileType::Directory) && !keep_dir {
-            return Err(Error::UnsafePath {
-                path,
-                why: "would replace a directory with a non-directory",
-            });
-        }
-        if existing.is_some() && !keep_dir {
-            remove_all(&dir, name, &path)?;
-        }
-        match kind {
+        let mut removed = false;
+        let made = match kind {
             tar::EntryType::Directory => {
-                if !keep_dir {
-                    fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o700))
-                        .map_err(|e| fs_err("mkdir", &path, e))?;
-                }
+                Made::Fd(make_dir(&dir, name, &path, opts.copy, &mut removed)?)
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let fd = fs::openat(
-                    &dir,
-                    name.as_str(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| fs_err("create", &path, e))?;
+                let fd = create_file(&dir, name, &path, opts.copy, &mut removed)?;
                 let mut file = std::fs::File::from(fd);
                 stats.bytes += copy_data(&mut entry, &mut file, &mut buf, &path, limits)?;
+                Made::Fd(file.into())
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| corrupt(format!("symlink {path} without a target")))?;
-                let target = String::from_utf8_lossy(&target).into_owned();
-                fs::symlinkat(target.as_str(), &dir, name.as_str())
-                    .map_err(|e| fs_err("symlink", &path, e))?;
+            _ => {
+                removed = clear_way(&dir, name, &path, false, opts.copy)?.1;
+                make_other(root, &dir, name, &path, &entry, shape, opts, &mut stats)?
             }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| corrupt(format!("hardlink {path} without a target")))?;
-                let mut tcomps = components(&target)?;
-                check_top(shape, &tcomps, &target)?;
-                if strip_top && !tcomps.is_empty() {
-                    tcomps.remove(0);
-                }
-                let Some((tname, tparent)) = tcomps.split_last() else {
-                    return Err(Error::UnsafePath {
-                        path,
-                        why: "hardlink to the root",
-                    });
-                };
-                let tdir = open_dir(root, tparent, opts.copy)?;
-                fs::linkat(&tdir, tname.as_str(), &dir, name.as_str(), AtFlags::empty())
-                    .map_err(|e| fs_err("link", &path, e))?;
-                // A hard link shares its target's metadata: nothing to set.
-                created.insert(comps);
-                continue;
+        };
+        match &made {
+            Made::Fd(fd) => {
+                meta::set_on_fd(fd, &path, &header, mode, opts)?;
+                // After chown, which drops security.capability.
+                stats.skipped_xattrs += meta::set_xattrs_on_fd(fd, &path, &xattrs)?;
             }
-            tar::EntryType::Fifo => {
-                fs::mknodat(
-                    &dir,
-                    name.as_str(),
-                    FileType::Fifo,
-                    Mode::from_raw_mode(0o600),
-                    0,
-                )
-                .map_err(|e| fs_err("mkfifo", &path, e))?;
+            Made::AtPath => {
+                meta::set_at(&dir, name, &path, &header, mode, kind, opts)?;
+                stats.skipped_xattrs += meta::set_xattrs_at(&dir, name, &path, &xattrs)?;
             }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                if !opts.allow_devices {
-                    stats.skipped_devices += 1;
-                    continue;
-                }
-                let ft = if kind == tar::EntryType::Char {
-                    FileType::CharacterDevice
-                } else {
-                    FileType::BlockDevice
-                };
-                let major = header.device_major().ok().flatten().unwrap_or(0);
-                let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                fs::mknodat(
-                    &dir,
-                    name.as_str(),
-                    ft,
-                    Mode::from_raw_mode(0o600),
-                    fs::makedev(major, minor),
-                )
-                .map_err(|e| fs_err("mknod", &path, e))?;
-            }
-            // PAX and GNU long-name headers are consumed by the tar crate;
-            // anything else is ignored.
-            _ => continue,
+            Made::Link | Made::Skipped => {}
         }
-        set_metadata(&dir, name, &path, &header, mode, kind, opts)?;
-        // After chown, which drops security.capability.
-        stats.skipped_xattrs += set_xattrs(&dir, name, &path, &xattrs)?;
-        created.insert(comps);
+        if !matches!(made, Made::Skipped) {
+            created.insert(comps.clone());
+        }
+        // Keep a directory for the entries that follow: the one just made
+        // (its children come next in a tar stream), else this entry's
+        // parent unless something was removed on the way.
+        last_dir = match made {
+            Made::Fd(fd) if kind == tar::EntryType::Directory => Some((comps, fd)),
+            _ if !removed => Some((parent.to_vec(), dir)),
+            _ => None,
+        };
     }
     Ok(stats)
+}
+
+/// What an entry became.
+enum Made {
+    /// A file or directory, still open: its metadata goes through this.
+    Fd(OwnedFd),
+    /// Something set by name (symlink, fifo, device).
+    AtPath,
+    /// A hard link, which shares its target's metadata.
+    Link,
+    /// Nothing (a device when devices are not allowed, an unknown kind).
+    Skipped,
+}
+
+/// Clears `name` in `dir` for a new entry: anything but a directory
+/// replacing a directory (or vice versa) removes what was there; a
+/// directory over a directory merges. Returns (a directory is kept,
+/// something was removed).
+fn clear_way(
+    dir: &OwnedFd,
+    name: &str,
+    path: &str,
+    is_dir: bool,
+    copy: bool,
+) -> Result<(bool, bool)> {
+    let existing = kind_at(dir, name);
+    let keep_dir = is_dir && existing == Some(FileType::Directory);
+    if copy && existing == Some(FileType::Directory) && !keep_dir {
+        return Err(Error::UnsafePath {
+            path: path.to_string(),
+            why: "would replace a directory with a non-directory",
+        });
+    }
+    if existing.is_some() && !keep_dir {
+        remove_all(dir, name, path)?;
+        return Ok((false, true));
+    }
+    Ok((keep_dir, false))
+}
+
+/// Makes directory `name` (or keeps the one there) and opens it. Made
+/// first, looked at only when something is in the way: most entries
+/// land on an empty name.
+fn make_dir(
+    dir: &OwnedFd,
+    name: &str,
+    path: &str,
+    copy: bool,
+    removed: &mut bool,
+) -> Result<OwnedFd> {
+    let mkdir = || fs::mkdirat(dir, name, Mode::from_raw_mode(0o700));
+    match mkdir() {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => {
+            let (keep, gone) = clear_way(dir, name, path, true, copy)?;
+            *removed = gone;
+            if !keep {
+                mkdir().map_err(|e| fs_err("mkdir", path, e))?;
+            }
+        }
+        Err(e) => return Err(fs_err("mkdir", path, e)),
+    }
+    fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fs_err("open", path, e))
+}
+
+/// Creates the regular file `name`, replacing whatever was there.
+fn create_file(
+    dir: &OwnedFd,
+    name: &str,
+    path: &str,
+    copy: bool,
+    removed: &mut bool,
+) -> Result<OwnedFd> {
+    let create = || {
+        fs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    };
+    match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            *removed = clear_way(dir, name, path, false, copy)?.1;
+            create()
+        }
+        other => other,
+    }
+    .map_err(|e| fs_err("create", path, e))
+}
+
+/// Makes a symlink, hard link, fifo or device (the way already clear).
+#[allow(clippy::too_many_arguments)]
+fn make_other<R: Read>(
+    root: &OwnedFd,
+    dir: &OwnedFd,
+    name: &str,
+    path: &str,
+    entry: &tar::Entry<'_, R>,
+    shape: Shape<'_>,
+    opts: Options,
+    stats: &mut Stats,
+) -> Result<Made> {
+    let header = entry.header();
+    let kind = header.entry_type();
+    match kind {
+        tar::EntryType::Symlink => {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| corrupt(format!("symlink {path} without a target")))?;
+            let target = String::from_utf8_lossy(&target).into_owned();
+            fs::symlinkat(target.as_str(), dir, name).map_err(|e| fs_err("symlink", path, e))?;
+        }
+        tar::EntryType::Link => {
+            let target = entry
+                .link_name_bytes()
+                .ok_or_else(|| corrupt(format!("hardlink {path} without a target")))?;
+            let mut tcomps = components(&target)?;
+            check_top(shape, &tcomps, &target)?;
+            if shape.strip_top && !tcomps.is_empty() {
+                tcomps.remove(0);
+            }
+            let Some((tname, tparent)) = tcomps.split_last() else {
+                return Err(Error::UnsafePath {
+                    path: path.to_string(),
+                    why: "hardlink to the root",
+                });
+            };
+            let tdir = open_dir(root, tparent, opts.copy)?;
+            fs::linkat(&tdir, tname.as_str(), dir, name, AtFlags::empty())
+                .map_err(|e| fs_err("link", path, e))?;
+            return Ok(Made::Link);
+        }
+        tar::EntryType::Fifo => {
+            fs::mknodat(dir, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                .map_err(|e| fs_err("mkfifo", path, e))?;
+        }
+        tar::EntryType::Char | tar::EntryType::Block => {
+            if !opts.allow_devices {
+                stats.skipped_devices += 1;
+                return Ok(Made::Skipped);
+            }
+            let ft = if kind == tar::EntryType::Char {
+                FileType::CharacterDevice
+            } else {
+                FileType::BlockDevice
+            };
+            let major = header.device_major().ok().flatten().unwrap_or(0);
+            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            fs::mknodat(
+                dir,
+                name,
+                ft,
+                Mode::from_raw_mode(0o600),
+                fs::makedev(major, minor),
+            )
+            .map_err(|e| fs_err("mknod", path, e))?;
+        }
+        // PAX and GNU long-name headers are consumed by the tar crate;
+        // anything else is ignored.
+        _ => return Ok(Made::Skipped),
+    }
+    Ok(Made::AtPath)
 }
 
 /// Extended attributes travel as PAX records `SCHILY.xattr.NAME`.
@@ -346,90 +456,6 @@ fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>
         out.push((name.to_string(), ext.value_bytes().to_vec()));
     }
     Ok(out)
-}
-
-/// Sets the attributes on `name` (never following it, even if it is a
-/// symlink: the path goes through our descriptor of its directory).
-/// Returns how many the file system refused as unsupported.
-fn set_xattrs(dir: &OwnedFd, name: &str, path: &str, attrs: &[(String, Vec<u8>)]) -> Result<u64> {
-    use std::os::fd::AsRawFd;
-    let mut skipped = 0;
-    if attrs.is_empty() {
-        return Ok(0);
-    }
-    let at = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
-    for (key, value) in attrs {
-        match fs::lsetxattr(at.as_str(), key.as_str(), value, fs::XattrFlags::empty()) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::OPNOTSUPP) => skipped += 1,
-            Err(e) => return Err(fs_err("setxattr", path, e)),
-        }
-    }
-    Ok(skipped)
-}
-
-fn set_metadata(
-    dir: &OwnedFd,
-    name: &str,
-    path: &str,
-    header: &tar::Header,
-    mode: u32,
-    kind: tar::EntryType,
-    opts: Options,
-) -> Result<()> {
-    let is_link = kind == tar::EntryType::Symlink;
-    if opts.set_owner {
-        let uid = header.uid().map_err(corrupt)?;
-        let gid = header.gid().map_err(corrupt)?;
-        let (uid, gid) = (
-            u32::try_from(uid).map_err(corrupt)?,
-            u32::try_from(gid).map_err(corrupt)?,
-        );
-        let (u, g) = (fs::Uid::from_raw(uid), fs::Gid::from_raw(gid));
-        fs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| fs_err("chown", path, e))?;
-    }
-    // After chown, which clears setuid/setgid.
-    if !is_link {
-        chmod_nofollow(dir, name, mode).map_err(|e| fs_err("chmod", path, e))?;
-    }
-    let mtime = header.mtime().unwrap_or(0);
-    let t = Timespec {
-        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
-        tv_nsec: 0,
-    };
-    fs::utimensat(
-        dir,
-        name,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| fs_err("utimes", path, e))?;
-    Ok(())
-}
-
-/// chmod that never follows a symlink: whoever else can write the
-/// directory may have swapped `name` for one since it was made. The mode
-/// goes on the inode `name` is now, through a descriptor of it; a symlink
-/// found there is left alone.
-fn chmod_nofollow(dir: &OwnedFd, name: &str, mode: u32) -> rustix::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = fs::fstat(&fd)?;
-    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-        return Ok(());
-    }
-    // (Needs /proc, which the guest agent and any host have.)
-    let magic = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    fs::chmod(magic.as_str(), Mode::from_raw_mode(mode))
 }
 
 /// Refuses an entry outside the top name the caller expects.

@@ -10,6 +10,7 @@
 pub mod copy;
 mod guard;
 mod layer;
+mod meta;
 mod path;
 mod tree;
 

@@ -406,3 +406,53 @@ fn extended_attributes_are_kept_including_file_capabilities() {
     }
     assert_eq!(stats.skipped_xattrs, 0);
 }
+
+#[test]
+fn later_entries_replace_or_merge_with_what_is_there() {
+    let s = Scratch::new("over");
+    s.apply(&layer(&[
+        ("a/", Dir, b"", 0o755),
+        ("a/file", File, b"old", 0o644),
+        ("a/was-file", File, b"f", 0o644),
+        ("a/was-dir/", Dir, b"", 0o755),
+        ("a/was-dir/inner", File, b"i", 0o644),
+        ("b/", Dir, b"", 0o700),
+        ("b/x", File, b"x", 0o644),
+    ]))
+    .expect("lower");
+    s.apply(&layer(&[
+        ("a/file", File, b"new", 0o600),
+        ("a/was-file/", Dir, b"", 0o750),
+        ("a/was-file/child", File, b"c", 0o644),
+        ("a/was-dir", File, b"now a file", 0o640),
+        ("b/", Dir, b"", 0o711),
+        ("b/y", File, b"y", 0o644),
+        // Back and forth between directories: each lands in its own.
+        ("a/z", File, b"z", 0o644),
+        ("b/w", File, b"w", 0o644),
+    ]))
+    .expect("upper");
+    let r = s.root();
+    let mode = |p: &str| std::fs::metadata(r.join(p)).expect(p).permissions().mode() & 0o7777;
+    assert_eq!(std::fs::read(r.join("a/file")).expect("read"), b"new");
+    assert_eq!(mode("a/file"), 0o600);
+    assert_eq!(mode("a/was-file"), 0o750);
+    assert_eq!(
+        std::fs::read(r.join("a/was-file/child")).expect("read"),
+        b"c"
+    );
+    assert_eq!(
+        std::fs::read(r.join("a/was-dir")).expect("read"),
+        b"now a file"
+    );
+    assert_eq!(mode("a/was-dir"), 0o640);
+    assert_eq!(
+        mode("b"),
+        0o711,
+        "a directory over a directory takes the new mode"
+    );
+    for (p, body) in [("b/x", b"x"), ("b/y", b"y"), ("a/z", b"z"), ("b/w", b"w")] {
+        assert_eq!(std::fs::read(r.join(p)).expect(p), body, "{p}");
+    }
+    assert!(s.outside().is_empty());
+}

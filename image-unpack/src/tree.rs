@@ -30,17 +30,25 @@ pub fn open_dir(root: &OwnedFd, comps: &[String], no_symlinks: bool) -> Result<O
     } else {
         RESOLVE
     };
-    let mut dir = fs::openat2(
-        root,
-        ".",
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        resolve,
-    )
-    .map_err(fs_err("open", "/"))?;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    // Nearly always the directory is there already: one lookup. A name
+    // missing on the way (or any other failure, reported precisely)
+    // takes the walk below.
+    if !comps.is_empty() {
+        if let Ok(dir) = fs::openat2(
+            root,
+            comps.join("/").as_str(),
+            flags,
+            Mode::empty(),
+            resolve,
+        ) {
+            return Ok(dir);
+        }
+    }
+    let mut dir =
+        fs::openat2(root, ".", flags, Mode::empty(), resolve).map_err(fs_err("open", "/"))?;
     for (i, c) in comps.iter().enumerate() {
         let so_far = comps[..=i].join("/");
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         dir = match fs::openat2(root, so_far.as_str(), flags, Mode::empty(), resolve) {
             Ok(d) => d,
             Err(rustix::io::Errno::NOENT) => {
