@@ -50,7 +50,8 @@ def main():
     ap = argparse.ArgumentParser()
     for name in ("vm", "kernel", "initrd"):
         ap.add_argument("--" + name, required=True)
-    ap.add_argument("--image", action="append", required=True, help="NAME=REFERENCE")
+    ap.add_argument("--image", action="append", required=True,
+                    help="NAME=LAYOUT: an image NAME in the OCI layout directory LAYOUT")
     ap.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
     images = [i.split("=", 1) for i in a.image]
@@ -64,13 +65,16 @@ def main():
     first_phases = {n: [] for n, _ in images}
     for i in range(a.runs):
         qemu.append(timed(qemu_cmd(a), expect="vm-agent: ready")[0])
-        for name, ref in images:
+        for name, layout in images:
             state = tempfile.mkdtemp(prefix="vm-bench-state-")
             e = dict(env, VM_ROOT=state)
-            w, p = timed([a.vm, "run", ref, "true"], env=e)
+            # A first run starts from the local store, where `vm load` (or
+            # `vm pull`) verified the layers once; it unpacks them in the VM.
+            timed([a.vm, "load", "-i", layout], env=e)
+            w, p = timed([a.vm, "run", name, "true"], env=e)
             first[name].append(w)
             first_phases[name].append(phases(p.stderr))
-            w, p = timed([a.vm, "run", ref, "true"], env=e)
+            w, p = timed([a.vm, "run", name, "true"], env=e)
             repeat[name].append(w)
             repeat_phases[name].append(phases(p.stderr))
             shutil.rmtree(state, ignore_errors=True)
@@ -98,6 +102,8 @@ def main():
             print(f"  {name} {label}: " + ", ".join(cols))
     goal = med(repeat[images[0][0]]) / q
     print(f"\nrepeat run of {images[0][0]} / qemu bare boot: {goal:.2f} (goal <= 0.6)")
+    for name, _ in images:
+        print(f"first / repeat run of {name}: {med(first[name]) / med(repeat[name]):.2f} (goal <= 2)")
 
 
 main()
