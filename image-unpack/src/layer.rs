@@ -224,9 +224,7 @@ pub(crate) fn apply<R: Read>(
         mode &= !opts.umask;
         let mut removed = false;
         let made = match kind {
-            tar::EntryType::Directory => {
-                Made::Fd(make_dir(&dir, name, &path, opts.copy, &mut removed)?)
-            }
+            tar::EntryType::Directory => make_dir(&dir, name, &path, opts.copy, &mut removed)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let fd = create_file(&dir, name, &path, opts.copy, &mut removed)?;
                 let mut file = std::fs::File::from(fd);
@@ -244,7 +242,7 @@ pub(crate) fn apply<R: Read>(
                 // After chown, which drops security.capability.
                 stats.skipped_xattrs += meta::set_xattrs_on_fd(fd, &path, &xattrs)?;
             }
-            Made::AtPath => {
+            Made::AtPath | Made::DirAtPath(_) => {
                 meta::set_at(&dir, name, &path, &header, mode, kind, opts)?;
                 stats.skipped_xattrs += meta::set_xattrs_at(&dir, name, &path, &xattrs)?;
             }
@@ -255,11 +253,14 @@ pub(crate) fn apply<R: Read>(
         }
         // Keep a directory for the entries that follow: the one just made
         // (its children come next in a tar stream), else this entry's
-        // parent unless something was removed on the way.
+        // parent; none after a removal, which may have changed what a
+        // path through the removed name resolves to.
         last_dir = match made {
-            Made::Fd(fd) if kind == tar::EntryType::Directory => Some((comps, fd)),
-            _ if !removed => Some((parent.to_vec(), dir)),
-            _ => None,
+            _ if removed => None,
+            Made::Fd(fd) | Made::DirAtPath(fd) if kind == tar::EntryType::Directory => {
+                Some((comps, fd))
+            }
+            _ => Some((parent.to_vec(), dir)),
         };
     }
     Ok(stats)
@@ -271,6 +272,8 @@ enum Made {
     Fd(OwnedFd),
     /// Something set by name (symlink, fifo, device).
     AtPath,
+    /// A directory set by name (we may not read it), open as `O_PATH`.
+    DirAtPath(OwnedFd),
     /// A hard link, which shares its target's metadata.
     Link,
     /// Nothing (a device when devices are not allowed, an unknown kind).
@@ -306,13 +309,7 @@ fn clear_way(
 /// Makes directory `name` (or keeps the one there) and opens it. Made
 /// first, looked at only when something is in the way: most entries
 /// land on an empty name.
-fn make_dir(
-    dir: &OwnedFd,
-    name: &str,
-    path: &str,
-    copy: bool,
-    removed: &mut bool,
-) -> Result<OwnedFd> {
+fn make_dir(dir: &OwnedFd, name: &str, path: &str, copy: bool, removed: &mut bool) -> Result<Made> {
     let mkdir = || fs::mkdirat(dir, name, Mode::from_raw_mode(0o700));
     match mkdir() {
         Ok(()) => {}
@@ -325,12 +322,21 @@ fn make_dir(
         }
         Err(e) => return Err(fs_err("mkdir", path, e)),
     }
-    fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    let open = |how: OFlags| {
+        fs::openat(
+            dir,
+            name,
+            how | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    match open(OFlags::RDONLY) {
+        Ok(fd) => Ok(Made::Fd(fd)),
+        // An existing directory we may not read (an unprivileged copy
+        // merging into one): its metadata goes by name, as other kinds'.
+        Err(rustix::io::Errno::ACCESS) => open(OFlags::PATH).map(Made::DirAtPath),
+        Err(e) => Err(e),
+    }
     .map_err(|e| fs_err("open", path, e))
 }
 

@@ -381,26 +381,35 @@ fn extended_attributes_are_kept_including_file_capabilities() {
     .expect("pax");
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(File);
-    h.set_mode(0o755);
+    h.set_mode(0o4755);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_size(3);
     h.set_mtime(1_700_000_000);
     b.append_data(&mut h, "ping", &b"elf"[..]).expect("append");
     let data = b.into_inner().expect("tar");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
     let stats = apply_layer(
         &s.fd(),
         data.as_slice(),
         Compression::None,
         Limits::default(),
-        Options::default(),
+        // Owners are set (chown clears setuid and capabilities) as root.
+        Options {
+            set_owner: root,
+            ..Options::default()
+        },
     )
     .expect("apply");
     let p = s.root().join("ping");
     let mut buf = vec![0u8; 64];
     let n = rustix::fs::getxattr(&p, "user.note", &mut buf).expect("user.note");
     assert_eq!(&buf[..n], b"hello");
+    let mode = std::fs::metadata(&p).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o7777, 0o4755, "setuid survives the chown");
     // security.* needs privilege; as root the capability must be there.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if root {
         let n = rustix::fs::getxattr(&p, "security.capability", &mut buf).expect("capability");
         assert_eq!(&buf[..n], cap.as_slice());
     }
@@ -454,5 +463,23 @@ fn later_entries_replace_or_merge_with_what_is_there() {
     for (p, body) in [("b/x", b"x"), ("b/y", b"y"), ("a/z", b"z"), ("b/w", b"w")] {
         assert_eq!(std::fs::read(r.join(p)).expect(p), body, "{p}");
     }
+    assert!(s.outside().is_empty());
+}
+
+#[test]
+fn a_directory_replacing_a_symlink_on_its_own_path() {
+    // `l/l/` resolves its parent through the link `l -> .` (to the root)
+    // and replaces that very link: `l/l/x` then lands in the new `l/l`.
+    let s = Scratch::new("relink");
+    s.apply(&layer(&[
+        ("l", Symlink, b".", 0o777),
+        ("l/l/", Dir, b"", 0o755),
+        ("l/l/x", File, b"x", 0o644),
+    ]))
+    .expect("apply");
+    let r = s.root();
+    assert!(std::fs::symlink_metadata(r.join("l")).expect("l").is_dir());
+    assert_eq!(std::fs::read(r.join("l/l/x")).expect("l/l/x"), b"x");
+    assert!(!r.join("l/x").exists());
     assert!(s.outside().is_empty());
 }
