@@ -475,7 +475,7 @@ fn check_top(shape: Shape<'_>, comps: &[String], raw: &[u8]) -> Result<()> {
     }
 }
 
-fn fs_err(op: &'static str, path: &str, e: rustix::io::Errno) -> Error {
+pub(crate) fn fs_err(op: &'static str, path: &str, e: rustix::io::Errno) -> Error {
     Error::Fs {
         op,
         path: path.to_string(),

@@ -10,16 +10,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
-use crate::layer::Options;
+use crate::layer::{fs_err, Options};
 use crate::{Error, Result};
-
-fn fs_err(op: &'static str, path: &str, e: rustix::io::Errno) -> Error {
-    Error::Fs {
-        op,
-        path: path.to_string(),
-        source: e.into(),
-    }
-}
 
 fn owner(header: &tar::Header) -> Result<(fs::Uid, fs::Gid)> {
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
