@@ -107,6 +107,34 @@ fn host_of(registry: &str) -> &str {
     }
 }
 
+/// Whether a registry host (with or without a port) is this machine:
+/// `localhost` or a loopback address, as a URL parser reads it (a name
+/// such as `127.example.com` is not).
+fn is_loopback(host: &str) -> bool {
+    url::Url::parse(&format!("http://{host}/"))
+        .ok()
+        .and_then(|u| u.host().map(|h| loopback(&h)))
+        .unwrap_or(false)
+}
+
+fn loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(a) => a.is_loopback(),
+        url::Host::Ipv6(a) => a.is_loopback(),
+    }
+}
+
+/// Credentials go to a token service (the realm a registry names, often
+/// on another host) only over HTTPS, or over plain HTTP to this machine.
+fn may_send_credentials(realm: &str) -> bool {
+    match url::Url::parse(realm) {
+        Ok(u) if u.scheme() == "https" => u.host().is_some(),
+        Ok(u) if u.scheme() == "http" => u.host().is_some_and(|h| loopback(&h)),
+        _ => false,
+    }
+}
+
 /// A TLS configuration trusting the web roots and the CAs in `files`.
 fn tls_config(files: &[PathBuf]) -> Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
@@ -166,10 +194,8 @@ fn error_text(resp: ureq::Response) -> String {
 impl Client {
     fn new(registry: &str, repo: &str, opts: &Options) -> Result<Self> {
         let host = host_of(registry);
-        let bare = host.split(':').next().unwrap_or_default();
-        let plain_allowed = bare == "localhost"
-            || bare.starts_with("127.")
-            || opts.insecure.iter().any(|i| i == host || i == registry);
+        let plain_allowed =
+            is_loopback(host) || opts.insecure.iter().any(|i| i == host || i == registry);
         let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
             .timeout_read(Duration::from_secs(60));
@@ -321,6 +347,13 @@ impl Client {
             req = req.query("scope", &s);
         }
         if let Some(c) = &self.credentials {
+            if !may_send_credentials(&realm) {
+                return Err(Error::Registry(format!(
+                    "{}: the registry's token service {realm:?} is not HTTPS and not on this \
+                     machine; vm does not send credentials there",
+                    self.origin
+                )));
+            }
             req = req.set("Authorization", &basic(c));
         }
         let resp = match req.call() {
@@ -440,7 +473,7 @@ pub fn login(registry: &str, opts: &Options) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::challenge_params;
+    use super::{challenge_params, is_loopback, may_send_credentials};
 
     #[test]
     fn challenge_values_may_be_quoted_and_hold_commas() {
@@ -467,5 +500,55 @@ mod tests {
         assert!(challenge_params("").is_empty());
         // Garbage does not panic.
         let _ = challenge_params("=,=\"\\");
+    }
+
+    #[test]
+    fn loopback_is_parsed_not_guessed_from_the_name() {
+        for h in [
+            "localhost",
+            "LOCALHOST:5000",
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "127.8.9.10:1",
+            "[::1]:5000",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in [
+            "127.example.com",
+            "127.0.0.1.nip.io:5000",
+            "localhost.example.com",
+            "10.0.0.1:5000",
+            "[::2]",
+            "registry-1.docker.io",
+            "",
+            "a b",
+        ] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn credentials_go_to_a_token_service_over_https_or_to_this_machine() {
+        for realm in [
+            "https://auth.docker.io/token",
+            "HTTPS://auth.example:8443/token?x=1",
+            "http://127.0.0.1:5001/token",
+            "http://localhost/token",
+            "http://[::1]:80/token",
+        ] {
+            assert!(may_send_credentials(realm), "{realm}");
+        }
+        for realm in [
+            "http://auth.example/token",
+            "http://127.evil.example/token",
+            "ftp://auth.example/token",
+            "file:///etc/passwd",
+            "//auth.example/token",
+            "auth.example/token",
+            "",
+        ] {
+            assert!(!may_send_credentials(realm), "{realm}");
+        }
     }
 }
