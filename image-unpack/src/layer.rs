@@ -103,7 +103,7 @@ impl<R: Read> Read for Capped<R> {
     }
 }
 
-fn corrupt(e: impl std::fmt::Display) -> Error {
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> Error {
     Error::Corrupt(e.to_string())
 }
 

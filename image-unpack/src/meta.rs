@@ -10,15 +10,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::fs::{self, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
-use crate::layer::{fs_err, Options};
-use crate::{Error, Result};
+use crate::layer::{corrupt, fs_err, Options};
+use crate::Result;
 
 fn owner(header: &tar::Header) -> Result<(fs::Uid, fs::Gid)> {
-    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt(e.to_string());
-    let uid = header.uid().map_err(|e| corrupt(&e))?;
-    let gid = header.gid().map_err(|e| corrupt(&e))?;
-    let uid = u32::try_from(uid).map_err(|e| corrupt(&e))?;
-    let gid = u32::try_from(gid).map_err(|e| corrupt(&e))?;
+    let uid = u32::try_from(header.uid().map_err(corrupt)?).map_err(corrupt)?;
+    let gid = u32::try_from(header.gid().map_err(corrupt)?).map_err(corrupt)?;
     Ok((fs::Uid::from_raw(uid), fs::Gid::from_raw(gid)))
 }
 
@@ -96,15 +93,9 @@ fn chmod_nofollow(dir: &OwnedFd, name: &str, mode: u32) -> rustix::io::Result<()
 /// Sets extended attributes on the entry open as `fd`. Returns how many
 /// the file system refused as unsupported.
 pub fn set_xattrs_on_fd(fd: &OwnedFd, path: &str, attrs: &[(String, Vec<u8>)]) -> Result<u64> {
-    let mut skipped = 0;
-    for (key, value) in attrs {
-        match fs::fsetxattr(fd, key.as_str(), value, fs::XattrFlags::empty()) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::OPNOTSUPP) => skipped += 1,
-            Err(e) => return Err(fs_err("setxattr", path, e)),
-        }
-    }
-    Ok(skipped)
+    set_xattrs(path, attrs, |key, value| {
+        fs::fsetxattr(fd, key, value, fs::XattrFlags::empty())
+    })
 }
 
 /// Sets extended attributes on `name` (never following it, even if it is
@@ -115,13 +106,25 @@ pub fn set_xattrs_at(
     path: &str,
     attrs: &[(String, Vec<u8>)],
 ) -> Result<u64> {
-    let mut skipped = 0;
     if attrs.is_empty() {
         return Ok(0);
     }
     let at = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+    set_xattrs(path, attrs, |key, value| {
+        fs::lsetxattr(at.as_str(), key, value, fs::XattrFlags::empty())
+    })
+}
+
+/// Sets each attribute with `set`, counting those the file system does
+/// not support.
+fn set_xattrs(
+    path: &str,
+    attrs: &[(String, Vec<u8>)],
+    set: impl Fn(&str, &[u8]) -> rustix::io::Result<()>,
+) -> Result<u64> {
+    let mut skipped = 0;
     for (key, value) in attrs {
-        match fs::lsetxattr(at.as_str(), key.as_str(), value, fs::XattrFlags::empty()) {
+        match set(key.as_str(), value) {
             Ok(()) => {}
             Err(rustix::io::Errno::OPNOTSUPP) => skipped += 1,
             Err(e) => return Err(fs_err("setxattr", path, e)),
