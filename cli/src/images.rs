@@ -370,8 +370,7 @@ pub fn prune_images(state: &std::path::Path, all: bool) -> Result<Pruned, String
         let img = store
             .entry_image(&e)
             .map_err(|err| format!("{}: {err}", e.manifest))?;
-        let digests: Vec<String> = img.layers.iter().map(|l| l.digest.to_string()).collect();
-        used.insert(format!("{}.ext4", runtime::rootfs_cache::key(&digests)));
+        used.insert(format!("{}.ext4", runtime::rootfs_cache::key(&img)));
     }
     let (caches, cache_bytes) = runtime::rootfs_cache::prune(state, &used)?;
     Ok(Pruned {

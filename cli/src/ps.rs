@@ -138,7 +138,10 @@ fn matches(filters: &HashMap<String, Vec<String>>, c: &Container, s: &State) -> 
                         .to_string()
                 };
                 bare(&c.config.image) == bare(v)
-                    || c.config.image_id.trim_start_matches("sha256:").starts_with(v.trim_start_matches("sha256:"))
+                    || c.config
+                        .image_id
+                        .trim_start_matches("sha256:")
+                        .starts_with(v.trim_start_matches("sha256:"))
                     || c.config.image_digest == *v
             }
             _ => false,
@@ -178,7 +181,8 @@ fn parse_filters(raw: &[String]) -> Result<HashMap<String, Vec<String>>, String>
     Ok(out)
 }
 
-const PS_TABLE: &str = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}";
+const PS_TABLE: &str =
+    "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}";
 
 fn ps_headers() -> HashMap<&'static str, &'static str> {
     HashMap::from([
@@ -326,6 +330,10 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
             "RestartPolicy": { "Name": restart_name, "MaximumRetryCount": restart_max },
             "AutoRemove": cfg.auto_remove,
             "ReadonlyRootfs": cfg.read_only,
+            "StorageOpt": match cfg.scratch_mib {
+                Some(mib) => json!({ "size": format!("{mib}m") }),
+                None => Value::Null,
+            },
             "Memory": cfg.memory_mib << 20,
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
             "Runtime": "vm",
@@ -383,7 +391,9 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
     let mut failed = false;
     for n in &args.names {
         let found = if args.kind.as_deref() != Some("image") {
-            container::find(&state, n).ok().map(|c| inspect_value(&state, &c))
+            container::find(&state, n)
+                .ok()
+                .map(|c| inspect_value(&state, &c))
         } else {
             None
         };
@@ -406,14 +416,12 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
         None => serde_json::to_string_pretty(&values)
             .map(|t| println!("{t}"))
             .map_err(|e| e.to_string()),
-        Some(f) => Template::parse(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| {
-                for v in &values {
-                    println!("{}", t.render(v).map_err(|e| e.to_string())?);
-                }
-                Ok(())
-            }),
+        Some(f) => Template::parse(f).map_err(|e| e.to_string()).and_then(|t| {
+            for v in &values {
+                println!("{}", t.render(v).map_err(|e| e.to_string())?);
+            }
+            Ok(())
+        }),
     };
     if let Err(e) = printed {
         return crate::fail(&e);
@@ -433,7 +441,10 @@ mod tests {
     #[test]
     fn durations_read_as_dockers() {
         let d = Duration::from_secs;
-        assert_eq!(human_duration(Duration::from_millis(300)), "Less than a second");
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
         assert_eq!(human_duration(d(1)), "1 second");
         assert_eq!(human_duration(d(59)), "59 seconds");
         assert_eq!(human_duration(d(60)), "About a minute");

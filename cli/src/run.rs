@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// Mount the container's root file system read-only.
     #[arg(long = "read-only")]
     read_only: bool,
+    /// Storage driver options: `size=SIZE` caps what the container can
+    /// write (its scratch disk; default 16g).
+    #[arg(long = "storage-opt", value_name = "OPT")]
+    storage_opt: Vec<String>,
     /// Show the guest kernel's console on stderr.
     #[arg(long)]
     debug: bool,
@@ -109,7 +113,13 @@ fn log_options(opts: &[String]) -> Result<LogOptions, String> {
                         // Smaller than a MiB: k or b.
                         let n = mib_or_bytes.trim_end_matches(['k', 'b']);
                         n.parse::<u64>()
-                            .map(|n| if mib_or_bytes.ends_with('k') { n << 10 } else { n })
+                            .map(|n| {
+                                if mib_or_bytes.ends_with('k') {
+                                    n << 10
+                                } else {
+                                    n
+                                }
+                            })
                             .map_err(|_| format!("invalid max-size {v:?}; use e.g. 10m"))
                     })?,
                 };
@@ -119,11 +129,10 @@ fn log_options(opts: &[String]) -> Result<LogOptions, String> {
                 out.max_size = bytes;
             }
             Some(("max-file", v)) => {
-                out.max_files = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| format!("invalid max-file {v:?}: use a number of 1 or more"))?;
+                out.max_files =
+                    v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        format!("invalid max-file {v:?}: use a number of 1 or more")
+                    })?;
             }
             _ => {
                 return Err(format!(
@@ -133,6 +142,31 @@ fn log_options(opts: &[String]) -> Result<LogOptions, String> {
         }
     }
     Ok(out)
+}
+
+/// `--storage-opt size=SIZE`: the scratch disk's size in MiB.
+fn storage_options(opts: &[String]) -> Result<Option<u64>, String> {
+    let mut size = None;
+    for o in opts {
+        match o.split_once('=') {
+            Some(("size", v)) => {
+                let mib = spec::parse_memory(v).map_err(|e| format!("--storage-opt size: {e}"))?;
+                if mib < runtime::MIN_SCRATCH_MIB {
+                    return Err(format!(
+                        "--storage-opt size={v} is too small: the container's disk needs at least {}m",
+                        runtime::MIN_SCRATCH_MIB
+                    ));
+                }
+                size = Some(mib);
+            }
+            _ => {
+                return Err(format!(
+                    "unknown storage option {o:?}: the only one is size=SIZE (e.g. size=10g)"
+                ))
+            }
+        }
+    }
+    Ok(size)
 }
 
 fn parse_pull(s: &str) -> Result<PullPolicy, String> {
@@ -172,6 +206,7 @@ impl RunArgs {
             cpus: self.cpus,
             memory_mib: self.memory,
             read_only: self.read_only,
+            scratch_mib: storage_options(&self.storage_opt)?,
             debug: self.debug,
             pull: self.pull,
             auto_remove: self.rm,

@@ -82,17 +82,20 @@ fn df(state: &Path, args: DfArgs) -> ExitCode {
             if !seen.insert(e.manifest.to_string()) {
                 continue;
             }
-            let Ok(img) = store.entry_image(&e) else { continue };
+            let Ok(img) = store.entry_image(&e) else {
+                continue;
+            };
             images += 1;
             let active = used.contains(&e.manifest.to_string());
             images_active += usize::from(active);
             for l in &img.layers {
-                let b = blob_users.entry(l.digest.to_string()).or_insert((l.source.size, false));
+                let b = blob_users
+                    .entry(l.digest.to_string())
+                    .or_insert((l.source.size, false));
                 b.1 |= active;
             }
-            let digests: Vec<String> = img.layers.iter().map(|l| l.digest.to_string()).collect();
             let k = cache_keys
-                .entry(format!("{}.ext4", runtime::rootfs_cache::key(&digests)))
+                .entry(format!("{}.ext4", runtime::rootfs_cache::key(&img)))
                 .or_insert(false);
             *k |= active;
         }
@@ -134,7 +137,13 @@ fn df(state: &Path, args: DfArgs) -> ExitCode {
         df_row("Images", images, images_active, images_size, images_free),
         df_row("Containers", containers.len(), running, c_size, c_free),
         df_row("Local Volumes", 0, 0, 0, 0),
-        df_row("Root FS Cache", caches, caches_active, cache_size, cache_free),
+        df_row(
+            "Root FS Cache",
+            caches,
+            caches_active,
+            cache_size,
+            cache_free,
+        ),
     ];
     let headers = HashMap::from([
         ("Type", "TYPE"),

@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod log;
 pub mod trigger;
 pub mod virtio;
 

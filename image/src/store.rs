@@ -173,7 +173,8 @@ impl Store {
         Ok(Some(Lock(f)))
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
+    /// Where the blob `d` is (or would be) kept.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.dir.join("blobs/sha256").join(d.hex())
     }
 

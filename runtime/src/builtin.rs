@@ -105,14 +105,21 @@ pub fn top(state: &Path, c: &Container) -> Result<Vec<TopRow>> {
     };
     run(state, c, Builtin::Top, None, &mut out, None)?;
     if out.buf.len() > MAX_TOP {
-        return Err(Error::new(Kind::Guest, "the guest sent too long a process list"));
+        return Err(Error::new(
+            Kind::Guest,
+            "the guest sent too long a process list",
+        ));
     }
     out.buf
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| {
-            serde_json::from_slice(l)
-                .map_err(|e| Error::new(Kind::Guest, format!("the guest sent a bad process entry: {e}")))
+            serde_json::from_slice(l).map_err(|e| {
+                Error::new(
+                    Kind::Guest,
+                    format!("the guest sent a bad process entry: {e}"),
+                )
+            })
         })
         .collect()
 }

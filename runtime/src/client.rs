@@ -17,7 +17,10 @@ use crate::monitor::{self, Launch, Request};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
     Signal(i32),
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
     /// Stop listening: close the connection (the monitor then kills a
     /// builtin it was running for us; see `monitor::exec`).
     Hangup,
@@ -43,8 +46,7 @@ pub fn start(state: &Path, c: &Container, mode: Mode) -> Result<UnixStream> {
             c.config.name
         )));
     }
-    let (ours, theirs) =
-        UnixStream::pair().map_err(|e| Error::host(format!("socketpair: {e}")))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| Error::host(format!("socketpair: {e}")))?;
     let (output, stdin) = match mode {
         Mode::Attached { stdin } => (true, stdin),
         Mode::Detached => (false, false),
@@ -99,11 +101,9 @@ pub fn wait_started(mut conn: UnixStream) -> Result<()> {
                 return Ok(());
             }
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                return Err(Error::host(
-                    "the container's monitor ended before the container started (see its monitor.log)",
-                ))
-            }
+            Ok(None) | Err(_) => return Err(Error::host(
+                "the container's monitor ended before the container started (see its monitor.log)",
+            )),
         }
     }
 }

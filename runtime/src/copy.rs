@@ -64,8 +64,7 @@ pub fn copy_out(state: &Path, c: &Container, src: &str, dest: Dest<'_>) -> Resul
         umask: umask(),
         limits: image_unpack::Limits::default(),
     };
-    let (reader, mut writer) =
-        std::io::pipe().map_err(|e| Error::host(format!("pipe: {e}")))?;
+    let (reader, mut writer) = std::io::pipe().map_err(|e| Error::host(format!("pipe: {e}")))?;
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = tx.clone();
     let dest_owned = dest.to_path_buf();
@@ -130,7 +129,11 @@ fn umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?.trim().to_string();
+            let v = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))?
+                .trim()
+                .to_string();
             u32::from_str_radix(&v, 8).ok()
         })
         .unwrap_or(0o022)
@@ -160,9 +163,8 @@ pub fn copy_in(
     let (input, place, packer): (Box<dyn Read + Send>, _, _) = match src {
         Source::Stream(r) => (r, CopyPlace::Stream, None),
         Source::Path(p) => {
-            std::fs::symlink_metadata(p).map_err(|e| {
-                Error::not_found(format!("lstat {}: {e}", p.display()))
-            })?;
+            std::fs::symlink_metadata(p)
+                .map_err(|e| Error::not_found(format!("lstat {}: {e}", p.display())))?;
             let text = p.to_string_lossy();
             let place = if wants_contents(&text) {
                 CopyPlace::Contents
@@ -178,7 +180,11 @@ pub fn copy_in(
             let path = p.to_path_buf();
             let t = std::thread::Builder::new()
                 .name("cp-pack".into())
-                .spawn(move || copy::pack(writer, &path, &name).map(drop).map_err(|e| e.to_string()))
+                .spawn(move || {
+                    copy::pack(writer, &path, &name)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
                 .map_err(|e| Error::host(format!("starting the packing thread: {e}")))?;
             (Box::new(reader) as Box<dyn Read + Send>, place, Some(t))
         }

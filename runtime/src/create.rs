@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub cpus: u8,
     pub memory_mib: Option<u64>,
     pub read_only: bool,
+    /// The size of the disk the container writes to (`--storage-opt
+    /// size=`), in MiB; the default when None.
+    pub scratch_mib: Option<u64>,
     /// The guest kernel's console on the monitor's stderr.
     pub debug: bool,
     pub pull: PullPolicy,
@@ -94,10 +97,14 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         image_digest: image.manifest_digest.to_string(),
         image_id: vm_image::Digest::of_bytes(&image.raw_config.data).to_string(),
         image_is_file: vm_image::is_transport(&opts.image),
-        hostname: opts.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+        hostname: opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string()),
         cpus: opts.cpus.max(1),
         memory_mib: opts.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
         read_only: opts.read_only,
+        scratch_mib: opts.scratch_mib,
         debug: opts.debug,
         restart: opts.restart,
         auto_remove: opts.auto_remove,
@@ -249,4 +256,3 @@ fn container_id() -> String {
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
-

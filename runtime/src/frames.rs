@@ -37,7 +37,10 @@ pub enum Frame {
     Stdin(Vec<u8>),
     StdinEof,
     Signal(i32),
-    Resize { rows: u16, cols: u16 },
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
 }
 
 impl Frame {
@@ -136,7 +139,10 @@ mod tests {
             Frame::Stdin(b"x".to_vec()),
             Frame::StdinEof,
             Frame::Signal(15),
-            Frame::Resize { rows: 40, cols: 100 },
+            Frame::Resize {
+                rows: 40,
+                cols: 100,
+            },
         ];
         let mut buf = Vec::new();
         for f in &frames {

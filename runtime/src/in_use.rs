@@ -70,7 +70,10 @@ pub fn running(state: &Path) -> Vec<(String, String)> {
 pub fn all(state: &Path) -> Vec<(String, String)> {
     let mut out = running(state);
     for c in crate::container::list(state) {
-        if !out.iter().any(|(id, _)| c.config.id.starts_with(id.as_str())) {
+        if !out
+            .iter()
+            .any(|(id, _)| c.config.id.starts_with(id.as_str()))
+        {
             out.push((c.config.id[..16].to_string(), c.config.image_digest.clone()));
         }
     }

@@ -14,6 +14,7 @@ pub mod create;
 pub mod error;
 pub mod frames;
 pub mod in_use;
+mod jail;
 pub mod logfile;
 pub mod monitor;
 mod proctitle;
@@ -35,6 +36,7 @@ pub use client::Control;
 pub use create::{create, Observer, RunOptions};
 pub use error::{Error, Kind, Result};
 pub use rootfs_cache::state_root;
+pub use scratch::MIN_SIZE_MIB as MIN_SCRATCH_MIB;
 
 /// A container name as Docker takes them.
 pub fn check_name(n: &str) -> Result<()> {

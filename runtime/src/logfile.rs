@@ -208,7 +208,10 @@ mod tests {
         w.write(Stream::Stdout, b"no newline");
         w.flush_partial(Stream::Stdout);
         assert!(numbered(&path, 1).exists());
-        assert!(!numbered(&path, 2).exists(), "max-file 2 keeps one old file");
+        assert!(
+            !numbered(&path, 2).exists(),
+            "max-file 2 keeps one old file"
+        );
         let total: u64 = files(&path)
             .iter()
             .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))

@@ -13,19 +13,27 @@ use std::process::Command;
 
 /// Sparse size: room for big images; only what is written takes space.
 pub const SIZE: u64 = 16 << 30;
+/// The smallest disk `--storage-opt size=` may ask for, in MiB.
+pub const MIN_SIZE_MIB: u64 = 64;
 /// Bump when the mkfs options change.
-const TEMPLATE: &str = "empty-ext4-v1-16g.img";
+const TEMPLATE: &str = "empty-ext4-v1";
 
-/// Makes `path` a fresh, empty ext4 disk.
+/// Makes `path` a fresh, empty ext4 disk of the default size.
 pub fn create(state: &Path, path: &Path) -> Result<(), String> {
-    let template = template(state)?;
+    create_sized(state, path, SIZE)
+}
+
+/// Makes `path` a fresh, empty ext4 disk of `size` bytes (one template is
+/// kept per size asked for).
+pub fn create_sized(state: &Path, path: &Path, size: u64) -> Result<(), String> {
+    let template = template(state, size)?;
     match sparse_copy(&template, path) {
         Ok(()) => Ok(()),
         // The file system cannot tell holes from data (9p, some network
         // file systems): copying would read gigabytes of zeros.
         Err(e) if e.kind() == io::ErrorKind::Unsupported => {
             let _ = std::fs::remove_file(path);
-            mkfs(path)
+            mkfs(path, size)
         }
         Err(e) => Err(format!(
             "copying {} to {}: {e}",
@@ -35,14 +43,19 @@ pub fn create(state: &Path, path: &Path) -> Result<(), String> {
     }
 }
 
-fn template(state: &Path) -> Result<PathBuf, String> {
-    let path = state.join(TEMPLATE);
+fn template(state: &Path, size: u64) -> Result<PathBuf, String> {
+    let name = if size == SIZE {
+        format!("{TEMPLATE}-16g.img")
+    } else {
+        format!("{TEMPLATE}-{}m.img", size >> 20)
+    };
+    let path = state.join(&name);
     if path.is_file() {
         return Ok(path);
     }
     std::fs::create_dir_all(state).map_err(|e| format!("creating {}: {e}", state.display()))?;
-    let tmp = state.join(format!(".{TEMPLATE}.{}", std::process::id()));
-    let made = mkfs(&tmp).and_then(|()| {
+    let tmp = state.join(format!(".{name}.{}", std::process::id()));
+    let made = mkfs(&tmp, size).and_then(|()| {
         std::fs::rename(&tmp, &path).map_err(|e| format!("storing {}: {e}", path.display()))
     });
     if made.is_err() {
@@ -51,7 +64,7 @@ fn template(state: &Path) -> Result<PathBuf, String> {
     made.map(|()| path)
 }
 
-fn mkfs(path: &Path) -> Result<(), String> {
+fn mkfs(path: &Path, size: u64) -> Result<(), String> {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -59,7 +72,7 @@ fn mkfs(path: &Path) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("creating {}: {e}", path.display()))?;
-    f.set_len(SIZE)
+    f.set_len(size)
         .map_err(|e| format!("sizing {}: {e}", path.display()))?;
     drop(f);
     // No journal (the disk dies with the VM, or is sealed read-only), no

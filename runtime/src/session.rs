@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,24 +45,85 @@ pub enum Ended {
     Failed(i32, String),
 }
 
+/// A listener for one vsock port, used for exactly one connection: once
+/// that is accepted (or the listener is dropped) its socket file is gone,
+/// so a guest cannot fill its backlog and nothing stays bound that no one
+/// accepts on.
+pub struct PortListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl PortListener {
+    /// Waits for the guest's connection (until `deadline`, or until
+    /// `gone` says nothing will come), then unbinds.
+    pub fn accept_once(
+        self,
+        what: &'static str,
+        deadline: Instant,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<UnixStream, Error> {
+        accept(&self.listener, what, deadline, gone)
+    }
+
+    /// Like [`accept_once`](Self::accept_once), but takes connections
+    /// until `verify` accepts one; the others are dropped.
+    pub fn accept_verified(
+        self,
+        what: &'static str,
+        deadline: Instant,
+        gone: &dyn Fn() -> bool,
+        verify: &dyn Fn(&mut UnixStream) -> bool,
+    ) -> Result<UnixStream, Error> {
+        loop {
+            let mut s = accept(&self.listener, what, deadline, gone)?;
+            if verify(&mut s) {
+                return Ok(s);
+            }
+        }
+    }
+}
+
+impl Drop for PortListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The session's four ports, each taken by its one connection.
 pub struct Listeners {
-    control: UnixListener,
-    stdin: UnixListener,
-    stdout: UnixListener,
-    stderr: UnixListener,
+    control: Option<PortListener>,
+    stdin: Option<PortListener>,
+    stdout: Option<PortListener>,
+    stderr: Option<PortListener>,
 }
 
 impl Listeners {
     pub fn bind(vsock_path: &Path) -> io::Result<Self> {
         // (A socket left by the previous run of the same container is
         // replaced.)
-        let bind = |p: u32| bind_port(vsock_path, p).map(|(l, _)| l);
+        let bind = |p: u32| bind_port(vsock_path, p).map(Some);
         Ok(Self {
             control: bind(port::CONTROL)?,
             stdin: bind(port::STDIN)?,
             stdout: bind(port::STDOUT)?,
             stderr: bind(port::STDERR)?,
         })
+    }
+}
+
+/// Accepts the one connection of a port whose listener is still there.
+fn accept_slot(
+    slot: &mut Option<PortListener>,
+    what: &'static str,
+    deadline: Instant,
+    gone: &dyn Fn() -> bool,
+) -> Result<UnixStream, Error> {
+    match slot.take() {
+        Some(l) => l.accept_once(what, deadline, gone),
+        None => Err(Error::Protocol(format!(
+            "the {what} connection was already taken"
+        ))),
     }
 }
 
@@ -109,25 +170,15 @@ fn accept(
 }
 
 /// Listens where the guest's connections to `port` arrive.
-pub fn bind_port(vsock_path: &Path, port: u32) -> io::Result<(UnixListener, std::path::PathBuf)> {
+pub fn bind_port(vsock_path: &Path, port: u32) -> io::Result<PortListener> {
     let mut name = vsock_path.as_os_str().to_owned();
     name.push(format!("_{port}"));
-    let path = std::path::PathBuf::from(name);
+    let path = PathBuf::from(name);
     let _ = std::fs::remove_file(&path);
-    let l = UnixListener::bind(&path)?;
-    l.set_nonblocking(true)?;
-    Ok((l, path))
-}
-
-/// Waits for the guest to connect to `listener` (until `deadline`, or
-/// until `gone` says nothing will come).
-pub fn accept_until(
-    listener: &UnixListener,
-    what: &'static str,
-    deadline: Instant,
-    gone: &dyn Fn() -> bool,
-) -> Result<UnixStream, Error> {
-    accept(listener, what, deadline, gone)
+    let listener = UnixListener::bind(&path)?;
+    let l = PortListener { listener, path };
+    l.listener.set_nonblocking(true)?;
+    Ok(l)
 }
 
 pub struct Session {
@@ -140,14 +191,14 @@ pub struct Session {
 impl Session {
     /// Handshake: the agent's hello, our run spec, its stdio connections.
     pub fn start(
-        l: &Listeners,
+        l: &mut Listeners,
         spec: RunSpec,
         timeout: Duration,
         vm_ended: &dyn Fn() -> bool,
         output: Arc<dyn Output>,
     ) -> Result<Self, Error> {
         let deadline = Instant::now() + timeout;
-        let mut control = accept(&l.control, "control", deadline, vm_ended)?;
+        let mut control = accept_slot(&mut l.control, "control", deadline, vm_ended)?;
         // A silent agent must not hold us past the deadline.
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -179,16 +230,24 @@ impl Session {
         write_frame(&mut control, &HostMessage::Run(Box::new(spec)))
             .map_err(|e| Error::Protocol(format!("sending the run spec: {e}")))?;
         let mut pumps = Vec::new();
-        let out = accept(&l.stdout, "stdout", deadline, vm_ended)?;
+        let out = accept_slot(&mut l.stdout, "stdout", deadline, vm_ended)?;
         pumps.push(spawn_copy(Stream::Stdout, out, output.clone())?);
         if !terminal {
-            let err = accept(&l.stderr, "stderr", deadline, vm_ended)?;
+            let err = accept_slot(&mut l.stderr, "stderr", deadline, vm_ended)?;
             pumps.push(spawn_copy(Stream::Stderr, err, output)?);
         }
         let stdin = if stdin {
-            Some(accept(&l.stdin, "stdin", deadline, vm_ended)?)
+            Some(accept_slot(&mut l.stdin, "stdin", deadline, vm_ended)?)
         } else {
             None
+        };
+        // Ports this run does not use (stdin, stderr under a terminal)
+        // are unbound too.
+        *l = Listeners {
+            control: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
         };
         let writer = control
             .try_clone()
@@ -382,7 +441,7 @@ mod tests {
     fn against(
         agent: impl FnOnce(UnixStream, UnixStream) + Send + 'static,
     ) -> (Result<Ended, Error>, Count) {
-        let (dir, l, path) = listeners();
+        let (dir, mut l, path) = listeners();
         let (control, stdout) = (path(port::CONTROL), path(port::STDOUT));
         let t = std::thread::spawn(move || {
             let mut c = UnixStream::connect(&control).expect("connect control");
@@ -393,15 +452,27 @@ mod tests {
             agent(c, o);
         });
         let mut events = Count::default();
-        let r = Session::start(&l, spec(), Duration::from_secs(10), &|| false, Arc::new(Sink))
-            .and_then(|s| s.wait(&mut events));
+        let r = Session::start(
+            &mut l,
+            spec(),
+            Duration::from_secs(10),
+            &|| false,
+            Arc::new(Sink),
+        )
+        .and_then(|s| s.wait(&mut events));
         let _ = t.join();
         let _ = std::fs::remove_dir_all(&dir);
         (r, events)
     }
 
     fn hello(c: &mut UnixStream) {
-        write_frame(c, &AgentMessage::Hello { version: agent_protocol::VERSION }).expect("hello");
+        write_frame(
+            c,
+            &AgentMessage::Hello {
+                version: agent_protocol::VERSION,
+            },
+        )
+        .expect("hello");
     }
 
     fn protocol_error(r: &Result<Ended, Error>) -> Option<&str> {
@@ -409,6 +480,34 @@ mod tests {
             Err(Error::Protocol(m)) => Some(m),
             _ => None,
         }
+    }
+
+    #[test]
+    fn every_port_is_unbound_once_the_handshake_is_done() {
+        let (dir, mut l, path) = listeners();
+        let (control, stdout) = (path(port::CONTROL), path(port::STDOUT));
+        let t = std::thread::spawn(move || {
+            let mut c = UnixStream::connect(&control).expect("connect control");
+            hello(&mut c);
+            let _ = read_frame::<_, HostMessage>(&mut c);
+            let o = UnixStream::connect(&stdout).expect("connect stdout");
+            (c, o)
+        });
+        let s = Session::start(
+            &mut l,
+            spec(),
+            Duration::from_secs(10),
+            &|| false,
+            Arc::new(Sink),
+        );
+        assert!(s.is_ok(), "handshake failed");
+        for p in [port::CONTROL, port::STDOUT, port::STDERR, port::STDIN] {
+            let p = path(p);
+            assert!(!std::path::Path::new(&p).exists(), "{p} still bound");
+            assert!(UnixStream::connect(&p).is_err(), "{p} still accepts");
+        }
+        drop(t.join());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -447,7 +546,7 @@ mod tests {
         });
         assert!(protocol_error(&r).is_some_and(|m| m.contains("hello twice")));
 
-        let (dir, l, path) = listeners();
+        let (dir, mut l, path) = listeners();
         let control = path(port::CONTROL);
         let t = std::thread::spawn(move || {
             let mut c = UnixStream::connect(control).expect("connect");
@@ -456,7 +555,13 @@ mod tests {
             let mut b = [0u8; 1];
             let _ = c.read(&mut b);
         });
-        let r = Session::start(&l, spec(), Duration::from_secs(10), &|| false, Arc::new(Sink));
+        let r = Session::start(
+            &mut l,
+            spec(),
+            Duration::from_secs(10),
+            &|| false,
+            Arc::new(Sink),
+        );
         let m = match r {
             Err(Error::Protocol(m)) => m,
             _ => String::from("no protocol error"),
@@ -469,12 +574,21 @@ mod tests {
 
     #[test]
     fn a_silent_agent_times_out_and_a_vanished_one_ends_the_run() {
-        let (dir, l, path) = listeners();
+        let (dir, mut l, path) = listeners();
         let control = path(port::CONTROL);
         // Connects and says nothing.
         let c = UnixStream::connect(control).expect("connect");
-        let r = Session::start(&l, spec(), Duration::from_millis(300), &|| false, Arc::new(Sink));
-        assert!(matches!(r, Err(Error::Protocol(_)) | Err(Error::Timeout(_))));
+        let r = Session::start(
+            &mut l,
+            spec(),
+            Duration::from_millis(300),
+            &|| false,
+            Arc::new(Sink),
+        );
+        assert!(matches!(
+            r,
+            Err(Error::Protocol(_)) | Err(Error::Timeout(_))
+        ));
         drop(c);
         let _ = std::fs::remove_dir_all(&dir);
 

@@ -30,6 +30,8 @@ pub struct Prepared {
     pub vm: crate::vm_process::Plan,
     pub spec: RunSpec,
     pub cache: rootfs_cache::Entry,
+    /// Held while the run may read layers copied into the store.
+    pub blobs: Option<vm_image::store::WriteGuard>,
 }
 
 /// Everything one start needs; `vsock_path` is where the agent's
@@ -41,20 +43,25 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
     timing::mark("image-opened");
     let scratch_path = c.scratch_path();
     if !scratch_path.exists() {
-        scratch::create(state, &scratch_path).map_err(Error::host)?;
+        let size = c.config.scratch_mib.map_or(scratch::SIZE, |mib| mib << 20);
+        scratch::create_sized(state, &scratch_path, size).map_err(Error::host)?;
     }
-    let digests: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
-    let cache = rootfs_cache::lookup(state, &rootfs_cache::key(&digests), &c.config.id)
+    let cache = rootfs_cache::lookup(state, &rootfs_cache::key(&image), &c.config.id)
         .map_err(Error::host)?;
-    // Layers are read only when unpacking; check them first, unless they
-    // are in our own store: it is private and checked every blob before
-    // it took it, so hashing them again on each first run buys nothing.
-    if matches!(cache, rootfs_cache::Entry::Miss(_)) && c.config.image_is_file {
-        for l in &image.layers {
-            l.verify()
-                .map_err(|e| Error::image(format!("image {}: {e}", c.config.image)))?;
-        }
-    }
+    // Layers are read only when unpacking. Those in our own store are used
+    // as they are: it is private, and it checked every blob before it took
+    // it. Those of an image file (an `oci:` directory or an archive, which
+    // others may be able to change) are first copied into the store,
+    // checked on the way, and the guest reads the private copies: a blob
+    // swapped or rewritten after the check is never read.
+    let (image, blobs) = if matches!(cache, rootfs_cache::Entry::Miss(_)) && c.config.image_is_file
+    {
+        let (image, guard) = private_layers(state, image)
+            .map_err(|e| Error::image(format!("image {}: {e}", c.config.image)))?;
+        (image, Some(guard))
+    } else {
+        (image, None)
+    };
     let mut disks = vec![BlockConfig {
         path: scratch_path,
         read_only: false,
@@ -79,7 +86,7 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
         max_layer_entries: MAX_LAYER_ENTRIES,
     };
     let seal = match &cache {
-        rootfs_cache::Entry::Miss(p) => Some(p.flag.clone()),
+        rootfs_cache::Entry::Miss(p) => Some(p.seal.clone()),
         rootfs_cache::Entry::Hit(_) => None,
     };
     let exit = Arc::new(ExitSignal::new().map_err(|e| Error::host(format!("eventfd: {e}")))?);
@@ -93,7 +100,32 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
         },
         spec,
         cache,
+        blobs,
     })
+}
+
+/// Copies the layers of an image file into the store's blob directory
+/// (a blob already there is taken as it is), checking each on the way,
+/// and returns the image with its layers read from there. The guard keeps
+/// the store's garbage collection from removing the copies, which no
+/// image names, while it is held.
+fn private_layers(
+    state: &Path,
+    mut image: vm_image::Image,
+) -> std::result::Result<(vm_image::Image, vm_image::store::WriteGuard), vm_image::Error> {
+    let store = vm_image::store::Store::open(state)?;
+    let guard = store.writing()?;
+    for l in &mut image.layers {
+        if !store.has_blob(&l.digest) {
+            store.put_blob(&mut l.source.reader()?, &l.digest, l.source.size, "layer")?;
+        }
+        l.source = vm_image::BlobSource {
+            path: store.blob_path(&l.digest),
+            offset: 0,
+            size: l.source.size,
+        };
+    }
+    Ok((image, guard))
 }
 
 /// The image the container was created from, by its manifest digest: from
@@ -104,8 +136,7 @@ fn reopen_image(state: &Path, c: &Container) -> Result<vm_image::Image> {
         vm_image::open(&c.config.image)
             .map_err(|e| Error::image(format!("image {}: {e}", c.config.image)))?
     } else {
-        let store =
-            vm_image::store::Store::open(state).map_err(|e| Error::host(e.to_string()))?;
+        let store = vm_image::store::Store::open(state).map_err(|e| Error::host(e.to_string()))?;
         let entries = store.list().map_err(|e| Error::image(e.to_string()))?;
         let entry = entries
             .iter()
@@ -187,7 +218,7 @@ fn image_disks(
     const LAYERS: &str = "layers";
     let (path, read_only, seal) = match cache {
         rootfs_cache::Entry::Hit(path) => (path.clone(), true, None),
-        rootfs_cache::Entry::Miss(p) => (p.tmp.clone(), false, Some(p.flag.clone())),
+        rootfs_cache::Entry::Miss(p) => (p.tmp.clone(), false, Some(p.seal.clone())),
     };
     disks.push(BlockConfig {
         path,
@@ -251,4 +282,3 @@ fn max_layer_bytes() -> std::result::Result<u64, String> {
         Err(_) => Ok(MAX_LAYER_BYTES),
     }
 }
-

@@ -13,7 +13,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,9 +43,8 @@ pub struct Plan {
     /// The container's ID, for the VMM's command line.
     pub id: String,
     pub config: VmConfig,
-    /// The flag the image disk checks before each write, when it is to be
-    /// sealed.
-    pub seal: Option<Arc<AtomicBool>>,
+    /// The image disk's seal, when it is to be sealed.
+    pub seal: Option<Arc<devices::virtio::block::Seal>>,
 }
 
 pub struct VmProcess {
@@ -89,8 +87,7 @@ impl Handle {
 /// Forks the VMM child and starts `plan` in it. Call from the thread that
 /// will reap it.
 pub fn spawn(plan: Plan) -> Result<VmProcess> {
-    let (ours, theirs) =
-        UnixStream::pair().map_err(|e| Error::host(format!("socketpair: {e}")))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| Error::host(format!("socketpair: {e}")))?;
     let monitor = nix::unistd::getpid();
     // SAFETY: the child only runs the VMM and exits with `_exit`; it
     // shares no lock with the monitor's other threads: they never hold
@@ -138,7 +135,15 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
     }
     // SAFETY: descriptor 3 is the channel, ours from here on.
     let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
-    let end = run_vm(plan, &channel);
+    // Confined before any guest code runs (still one thread here, as
+    // unsharing a user namespace requires).
+    let end = match crate::jail::enter(largest_writable_disk(&plan.config)) {
+        Ok(()) => run_vm(plan, &channel),
+        Err(e) => End {
+            error: Some(e),
+            ..End::default()
+        },
+    };
     let mut line = b"end ".to_vec();
     line.extend(serde_json::to_vec(&end).unwrap_or_default());
     line.push(b'\n');
@@ -147,6 +152,18 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
     // SAFETY: _exit skips destructors and atexit handlers the monitor's
     // copy of the program registered.
     unsafe { libc::_exit(0) }
+}
+
+/// The size of the largest disk the VMM writes (at least 1 GiB): the
+/// most it may write into any file.
+fn largest_writable_disk(config: &VmConfig) -> u64 {
+    config
+        .disks
+        .iter()
+        .filter(|d| !d.read_only)
+        .filter_map(|d| std::fs::metadata(&d.path).ok())
+        .map(|m| m.len())
+        .fold(1 << 30, u64::max)
 }
 
 fn run_vm(mut plan: Plan, channel: &UnixStream) -> End {
@@ -193,18 +210,19 @@ fn run_vm(mut plan: Plan, channel: &UnixStream) -> End {
 fn serve(
     reader: UnixStream,
     mut writer: Option<UnixStream>,
-    seal: Option<Arc<AtomicBool>>,
+    seal: Option<Arc<devices::virtio::block::Seal>>,
     exit: &ExitSignal,
 ) {
     for line in BufReader::new(reader).lines() {
         let Ok(line) = line else { break };
         match line.as_str() {
             "seal" => {
-                if let Some(s) = &seal {
-                    s.store(true, Ordering::Release);
-                }
+                let answer = match seal.as_ref().map(|s| s.seal()) {
+                    Some(Err(e)) => format!("seal-failed {e}\n"),
+                    _ => "sealed\n".to_string(),
+                };
                 if let Some(w) = &mut writer {
-                    let _ = w.write_all(b"sealed\n");
+                    let _ = w.write_all(answer.as_bytes());
                 }
             }
             "stop" => exit.set(ExitReason::Stopped),
@@ -262,6 +280,12 @@ impl VmProcess {
             match self.reader.read_line(&mut line) {
                 Ok(0) | Err(_) => return Err("the VMM ended while sealing the image disk".into()),
                 Ok(_) if line.trim_end() == "sealed" => return Ok(()),
+                Ok(_) if line.starts_with("seal-failed ") => {
+                    return Err(format!(
+                        "the VMM could not seal the image disk: {}",
+                        line["seal-failed ".len()..].trim_end()
+                    ))
+                }
                 Ok(_) => self.take_end(&line),
             }
         }

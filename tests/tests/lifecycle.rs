@@ -34,6 +34,21 @@ fn detached_containers_and_their_commands() {
         "run -d prints the full ID and ps shows it up\n{out}"
     );
 
+    let s = section(&out.stdout, "jail");
+    assert_eq!(
+        lines(s),
+        [
+            "CapEff: 0000000000000000",
+            "CapBnd: 0000000000000000",
+            "NoNewPrivs: 1",
+            "own-net",
+            "own-mnt",
+            "core=0",
+            "files=4096"
+        ],
+        "the VMM runs without capabilities, in its own namespaces, with limits\n{out}"
+    );
+
     let s = section(&out.stdout, "logs");
     assert_eq!(
         lines(s),
@@ -111,7 +126,6 @@ fn detached_containers_and_their_commands() {
         ["rc=125", "victim", "rc=0", "0"],
         "rm refuses a running container; rm -f kills and removes it\n{out}"
     );
-
 }
 
 #[test]
@@ -206,18 +220,17 @@ fn nothing_left_behind() {
     let l = lines(s);
     assert_eq!(
         l[..3],
-        ["10", "processes=20", "sockets=60"],
-        "ten containers: a monitor and a VMM each; 6 sockets each (control, the VMM's vsock and 4 agent ports)\n{out}"
+        ["10", "processes=20", "sockets=20"],
+        "ten containers: a monitor and a VMM each; 2 sockets each (control and the VMM's vsock: each agent port is unbound once the agent connected)\n{out}"
     );
     assert_eq!(
-        l[3],
-        "named=1 1",
+        l[3], "named=1 1",
         "the monitor's and the VMM's command lines name the container\n{out}"
     );
     assert_eq!(
         l[4..10],
-        ["700", "700", "700", "600", "600", "600"],
-        "private state: directories, the log, the scratch disk, the unpacked image\n{out}"
+        ["700", "700", "700", "600", "600", "400"],
+        "private state: directories, the log, the scratch disk, the unpacked image (read-only)\n{out}"
     );
     assert_eq!(l[10..12], ["10", "10"], "{out}");
     assert_eq!(l[12..], clean, "{out}");
@@ -323,7 +336,11 @@ fn copy_export_top_stats_and_system() {
         "{out}"
     );
     assert_eq!(s.get(5).copied(), Some("Deleted Containers:"), "{out}");
-    assert_eq!(s.get(6).map(|l| l.len()), Some(64), "the pruned container's ID\n{out}");
+    assert_eq!(
+        s.get(6).map(|l| l.len()),
+        Some(64),
+        "the pruned container's ID\n{out}"
+    );
     assert_eq!(
         s.get(7..).unwrap_or_default(),
         ["0", "some", "Images 0", "Containers 0"],

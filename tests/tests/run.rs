@@ -162,6 +162,27 @@ export VM_ROOT=/tmp/cache-test-state
 $R oci:$IMAGES/oci:layers sh -c 'echo scribble > /data/keep; maj=$(cut -d: -f1 /sys/block/vdb/dev); mknod /tmp/vdb b $maj 16; dd if=/dev/zero of=/tmp/vdb bs=4096 count=64 conv=fsync 2>/dev/null && echo image-disk-written || echo image-disk-refused'
 ls $VM_ROOT/rootfs | grep -c '^[0-9a-f]*\.ext4$'
 $R oci:$IMAGES/oci:layers sh -c 'cat /data/keep; ls /opaque'
+echo "== log-flood"
+# A first run (nothing cached): the image disk is sealed before the
+# container starts, so the device refuses its writes, 200 times; each is
+# a line on vm's stderr, which stays rate-limited.
+VM_ROOT=/tmp/flood-state $R oci:$IMAGES/oci:layers sh -c 'maj=$(cut -d: -f1 /sys/block/vdb/dev); mknod /tmp/vdb b $maj 16; i=0; while [ $i -lt 200 ]; do dd if=/dev/zero of=/tmp/vdb bs=4096 count=1 seek=$i conv=fsync 2>/dev/null; i=$((i+1)); done; echo flooded' 2>$W/flood.err
+grep -c "virtio-blk:" $W/flood.err
+echo "== private-layers"
+# The published entry is read-only. The first run copied the layers into
+# the store: a copy of the layout whose layer blobs are then rewritten in
+# place (same size) still runs, from the checked copies, once the entry
+# is gone.
+stat -c %a $VM_ROOT/rootfs/*.ext4
+cp -r $IMAGES/oci $W/oci-copy
+n=0
+for h in $(ls $VM_ROOT/images/blobs/sha256); do
+    f=$W/oci-copy/blobs/sha256/$h
+    [ -f $f ] && dd if=/dev/zero of=$f bs=16 count=1 conv=notrunc 2>/dev/null && n=$((n+1))
+done
+echo "rewritten=$n"
+rm -f $VM_ROOT/rootfs/*.ext4
+$R oci:$W/oci-copy:layers sh -c 'cat /data/keep; ls /opaque'
 export VM_ROOT=/tmp/vm-test-state
 echo "== archives"
 $R oci-archive:$IMAGES/busybox.oci.tar:busybox sh -c 'echo oci-archive ok'
@@ -169,6 +190,8 @@ $R docker-archive:$IMAGES/busybox.docker.tar sh -c 'echo docker-archive ok'
 echo "== read-only"
 $R --read-only $I sh -c 'touch /x 2>/dev/null && echo wrote || echo refused; echo tmp >/dev/shm/t && cat /dev/shm/t'
 $R $I sh -c 'touch /x && echo wrote'
+echo "== storage-opt"
+$R --storage-opt size=100m $I sh -c 'df -k / | awk "NR==2 {{print \$2}}"; dd if=/dev/zero of=/big bs=1M count=200 2>/dev/null && echo filled || echo full'
 echo "== dev"
 $R $I sh -c 'ls /dev | tr "\n" " "; echo; head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo null-ok; echo $$; ls /proc/1/ns >/dev/null && echo proc-ok'
 echo "== zombies"
@@ -228,12 +251,38 @@ echo "== end"
         "keep\nlayer3\nnew\nadded keep new",
         "whiteouts and opaque dirs: {out}"
     );
+    // The sealed image disk refuses the container's writes; one entry is
+    // published; the next run finds the image as it was.
+    assert_eq!(
+        line_after(o, "cache"),
+        "image-disk-refused\n1\nkeep\nnew",
+        "{out}"
+    );
+    // 200 refused writes, a few lines: the burst and the rate.
+    let flood: Vec<&str> = line_after(o, "log-flood").lines().collect();
+    assert_eq!(flood.first(), Some(&"flooded"), "{out}");
+    let lines: usize = flood.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!((1..=40).contains(&lines), "{out}");
+    let private: Vec<&str> = line_after(o, "private-layers").lines().collect();
+    assert_eq!(private.first(), Some(&"400"), "{out}");
+    assert!(
+        private
+            .get(1)
+            .is_some_and(|l| l.starts_with("rewritten=") && *l != "rewritten=0"),
+        "{out}"
+    );
+    assert_eq!(&private[2..], ["keep", "new"], "{out}");
     assert_eq!(
         line_after(o, "archives"),
         "oci-archive ok\ndocker-archive ok",
         "{out}"
     );
     assert_eq!(line_after(o, "read-only"), "refused\ntmp\nwrote", "{out}");
+    // --storage-opt size= is the size of what the container can write.
+    let storage: Vec<&str> = line_after(o, "storage-opt").lines().collect();
+    let kib: u64 = storage.first().and_then(|l| l.parse().ok()).unwrap_or(0);
+    assert!((80_000..=102_400).contains(&kib), "{out}");
+    assert_eq!(storage.get(1), Some(&"full"), "{out}");
     let dev: Vec<&str> = line_after(o, "dev").lines().collect();
     for node in [
         "console", "full", "null", "ptmx", "pts", "random", "shm", "tty", "urandom", "zero",
@@ -332,6 +381,10 @@ echo "== bad-flag"
 $VM run --no-such-flag oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
 echo "== bad-memory"
 $VM run -m lots oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
+echo "== storage-too-small"
+$VM run --storage-opt size=1m oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
+echo "== storage-unknown"
+$VM run --storage-opt dm.basesize=1g oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
 echo "== relative-workdir"
 $VM run -w rel oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
 echo "== no-command"
@@ -352,6 +405,8 @@ echo "== end"
         ("bad-transport", "unknown image transport"),
         ("bad-flag", "--no-such-flag"),
         ("bad-memory", "invalid memory size"),
+        ("storage-too-small", "too small"),
+        ("storage-unknown", "unknown storage option"),
         ("relative-workdir", "must be an absolute path"),
         ("no-command", "no command specified"),
     ] {

@@ -289,6 +289,8 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
     let console = serial.writer_mut();
     let _ = console.flush();
+    // What the devices logged, before the process ends.
+    devices::log::flush();
     let console_tail = console.recent_lines();
     let panic = console.panic_message().map(str::to_string);
     drop(serial);

@@ -80,7 +80,7 @@ impl DeviceCore {
 
     fn kick_event_loop(&self) {
         if let Err(e) = self.activate_evt.write(1) {
-            eprintln!("vm: virtio: cannot wake the event loop: {e}");
+            crate::guest_log!("virtio: cannot wake the event loop: {e}");
         }
     }
 
@@ -98,7 +98,7 @@ impl DeviceCore {
 
     /// Stop using the queues: the driver broke the protocol.
     pub fn fail(&mut self, what: &str) {
-        eprintln!("vm: virtio: {what}; the device needs a reset");
+        crate::guest_log!("virtio: {what}; the device needs a reset");
         self.active = false;
         self.queues.clear();
         self.interrupt.set_needs_reset();
@@ -121,7 +121,7 @@ impl DeviceCore {
             TOKEN_ACTIVATE,
             EventSet::IN,
         )) {
-            eprintln!("vm: virtio: cannot watch the activation event: {e:?}");
+            crate::guest_log!("virtio: cannot watch the activation event: {e:?}");
         }
     }
 
@@ -142,7 +142,7 @@ impl DeviceCore {
                 ops.remove(events)
             };
             if let Err(e) = r {
-                eprintln!("vm: virtio: cannot (un)watch queue {i}: {e:?}");
+                crate::guest_log!("virtio: cannot (un)watch queue {i}: {e:?}");
             }
         }
         self.registered = self.active;
@@ -168,7 +168,7 @@ impl DeviceCore {
                 true
             }
             other => {
-                eprintln!("vm: {name}: unexpected event {other}");
+                crate::guest_log!("{name}: unexpected event {other}");
                 false
             }
         }
@@ -217,7 +217,7 @@ impl DeviceCore {
                 if served >= DRAIN_BUDGET_CHAINS || started.elapsed() >= DRAIN_BUDGET_TIME {
                     // Come back once the event loop has served the rest.
                     if let Err(e) = self.queue_evts[idx].write(1) {
-                        eprintln!("vm: {name}: cannot reschedule the queue: {e}");
+                        crate::guest_log!("{name}: cannot reschedule the queue: {e}");
                     }
                     break 'outer None;
                 }

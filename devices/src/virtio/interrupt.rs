@@ -26,7 +26,7 @@ impl Interrupt {
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
         if let Err(e) = self.irqfd.write(1) {
-            eprintln!("vm: virtio: cannot raise interrupt: {e}");
+            crate::guest_log!("virtio: cannot raise interrupt: {e}");
         }
     }
 

@@ -126,7 +126,7 @@ impl MmioTransport {
         let old = self.status;
         // Status bits are only ever added, in this order.
         if value & old != old {
-            eprintln!("vm: virtio: driver cleared status bits {old:#x} -> {value:#x}; ignored");
+            crate::guest_log!("virtio: driver cleared status bits {old:#x} -> {value:#x}; ignored");
             return;
         }
         let added = value & !old;
@@ -139,7 +139,7 @@ impl MmioTransport {
             _ => false,
         };
         if !ok {
-            eprintln!("vm: virtio: invalid status transition {old:#x} -> {value:#x}; ignored");
+            crate::guest_log!("virtio: invalid status transition {old:#x} -> {value:#x}; ignored");
             return;
         }
         match added {
@@ -147,15 +147,15 @@ impl MmioTransport {
                 // A modern device requires VERSION_1; without it the
                 // FEATURES_OK bit is not taken and the driver gives up.
                 if self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-                    eprintln!("vm: virtio: driver did not accept VIRTIO_F_VERSION_1");
+                    crate::guest_log!("virtio: driver did not accept VIRTIO_F_VERSION_1");
                     return;
                 }
                 lock(&self.device).set_acked_features(self.driver_features);
             }
             STATUS_DRIVER_OK => {
                 if let Err(why) = self.activate() {
-                    eprintln!(
-                        "vm: virtio: cannot activate device type {}: {why}",
+                    crate::guest_log!(
+                        "virtio: cannot activate device type {}: {why}",
                         self.device_type
                     );
                     self.status = value;
@@ -206,7 +206,7 @@ impl MmioTransport {
             0x70 => self.status(),
             0xfc => self.config_generation,
             _ => {
-                eprintln!("vm: virtio: read of unknown register {offset:#x}");
+                crate::guest_log!("virtio: read of unknown register {offset:#x}");
                 0
             }
         }
@@ -260,8 +260,8 @@ impl MmioTransport {
                     _ => q.set_used_ring_address(lo, hi),
                 }
             }
-            _ => eprintln!(
-                "vm: virtio: write {v:#x} to register {offset:#x} ignored (status {:#x})",
+            _ => crate::guest_log!(
+                "virtio: write {v:#x} to register {offset:#x} ignored (status {:#x})",
                 self.status
             ),
         }
@@ -292,8 +292,8 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 {
-            eprintln!(
-                "vm: virtio: {}-byte register write at {offset:#x} ignored",
+            crate::guest_log!(
+                "virtio: {}-byte register write at {offset:#x} ignored",
                 data.len()
             );
             return;

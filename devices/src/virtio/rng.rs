@@ -28,7 +28,7 @@ impl Rng {
             .drain_queue(0, "rng", |chain, mem| match Writer::new(mem, chain) {
                 Ok(mut w) => fill_random(&mut w),
                 Err(e) => {
-                    eprintln!("vm: virtio-rng: bad descriptor chain: {e}");
+                    crate::guest_log!("virtio-rng: bad descriptor chain: {e}");
                     0
                 }
             });
@@ -48,7 +48,7 @@ fn fill_random(w: &mut Writer) -> u32 {
             if err.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            eprintln!("vm: virtio-rng: getrandom: {err}");
+            crate::guest_log!("virtio-rng: getrandom: {err}");
             break;
         }
         filled += r as usize;

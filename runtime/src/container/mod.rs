@@ -45,6 +45,9 @@ pub struct Config {
     pub cpus: u8,
     pub memory_mib: u64,
     pub read_only: bool,
+    /// `--storage-opt size=` in MiB (the scratch disk's size).
+    #[serde(default)]
+    pub scratch_mib: Option<u64>,
     pub debug: bool,
     pub restart: RestartPolicy,
     /// Remove the container when it ends (`--rm`).
@@ -401,7 +404,9 @@ pub fn find(state: &Path, key: &str) -> Result<Container> {
     }
     let hex = !key.is_empty() && key.chars().all(|c| c.is_ascii_hexdigit());
     let matches: Vec<&Container> = if hex {
-        all.iter().filter(|c| c.config.id.starts_with(key)).collect()
+        all.iter()
+            .filter(|c| c.config.id.starts_with(key))
+            .collect()
     } else {
         Vec::new()
     };
@@ -564,6 +569,7 @@ mod tests {
             cpus: 1,
             memory_mib: 128,
             read_only: false,
+            scratch_mib: None,
             debug: false,
             restart: RestartPolicy::No,
             auto_remove: false,
@@ -604,7 +610,10 @@ mod tests {
             .expect("state");
         assert_eq!(web.state().status, Status::Dead);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&web.dir).expect("dir").permissions().mode();
+        let mode = std::fs::metadata(&web.dir)
+            .expect("dir")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         let mode = std::fs::metadata(web.state_path())
             .expect("state file")

@@ -23,7 +23,10 @@ pub fn random_name() -> String {
     let r = if n == 4 {
         u32::from_le_bytes(b)
     } else {
-        std::process::id() ^ std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos())
+        std::process::id()
+            ^ std::time::UNIX_EPOCH
+                .elapsed()
+                .map_or(0, |d| d.subsec_nanos())
     } as usize;
     let a = ADJECTIVES[r % ADJECTIVES.len()];
     let n = NOUNS[(r / ADJECTIVES.len()) % NOUNS.len()];

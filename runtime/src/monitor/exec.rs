@@ -101,17 +101,17 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
         return refuse(&conn, "no command given to exec");
     }
     let Some(token) = token() else {
-        return refuse(&conn, "no random numbers for the exec's token (getrandom failed)");
+        return refuse(
+            &conn,
+            "no random numbers for the exec's token (getrandom failed)",
+        );
     };
     let c = &shared.container;
     let (id, agent, vsock) = {
         let mut g = shared.lock();
         let (Some(agent), Some(vsock)) = (g.agent.clone(), g.vsock.clone()) else {
             drop(g);
-            return refuse(
-                &conn,
-                format!("container {} is not running", c.config.id),
-            );
+            return refuse(&conn, format!("container {} is not running", c.config.id));
         };
         let id = g.execs.next;
         g.execs.next += 1;
@@ -141,7 +141,6 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
         cols: opts.cols,
     };
     let mut listeners = Vec::new();
-    let mut paths = Vec::new();
     let wanted = [
         (ports.stdout, true),
         (ports.stderr, !process.terminal),
@@ -153,14 +152,8 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
             continue;
         }
         match session::bind_port(&vsock, p) {
-            Ok((l, path)) => {
-                listeners.push(Some(l));
-                paths.push(path);
-            }
+            Ok(l) => listeners.push(Some(l)),
             Err(e) => {
-                for p in paths {
-                    let _ = std::fs::remove_file(p);
-                }
                 shared.lock().execs.all.remove(&id);
                 return refuse(&conn, format!("exec sockets: {e}"));
             }
@@ -181,9 +174,6 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
             Ok(code) => write_frame(writer, &Frame::Exit(code)),
             Err(f) => write_frame(writer, &Frame::failed(&f)),
         };
-    }
-    for p in paths {
-        let _ = std::fs::remove_file(p);
     }
     shared.lock().execs.all.remove(&id);
 }
@@ -209,7 +199,12 @@ fn failure(code: i32, message: String) -> Failure {
 }
 
 /// Waits until `f` says something of exec `id` (or the run ended).
-fn wait_for<T>(shared: &Shared, id: u32, timeout: Duration, f: impl Fn(&Status) -> Option<T>) -> Option<T> {
+fn wait_for<T>(
+    shared: &Shared,
+    id: u32,
+    timeout: Duration,
+    f: impl Fn(&Status) -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     let mut g = shared.lock();
     loop {
@@ -236,7 +231,7 @@ fn run(
     id: u32,
     token: &str,
     agent: &session::Sender,
-    listeners: Vec<Option<std::os::unix::net::UnixListener>>,
+    listeners: Vec<Option<session::PortListener>>,
     builtin: bool,
 ) -> Result<i32, Failure> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -248,12 +243,13 @@ fn run(
             .is_none_or(|s| s.failed.is_some() || s.code.is_some())
     };
     let mut streams = Vec::new();
-    for (l, what) in listeners.iter().zip(["stdout", "stderr", "stdin"]) {
+    // Each listener is gone once its stream is accepted.
+    for (l, what) in listeners.into_iter().zip(["stdout", "stderr", "stdin"]) {
         let Some(l) = l else {
             streams.push(None);
             continue;
         };
-        match accept_verified(l, what, token, deadline, &gone) {
+        match l.accept_verified(what, deadline, &gone, &|s| has_token(s, token)) {
             Ok(s) => streams.push(Some(s)),
             Err(_) => {
                 let why = wait_for(shared, id, Duration::from_secs(2), |s| s.failed.clone());
@@ -370,7 +366,9 @@ fn spawn_input(
             });
         }
     };
-    let _ = std::thread::Builder::new().name("exec-in".into()).spawn(run);
+    let _ = std::thread::Builder::new()
+        .name("exec-in".into())
+        .spawn(run);
 }
 
 /// A random token (128 bits, hex) for one exec's streams.
@@ -381,28 +379,17 @@ fn token() -> Option<String> {
     (n == b.len() as isize).then(|| b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// Accepts the agent's connection for one stream: the first that starts
-/// with `token` and a newline. Others (a container's own processes
-/// connecting to the same port) are dropped.
-fn accept_verified(
-    l: &std::os::unix::net::UnixListener,
-    what: &'static str,
-    token: &str,
-    deadline: Instant,
-    gone: &dyn Fn() -> bool,
-) -> Result<UnixStream, session::Error> {
-    loop {
-        let mut s = session::accept_until(l, what, deadline, gone)?;
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut got = vec![0u8; token.len() + 1];
-        let ok = std::io::Read::read_exact(&mut s, &mut got).is_ok()
-            && got[..token.len()] == *token.as_bytes()
-            && got[token.len()] == b'\n';
-        if ok {
-            let _ = s.set_read_timeout(None);
-            return Ok(s);
-        }
-    }
+/// Whether a connection to an exec's port is the agent's: it starts with
+/// the exec's token and a newline. Others (a container's own processes
+/// connecting to the same port) are dropped by the caller.
+fn has_token(s: &mut UnixStream, token: &str) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut got = vec![0u8; token.len() + 1];
+    let ok = std::io::Read::read_exact(s, &mut got).is_ok()
+        && got[..token.len()] == *token.as_bytes()
+        && got[token.len()] == b'\n';
+    let _ = s.set_read_timeout(None);
+    ok
 }
 
 /// Where exec sockets go: the run's vsock path.
@@ -425,7 +412,11 @@ mod tests {
             code: 125,
             message: "x".into(),
         });
-        assert_eq!(e.all.len(), 1, "no entry made for an id the host never chose");
+        assert_eq!(
+            e.all.len(),
+            1,
+            "no entry made for an id the host never chose"
+        );
         e.news(AgentMessage::ExecStarted { id: 1 });
         e.news(AgentMessage::ExecStarted { id: 1 });
         assert!(e.all[&1].started && e.all[&1].code.is_none());

@@ -40,9 +40,16 @@ const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Attach { stdin: bool },
-    Stop { timeout: u64, signal: i32 },
-    Kill { signal: i32 },
+    Attach {
+        stdin: bool,
+    },
+    Stop {
+        timeout: u64,
+        signal: i32,
+    },
+    Kill {
+        signal: i32,
+    },
     Pause,
     Unpause,
     /// Answers when the running process ends, with its status.
@@ -98,7 +105,9 @@ pub fn spawn(state: &Path, c: &Container, launch: Launch) -> Result<()> {
             let _ = nix::sys::wait::waitpid(child, None);
             Ok(())
         }
-        Err(e) => Err(Error::host(format!("starting the container's monitor: {e}"))),
+        Err(e) => Err(Error::host(format!(
+            "starting the container's monitor: {e}"
+        ))),
     }
 }
 
@@ -367,7 +376,10 @@ fn serve(state: &Path, c: &Container, launch: Launch) -> Result<()> {
         let end = run_once(state, &shared);
         let (stop_requested, restarts) = {
             let g = shared.lock();
-            (g.stop_requested, shared.container.read_state().restart_count)
+            (
+                g.stop_requested,
+                shared.container.read_state().restart_count,
+            )
         };
         let restart = !stop_requested
             && end.failure.is_none()
@@ -487,7 +499,7 @@ impl session::Events for Events<'_> {
         match self.cache {
             rootfs_cache::Entry::Miss(p) => {
                 self.vm.seal()?;
-                p.seal()
+                p.publish()
             }
             rootfs_cache::Entry::Hit(_) => {
                 Err("the agent sealed a disk that was already sealed".into())
@@ -524,7 +536,7 @@ impl session::Events for Events<'_> {
 fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     let c = &shared.container;
     let vsock = c.run_dir(state).join("vsock");
-    let listeners = match session::Listeners::bind(&vsock) {
+    let mut listeners = match session::Listeners::bind(&vsock) {
         Ok(l) => l,
         Err(e) => {
             return RunEnd::failed(&Error::host(format!(
@@ -537,6 +549,7 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         vm: plan,
         spec,
         mut cache,
+        blobs,
     } = match start::prepare(state, c, vsock) {
         Ok(p) => p,
         Err(e) => return RunEnd::failed(&e),
@@ -556,8 +569,16 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     }
     let output: Arc<dyn session::Output> = shared.clone();
     let vm_ref = &vm;
-    let session =
-        session::Session::start(&listeners, spec, start::agent_timeout(), &|| vm_ref.ended(), output);
+    let session = session::Session::start(
+        &mut listeners,
+        spec,
+        start::agent_timeout(),
+        &|| vm_ref.ended(),
+        output,
+    );
+    // The agent connected: the VMM has opened its disks, and the layer
+    // copies it reads may go once no image names them.
+    drop(blobs);
     let result = session.and_then(|mut s| {
         {
             let mut g = shared.lock();
@@ -896,11 +917,7 @@ pub fn request(state: &Path, c: &Container, req: &Request) -> Result<(Reply, Uni
                 ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(Error::host(format!(
-                    "reading the container's monitor: {e}"
-                )))
-            }
+            Err(e) => return Err(Error::host(format!("reading the container's monitor: {e}"))),
         }
     }
     let reply: Reply = serde_json::from_slice(&line)

@@ -1,11 +1,13 @@
 //! The virtio-blk device: features, config space, and the queue loop.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::request::{self, DiskInfo, Piece, ID_BYTES, SECTOR_SIZE};
+use super::Seal;
 use crate::virtio::{
     DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -31,7 +33,7 @@ pub struct BlockConfig {
     pub window: Option<(u64, u64)>,
     /// Once this is set, the device refuses writes as if attached
     /// read-only (the host seals a disk the guest has finished writing).
-    pub seal: Option<Arc<AtomicBool>>,
+    pub seal: Option<Arc<Seal>>,
     /// A read-only disk made of several files instead of `path`: each
     /// part starts at the next sector boundary (see [`part_offsets`]) and
     /// the gaps read as zeros. Image layers travel this way, many on one
@@ -93,7 +95,9 @@ pub struct Block {
     pieces: Vec<Piece>,
     capacity_sectors: u64,
     read_only: bool,
-    seal: Option<Arc<AtomicBool>>,
+    seal: Option<Arc<Seal>>,
+    /// Written since the last host sync.
+    unsynced: AtomicBool,
     offset: u64,
     size: u64,
     id: [u8; ID_BYTES],
@@ -162,13 +166,31 @@ impl Block {
         if cfg.read_only {
             avail_features |= F_RO;
         }
+        let core = DeviceCore::new(mem, interrupt, 1)?;
+        if let (Some(seal), true) = (&cfg.seal, cfg.parts.is_empty()) {
+            // Last, once nothing can fail: from here on the device's Drop
+            // detaches before its descriptors close. What the seal puts in
+            // their place is the same file, reopened read-only through the
+            // descriptor (not the path, which could name another file by
+            // now).
+            let fd = file.as_raw_fd();
+            let read_only =
+                File::open(format!("/proc/self/fd/{fd}")).map_err(|source| Error::Open {
+                    path: cfg.path.clone(),
+                    source,
+                })?;
+            let mut fds = vec![fd];
+            fds.extend(pieces.iter().map(|p| p.file.as_raw_fd()));
+            seal.attach(fds, read_only);
+        }
         Ok(Self {
-            core: DeviceCore::new(mem, interrupt, 1)?,
+            core,
             file,
             pieces,
             capacity_sectors,
             read_only: cfg.read_only,
             seal: cfg.seal.clone(),
+            unsynced: AtomicBool::new(false),
             offset,
             size,
             id,
@@ -182,11 +204,9 @@ impl Block {
     pub fn process_queue(&mut self) {
         let info = DiskInfo {
             capacity_sectors: self.capacity_sectors,
-            read_only: self.read_only
-                || self
-                    .seal
-                    .as_ref()
-                    .is_some_and(|s| s.load(Ordering::Acquire)),
+            read_only: self.read_only,
+            seal: self.seal.as_deref(),
+            unsynced: &self.unsynced,
             offset: self.offset,
             size: self.size,
             id: &self.id,
@@ -196,7 +216,7 @@ impl Block {
         self.core.drain_queue(0, "block", |chain, mem| {
             let out = request::execute(chain, mem, file, pieces, &info);
             if let Some(why) = &out.error {
-                eprintln!("vm: virtio-blk: {why}");
+                crate::guest_log!("virtio-blk: {why}");
             }
             out.used_len
         });
@@ -231,6 +251,15 @@ fn open_window(
             len,
             size,
         }),
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // Before the descriptors the seal would replace are closed.
+        if let Some(seal) = &self.seal {
+            seal.detach();
+        }
     }
 }
 

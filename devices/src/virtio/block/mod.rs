@@ -4,8 +4,10 @@
 mod device;
 mod event_handler;
 pub mod request;
+mod seal;
 
 pub use device::{part_offsets, Block, BlockConfig, Error, Part, MAX_PARTS};
+pub use seal::Seal;
 
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
+use std::sync::atomic::Ordering;
 
 use virtio_queue::DescriptorChain;
 use vm_memory::{
@@ -51,6 +52,14 @@ pub struct Piece {
 pub struct DiskInfo<'a> {
     pub capacity_sectors: u64,
     pub read_only: bool,
+    /// Set when the disk is sealed: from then on it refuses writes too.
+    /// Looked at for every write request, not once per batch, so that no
+    /// write queued behind the seal gets through.
+    pub seal: Option<&'a super::Seal>,
+    /// Set by every write, cleared by a flush: a flush with nothing
+    /// written since the last one costs no host sync (a guest that
+    /// floods flushes does not flood the host's disk with them).
+    pub unsynced: &'a std::sync::atomic::AtomicBool,
     /// Where the disk starts in the file, and its length in bytes.
     pub offset: u64,
     pub size: u64,
@@ -180,10 +189,7 @@ pub fn execute(
             match h.type_ {
                 T_IN => read_data(mem, &data_out, pieces, h.sector, info),
                 T_OUT => write_data(mem, &data_in, disk, h.sector, info),
-                T_FLUSH => match disk.sync_data() {
-                    Ok(()) => (0, S_OK, None),
-                    Err(e) => (0, S_IOERR, Some(format!("flush: {e}"))),
-                },
+                T_FLUSH => flush(disk, info),
                 T_GET_ID => get_id(mem, &data_out, info),
                 other => (
                     0,
@@ -326,7 +332,8 @@ fn write_data(
     sector: u64,
     info: &DiskInfo,
 ) -> (u64, u8, Option<String>) {
-    if info.read_only {
+    let sealed = info.seal.is_some_and(super::Seal::is_sealed);
+    if info.read_only || sealed {
         return (0, S_IOERR, Some("write to a read-only disk refused".into()));
     }
     let len = total(segs);
@@ -347,6 +354,7 @@ fn write_data(
             Err(e) => return (0, S_IOERR, Some(e)),
         }
     }
+    info.unsynced.store(true, Ordering::Relaxed);
     let mut f = disk;
     if let Err(e) = f.seek(SeekFrom::Start(info.offset + sector * SECTOR_SIZE)) {
         return (0, S_IOERR, Some(format!("seek: {e}")));
@@ -357,6 +365,19 @@ fn write_data(
         }
     }
     (0, S_OK, None)
+}
+
+fn flush(disk: &File, info: &DiskInfo) -> (u64, u8, Option<String>) {
+    if !info.unsynced.swap(false, Ordering::Relaxed) {
+        return (0, S_OK, None);
+    }
+    match disk.sync_data() {
+        Ok(()) => (0, S_OK, None),
+        Err(e) => {
+            info.unsynced.store(true, Ordering::Relaxed);
+            (0, S_IOERR, Some(format!("flush: {e}")))
+        }
+    }
 }
 
 fn get_id(mem: &GuestMem, segs: &[Seg], info: &DiskInfo) -> (u64, u8, Option<String>) {

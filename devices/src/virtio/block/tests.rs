@@ -6,7 +6,7 @@ use std::io::Write;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::request::{RequestHeader, S_IOERR, S_OK, S_UNSUPP, T_FLUSH, T_GET_ID, T_IN, T_OUT};
-use super::{part_offsets, Block, BlockConfig, Part};
+use super::{part_offsets, Block, BlockConfig, Part, Seal};
 use crate::virtio::testutil::{desc, interrupt, memory, Driver, DATA, F_NEXT, F_WRITE};
 use crate::virtio::{GuestMem, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -444,7 +444,7 @@ fn a_window_of_a_file_is_a_disk_and_nothing_past_it_shows() {
 fn a_sealed_disk_refuses_writes_from_then_on() {
     let mem = memory();
     let disk = Disk::new("seal", 4, 0);
-    let seal = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seal = std::sync::Arc::new(Seal::new());
     let cfg = BlockConfig {
         seal: Some(seal.clone()),
         ..config(&disk, false)
@@ -453,10 +453,17 @@ fn a_sealed_disk_refuses_writes_from_then_on() {
     mem.write_slice(&[9u8; 512], GuestAddress(BUF))
         .expect("data");
     assert_eq!(request(&mem, &mut driver, &mut dev, T_OUT, 0, 512), S_OK);
-    seal.store(true, std::sync::atomic::Ordering::Release);
+    seal.seal().expect("seal");
+    // Not even the device's own descriptor writes any more.
+    assert!(
+        std::io::Write::write_all(&mut &dev.file, b"x").is_err(),
+        "the device's descriptor still writes after the seal"
+    );
     mem.write_slice(&[7u8; 512], GuestAddress(BUF))
         .expect("data");
     assert_eq!(request(&mem, &mut driver, &mut dev, T_OUT, 1, 512), S_IOERR);
+    // Reads go on, through the read-only descriptor.
+    assert_eq!(request(&mem, &mut driver, &mut dev, T_IN, 0, 512), S_OK);
     let bytes = disk.bytes();
     assert!(bytes[..512].iter().all(|b| *b == 9));
     assert!(bytes[512..].iter().all(|b| *b == 0));

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
 
-use super::proto::{CONN_BUF, SHUTDOWN_RCV, SHUTDOWN_SEND};
+use super::proto::{SHUTDOWN_RCV, SHUTDOWN_SEND};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -42,6 +42,9 @@ pub struct Connection {
     /// Port on the host side (CID 2).
     pub local_port: u32,
     pub owed: Owed,
+    /// Our receive buffer for this connection (the `buf_alloc` we
+    /// advertise), granted from the device's budget when it was made.
+    buf_alloc: u32,
     // Host -> guest credit: what the guest told us of its buffer.
     peer_buf_alloc: u32,
     peer_fwd_cnt: Wrapping<u32>,
@@ -68,13 +71,14 @@ pub enum GuestDataError {
 }
 
 impl Connection {
-    pub fn new(stream: UnixStream, state: State, local_port: u32) -> Self {
+    pub fn new(stream: UnixStream, state: State, local_port: u32, buf_alloc: u32) -> Self {
         Self {
             since: std::time::Instant::now(),
             stream,
             state,
             local_port,
             owed: Owed::default(),
+            buf_alloc,
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             tx_cnt: Wrapping(0),
@@ -102,11 +106,22 @@ impl Connection {
     /// Our side of the credit, for every packet we send.
     pub fn credit(&mut self) -> (u32, u32) {
         self.last_fwd_cnt_sent = self.fwd_cnt;
-        (CONN_BUF, self.fwd_cnt.0)
+        (self.buf_alloc, self.fwd_cnt.0)
+    }
+
+    /// The buffer this connection was granted.
+    pub fn buf_alloc(&self) -> u32 {
+        self.buf_alloc
     }
 
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Drops guest data the host will never get (the connection is being
+    /// aborted).
+    pub fn discard_pending(&mut self) {
+        self.pending = VecDeque::new();
     }
 
     /// Whether we want to read from the host socket now.
@@ -125,7 +140,7 @@ impl Connection {
 
     /// Take data the guest sent and pass as much as possible to the host.
     pub fn guest_data(&mut self, data: &[u8]) -> Result<(), GuestDataError> {
-        if self.pending.len() + data.len() > CONN_BUF as usize {
+        if self.pending.len() + data.len() > self.buf_alloc as usize {
             return Err(GuestDataError::CreditViolation);
         }
         self.pending.extend(data);
@@ -148,7 +163,7 @@ impl Connection {
             }
         }
         // Tell the guest about freed buffer space before it runs dry.
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CONN_BUF / 2 {
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= self.buf_alloc / 2 {
             self.owed.credit_update = true;
         }
         if self.pending.is_empty() && self.peer_shutdown & SHUTDOWN_SEND != 0 {
@@ -180,11 +195,12 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::vsock::proto::CONN_BUF;
 
     fn pair() -> (Connection, UnixStream) {
         let (a, b) = UnixStream::pair().expect("socketpair");
         a.set_nonblocking(true).expect("nonblocking");
-        (Connection::new(a, State::Established, 1024), b)
+        (Connection::new(a, State::Established, 1024, CONN_BUF), b)
     }
 
     #[test]

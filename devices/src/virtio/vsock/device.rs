@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, State};
 use super::proto::*;
-use crate::virtio::core::TOKEN_BACKEND;
+use crate::virtio::core::{DRAIN_BUDGET_CHAINS, DRAIN_BUDGET_TIME, TOKEN_BACKEND};
 use crate::virtio::{
     pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
@@ -29,8 +29,10 @@ pub const TX: usize = 1;
 const QUEUE_SIZE: u16 = 256;
 /// Guest CIDs 0-2 are reserved (hypervisor, local, host).
 const MIN_GUEST_CID: u64 = 3;
-/// Most connections (and pending host handshakes) at once.
-const MAX_CONNS: usize = 1024;
+/// Most connections (and pending host handshakes) at once. With
+/// GUEST_DATA_BUDGET and one stashed packet per connection, the device
+/// holds at most 16 MiB + 256 x 64 KiB = 32 MiB of data.
+const MAX_CONNS: usize = 256;
 /// Most RST replies to stray packets kept while the RX queue is full.
 const MAX_STRAY: usize = 256;
 /// First port handed to host-initiated connections.
@@ -171,6 +173,25 @@ impl Vsock {
                 .sum::<usize>()
     }
 
+    /// The receive buffers granted to connections, in bytes: never more
+    /// than GUEST_DATA_BUDGET.
+    pub fn granted_bytes(&self) -> usize {
+        self.conns.values().map(|c| c.buf_alloc() as usize).sum()
+    }
+
+    /// The receive buffer for a new connection: an eighth of what is left
+    /// of the budget, at most CONN_BUF (the first fifty-odd connections
+    /// get all of it, later ones less and less); None (refuse) below
+    /// MIN_CONN_BUF or at MAX_CONNS.
+    fn grant(&self) -> Option<u32> {
+        if self.conns.len() + self.handshakes.len() >= MAX_CONNS {
+            return None;
+        }
+        let left = GUEST_DATA_BUDGET.saturating_sub(self.granted_bytes());
+        let buf = u32::try_from(left / 8).unwrap_or(u32::MAX).min(CONN_BUF);
+        (buf >= MIN_CONN_BUF).then_some(buf)
+    }
+
     /// Resets owed to the guest for packets that matched no connection.
     pub fn owed_resets(&self) -> usize {
         self.stray.len()
@@ -201,7 +222,7 @@ impl Vsock {
 
     fn stray_rst(&mut self, p: &GuestPacket) {
         if self.stray.len() >= MAX_STRAY {
-            eprintln!("vm: vsock: too many unanswered packets; dropping a reset");
+            crate::guest_log!("vsock: too many unanswered packets; dropping a reset");
             return;
         }
         self.stray.push_back(Route {
@@ -218,7 +239,7 @@ impl Vsock {
         let token = self.next_token;
         self.next_token = self.next_token.wrapping_add(1).max(FIRST_CONN_TOKEN);
         if let Err(e) = ops.add(Events::with_data_raw(fd, token, EventSet::IN)) {
-            eprintln!("vm: vsock: cannot watch a socket: {e:?}");
+            crate::guest_log!("vsock: cannot watch a socket: {e:?}");
             return None;
         }
         self.tokens.insert(token, owner);
@@ -264,6 +285,9 @@ impl Vsock {
     }
 
     fn remove_conn(&mut self, key: Key, ops: &mut EventOps) {
+        if self.rx_queued.remove(&key) {
+            self.rx_work.retain(|k| *k != key);
+        }
         if let Some(c) = self.conns.remove(&key) {
             if let Some(token) = self.conn_tokens.remove(&key) {
                 self.unregister(token, c.stream.as_raw_fd(), ops);
@@ -277,6 +301,7 @@ impl Vsock {
         if let Some(c) = self.conns.get_mut(&key) {
             c.owed = Default::default();
             c.owed.rst = true;
+            c.discard_pending();
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
         }
         if let (Some(c), Some(token)) = (self.conns.get(&key), self.conn_tokens.remove(&key)) {
@@ -362,7 +387,18 @@ impl Vsock {
         }
         let mem = self.core.mem.clone();
         let mut used_any = false;
+        // A guest that keeps offering packets does not keep the event loop
+        // here (see `DeviceCore::drain_queue`).
+        let started = Instant::now();
+        let mut served = 0usize;
         loop {
+            if served >= DRAIN_BUDGET_CHAINS || started.elapsed() >= DRAIN_BUDGET_TIME {
+                if let Err(e) = self.core.queue_evts[TX].write(1) {
+                    crate::guest_log!("vsock: cannot reschedule the TX queue: {e}");
+                }
+                break;
+            }
+            served += 1;
             let Some(queue) = self.core.queues.get_mut(TX) else {
                 return;
             };
@@ -385,7 +421,9 @@ impl Vsock {
             used_any = true;
             match parsed {
                 Ok(p) => self.guest_packet(p, ops),
-                Err(e) => eprintln!("vm: vsock: dropped a malformed packet from the guest: {e}"),
+                Err(e) => {
+                    crate::guest_log!("vsock: dropped a malformed packet from the guest: {e}")
+                }
             }
         }
         if used_any {
@@ -396,9 +434,11 @@ impl Vsock {
 
     pub(super) fn guest_packet(&mut self, p: GuestPacket, ops: &mut EventOps) {
         if p.src_cid != self.cid || p.dst_cid != HOST_CID {
-            eprintln!(
-                "vm: vsock: dropped a packet from CID {} to CID {} (guest is {})",
-                p.src_cid, p.dst_cid, self.cid
+            crate::guest_log!(
+                "vsock: dropped a packet from CID {} to CID {} (guest is {})",
+                p.src_cid,
+                p.dst_cid,
+                self.cid
             );
             return;
         }
@@ -436,7 +476,7 @@ impl Vsock {
             }
             OP_RW if c.state == State::Established => {
                 if let Err(e) = c.guest_data(&p.data) {
-                    eprintln!("vm: vsock: connection {key:?} reset: {e:?}");
+                    crate::guest_log!("vsock: connection {key:?} reset: {e:?}");
                     self.kill(key, ops);
                     return;
                 }
@@ -471,19 +511,17 @@ impl Vsock {
     }
 
     fn connect_to_host(&mut self, key: Key, p: &GuestPacket, ops: &mut EventOps) {
-        if self.conns.len() + self.handshakes.len() >= MAX_CONNS {
+        let Some(buf) = self.grant() else {
             self.stray_rst(p);
             return;
-        }
-        let path = format!("{}_{}", self.path.display(), key.0);
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => {
-                self.stray_rst(p);
-                return;
-            }
         };
-        let mut conn = Connection::new(stream, State::Established, key.0);
+        let mut path = self.path.as_os_str().to_owned();
+        path.push(format!("_{}", key.0));
+        let Ok(stream) = connect_nonblocking(Path::new(&path)) else {
+            self.stray_rst(p);
+            return;
+        };
+        let mut conn = Connection::new(stream, State::Established, key.0, buf);
         conn.update_peer_credit(p.buf_alloc, p.fwd_cnt);
         conn.owed.response = true;
         self.add_conn(key, conn, ops);
@@ -542,7 +580,7 @@ impl Vsock {
                     Ok(key) => self.fill_for_conn(key, &mut pkt, ops),
                 },
                 Err(e) => {
-                    eprintln!("vm: vsock: unusable RX buffer from the guest: {e}");
+                    crate::guest_log!("vsock: unusable RX buffer from the guest: {e}");
                     if let Ok(key) = item {
                         self.schedule(key);
                     }
@@ -723,6 +761,24 @@ fn read_packet<B: BitmapSlice>(p: &VsockPacket<B>) -> Result<GuestPacket, String
         fwd_cnt: p.fwd_cnt(),
         data,
     })
+}
+
+/// Connects to a host listener without ever blocking the event loop.
+/// A non-blocking Unix stream connect either completes at once or, when
+/// the listener's backlog is full (a guest that connects and resets
+/// faster than the host accepts), fails with EAGAIN instead of waiting;
+/// the guest's request is then refused like one to a closed port.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
 }
 
 /// Parse `CONNECT <port>` (the newline already removed).

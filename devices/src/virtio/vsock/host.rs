@@ -19,7 +19,7 @@ impl Vsock {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.conns.len() + self.handshakes.len() >= MAX_CONNS {
-                        eprintln!("vm: vsock: too many connections; refusing a host client");
+                        crate::guest_log!("vsock: too many connections; refusing a host client");
                         continue;
                     }
                     if stream.set_nonblocking(true).is_err() {
@@ -41,7 +41,7 @@ impl Vsock {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    eprintln!("vm: vsock: accept on {}: {e}", self.path.display());
+                    crate::guest_log!("vsock: accept on {}: {e}", self.path.display());
                     return;
                 }
             }
@@ -88,11 +88,15 @@ impl Vsock {
                 return;
             }
         };
+        let Some(buf) = self.grant() else {
+            let _ = stream.write_all(b"ERR too many connections\n");
+            return;
+        };
         let Some(local) = self.allocate_local_port(port) else {
             let _ = stream.write_all(b"ERR no free port\n");
             return;
         };
-        let mut conn = Connection::new(stream, State::Connecting, local);
+        let mut conn = Connection::new(stream, State::Connecting, local, buf);
         conn.owed.request = true;
         self.add_conn((local, port), conn, ops);
         self.arm_timer();

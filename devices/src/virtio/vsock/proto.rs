@@ -17,9 +17,16 @@ pub const SHUTDOWN_SEND: u32 = 2;
 
 /// Largest payload of one packet, either direction.
 pub const MAX_PKT_DATA: u32 = 64 * 1024;
-/// Receive buffer we advertise per connection (our `buf_alloc`): the most
-/// guest data we ever hold for one connection.
+/// Receive buffer we advertise per connection (our `buf_alloc`) while the
+/// device's budget allows: the most guest data we hold for one connection.
 pub const CONN_BUF: u32 = 256 * 1024;
+/// The smallest buffer a connection is made with; when the budget has
+/// less left, the connection is refused.
+pub const MIN_CONN_BUF: u32 = 16 * 1024;
+/// The sum of all connections' buffers: the most guest data the device
+/// ever holds for the host, whatever the guest does (a 4 MiB guest once
+/// made a device without it hold 220 MiB).
+pub const GUEST_DATA_BUDGET: usize = 16 << 20;
 
 /// A packet header's routing fields (the rest is filled when sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -347,3 +347,98 @@ fn host_connection_the_guest_never_answers_times_out() {
     assert_eq!(rig.rx.used_count(), 2);
     assert_eq!(rig.rx_packet(1).0, OP_RST);
 }
+
+#[test]
+fn a_full_listener_backlog_refuses_instead_of_blocking() {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let mem = memory();
+    let mut rig = Rig::new(&mem, "backlog");
+    // A host listener that accepts nothing, with room for one waiting
+    // connection (Linux queues up to backlog + 1).
+    let path = std::path::PathBuf::from(format!("{}_5000", rig.path.display()));
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(fd.as_raw_fd(), &UnixAddr::new(&path).expect("addr")).expect("bind");
+    listen(&fd, Backlog::new(1).expect("backlog")).expect("listen");
+    // Should a request block, the watchdog closes the listener after 10 s,
+    // which ends the wait, and the test fails.
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let late = wait
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .is_err();
+        drop(fd);
+        late
+    });
+    let n = 8u16;
+    for port in 0..u32::from(n) {
+        rig.send(
+            &header(OP_REQUEST, CID, 100 + port, 5000, 0, CONN_BUF),
+            None,
+        );
+    }
+    let _ = done.send(());
+    let late = watchdog.join().expect("watchdog");
+    let _ = std::fs::remove_file(&path);
+    assert!(!late, "a connect to a full backlog blocked the event loop");
+    rig.give_rx(n);
+    let ops: Vec<u16> = (0..rig.rx.used_count())
+        .map(|i| rig.rx_packet(i).0)
+        .collect();
+    assert_eq!(ops.len(), usize::from(n), "every request answered: {ops:?}");
+    assert!(
+        ops.contains(&OP_RESPONSE),
+        "the backlog's room was used: {ops:?}"
+    );
+    assert!(ops.contains(&OP_RST), "the rest refused: {ops:?}");
+}
+
+#[test]
+fn many_connections_share_a_bounded_budget() {
+    let mem = memory();
+    let mut rig = Rig::new(&mem, "budget");
+    let listener = UnixListener::bind(format!("{}_5000", rig.path.display())).expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    // The host accepts every connection and reads none; the guest opens
+    // 300 and fills each with 256 KiB (the most any is ever granted).
+    let mut hosts = Vec::new();
+    let data = vec![5u8; 0x10000];
+    for port in 0..300u32 {
+        rig.send(
+            &header(OP_REQUEST, CID, 1000 + port, 5000, 0, CONN_BUF),
+            None,
+        );
+        while let Ok((h, _)) = listener.accept() {
+            hosts.push(h);
+        }
+        for _ in 0..4 {
+            rig.send(
+                &header(OP_RW, CID, 1000 + port, 5000, 0x10000, CONN_BUF),
+                Some((&data, 0x10000)),
+            );
+        }
+    }
+    let d = rig.dev.lock().expect("lock");
+    assert!(
+        d.granted_bytes() <= GUEST_DATA_BUDGET,
+        "granted {}",
+        d.granted_bytes()
+    );
+    assert!(
+        d.buffered_bytes() <= GUEST_DATA_BUDGET,
+        "buffered {}",
+        d.buffered_bytes()
+    );
+    assert!(hosts.len() >= 50, "only {} connections made", hosts.len());
+    assert!(hosts.len() < 300, "all {} connections made", hosts.len());
+    drop(d);
+    let _ = std::fs::remove_file(format!("{}_5000", rig.path.display()));
+}
