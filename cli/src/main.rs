@@ -330,6 +330,7 @@ fn boot(args: BootArgs) -> ExitCode {
         vsock: args.vsock,
         console: Box::new(std::io::stdout()),
         console_input: true,
+        vcpu_confine: None,
         exit: match vmm::ExitSignal::new() {
             Ok(e) => std::sync::Arc::new(e),
             Err(e) => {

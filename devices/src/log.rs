@@ -124,12 +124,20 @@ impl Logger {
 
 static LOGGER: OnceLock<Logger> = OnceLock::new();
 
+fn logger() -> &'static Logger {
+    LOGGER.get_or_init(|| Logger::new(std::io::stderr()))
+}
+
+/// Starts the writer thread now (it starts on the first message
+/// otherwise), from a thread that may still start threads.
+pub fn start() {
+    logger();
+}
+
 /// Logs a message the guest caused (see the module's text). Use
 /// [`guest_log!`](crate::guest_log).
 pub fn guest(args: fmt::Arguments) {
-    LOGGER
-        .get_or_init(|| Logger::new(std::io::stderr()))
-        .emit(args);
+    logger().emit(args);
 }
 
 /// Writes out what is still queued, waiting at most a second (a stderr

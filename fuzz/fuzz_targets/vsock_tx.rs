@@ -26,9 +26,42 @@ fuzz_target!(|data: &[u8]| {
     let dev = Arc::new(Mutex::new(dev));
     let mut em: EventManager<Arc<Mutex<Vsock>>> = EventManager::new().expect("event manager");
     let id = em.add_subscriber(dev.clone());
-    let mut ops = em.event_ops(id).expect("ops");
-    let mut d = dev.lock().expect("lock");
-    d.process_tx(&mut ops);
-    d.process_rx(&mut ops);
-    assert!(d.buffered_bytes() <= 1 << 20);
+    // Host listeners on ports 1024-1027, so that requests to them make
+    // connections, and the rest of the input drives their state machine
+    // (data, credit, shutdowns, resets) from the guest side while the
+    // host side sends data back.
+    let listeners: Vec<_> = (1024..1028)
+        .filter_map(|p| std::os::unix::net::UnixListener::bind(format!("{}_{p}", cfg.uds_path.display())).ok())
+        .collect();
+    for l in &listeners {
+        let _ = l.set_nonblocking(true);
+    }
+    {
+        let mut ops = em.event_ops(id).expect("ops");
+        let mut d = dev.lock().expect("lock");
+        d.process_tx(&mut ops);
+        d.process_rx(&mut ops);
+    }
+    let mut hosts = Vec::new();
+    for l in &listeners {
+        while let Ok((mut s, _)) = l.accept() {
+            let _ = s.set_nonblocking(true);
+            let _ = std::io::Write::write(&mut s, b"from the host");
+            hosts.push(s);
+        }
+    }
+    for _ in 0..3 {
+        let _ = em.run_with_timeout(0);
+    }
+    {
+        let mut ops = em.event_ops(id).expect("ops");
+        let mut d = dev.lock().expect("lock");
+        d.process_tx(&mut ops);
+        d.process_rx(&mut ops);
+        assert!(d.buffered_bytes() <= 17 << 20);
+    }
+    drop(hosts);
+    for p in 1024..1028 {
+        let _ = std::fs::remove_file(format!("{}_{p}", cfg.uds_path.display()));
+    }
 });

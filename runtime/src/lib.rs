@@ -15,6 +15,7 @@ pub mod error;
 pub mod frames;
 pub mod in_use;
 mod jail;
+mod seccomp;
 pub mod logfile;
 pub mod monitor;
 mod proctitle;

@@ -202,6 +202,7 @@ fn vm_config(
         console,
         console_input: false,
         exit,
+        vcpu_confine: Some(Arc::new(crate::seccomp::install_vcpu)),
     }
 }
 

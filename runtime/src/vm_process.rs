@@ -137,7 +137,9 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
     let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
     // Confined before any guest code runs (still one thread here, as
     // unsharing a user namespace requires).
-    let end = match crate::jail::enter(largest_writable_disk(&plan.config)) {
+    let confined = crate::jail::enter(largest_writable_disk(&plan.config))
+        .and_then(|()| crate::seccomp::install());
+    let end = match confined {
         Ok(()) => run_vm(plan, &channel),
         Err(e) => End {
             error: Some(e),
@@ -323,9 +325,17 @@ impl VmProcess {
         if self.end.is_none() && !self.ended() {
             self.handle().kill();
         }
-        let _ = waitpid(self.pid, None);
+        let status = waitpid(self.pid, None);
         self.end.take().unwrap_or_else(|| End {
-            error: Some("the VMM process ended without saying how the VM ended".into()),
+            error: Some(match status {
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, Signal::SIGSYS, _)) => {
+                    "the VMM process was killed by its seccomp filter (SIGSYS): it made a system call outside its allow-list; this is a bug in vm, please report it with the output of `vm run --debug`".into()
+                }
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                    format!("the VMM process was killed by {sig}")
+                }
+                _ => "the VMM process ended without saying how the VM ended".into(),
+            }),
             ..End::default()
         })
     }

@@ -16,7 +16,7 @@ vm ps --no-trunc -q | grep -c "^$id\$"
 echo "== jail"
 # The ticker's VMM, seen from the host while it runs.
 vmm=$(pgrep -f "^vm-vmm ${id:0:12}" | head -1)
-grep -E '^(CapEff|CapBnd|NoNewPrivs):' "/proc/$vmm/status" | tr -s '\t ' ' '
+grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$vmm/status" | tr -s '\t ' ' '
 [ "$(readlink "/proc/$vmm/ns/net")" != "$(readlink /proc/self/ns/net)" ] && echo own-net || echo host-net
 [ "$(readlink "/proc/$vmm/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] && echo own-mnt || echo host-mnt
 awk '/^Max open files/ { print "files=" $4 } /^Max core file size/ { print "core=" $5 }' "/proc/$vmm/limits"

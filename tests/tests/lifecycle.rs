@@ -41,6 +41,7 @@ fn detached_containers_and_their_commands() {
             "CapEff: 0000000000000000",
             "CapBnd: 0000000000000000",
             "NoNewPrivs: 1",
+            "Seccomp: 2",
             "own-net",
             "own-mnt",
             "core=0",

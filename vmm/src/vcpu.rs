@@ -91,6 +91,7 @@ pub struct VcpuContext {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
+    pub confine: Option<crate::vm::VcpuConfine>,
 }
 
 pub struct VcpuHandle {
@@ -189,6 +190,14 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
         exit: &ctx.exit,
         reported: false,
     };
+    if let Some(confine) = &ctx.confine {
+        if let Err(e) = confine() {
+            ctx.exit
+                .set(ExitReason::VmmError(format!("vCPU {id} thread: {e}")));
+            guard.reported = true;
+            return;
+        }
+    }
     while !stop.load(Ordering::SeqCst) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(exit, id, ctx),

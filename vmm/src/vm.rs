@@ -55,7 +55,14 @@ pub struct VmConfig {
     pub console_input: bool,
     /// Lets another thread stop the VM (`ExitReason::Stopped`).
     pub exit: Arc<ExitSignal>,
+    /// Called first thing on each vCPU thread, before it runs guest code
+    /// (the container runtime narrows the thread's system calls there); a
+    /// failure ends the VM.
+    pub vcpu_confine: Option<VcpuConfine>,
 }
+
+/// See [`VmConfig::vcpu_confine`].
+pub type VcpuConfine = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -247,10 +254,14 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
     };
     vcpu::install_kick_handler()?;
+    // The devices' log writer starts here, not on the first vCPU thread
+    // that logs (whose system calls may be narrowed).
+    devices::log::start();
     let ctx = vcpu::VcpuContext {
         pio: Arc::new(pio),
         mmio: Arc::new(std::mem::take(&mut dm.mmio)),
         exit: exit.clone(),
+        confine: cfg.vcpu_confine.clone(),
     };
     let mut fds = Vec::with_capacity(usize::from(cfg.cpus));
     for id in 0..cfg.cpus {
@@ -437,6 +448,7 @@ mod tests {
             console: Box::new(io::sink()),
             console_input: false,
             exit: Arc::new(ExitSignal::new().expect("eventfd")),
+            vcpu_confine: None,
         }
     }
 
