@@ -444,11 +444,7 @@ mod tests {
         let (dir, mut l, path) = listeners();
         let (control, stdout) = (path(port::CONTROL), path(port::STDOUT));
         let t = std::thread::spawn(move || {
-            let mut c = UnixStream::connect(&control).expect("connect control");
-            hello(&mut c);
-            let run = read_frame::<_, HostMessage>(&mut c);
-            assert!(matches!(run, Ok(Some(HostMessage::Run(_)))), "{run:?}");
-            let o = UnixStream::connect(&stdout).expect("connect stdout");
+            let (c, o) = handshake(&control, &stdout);
             agent(c, o);
         });
         let mut events = Count::default();
@@ -463,6 +459,16 @@ mod tests {
         let _ = t.join();
         let _ = std::fs::remove_dir_all(&dir);
         (r, events)
+    }
+
+    /// The agent's side of the handshake: hello, the run spec, stdout.
+    fn handshake(control: &str, stdout: &str) -> (UnixStream, UnixStream) {
+        let mut c = UnixStream::connect(control).expect("connect control");
+        hello(&mut c);
+        let run = read_frame::<_, HostMessage>(&mut c);
+        assert!(matches!(run, Ok(Some(HostMessage::Run(_)))), "{run:?}");
+        let o = UnixStream::connect(stdout).expect("connect stdout");
+        (c, o)
     }
 
     fn hello(c: &mut UnixStream) {
@@ -486,13 +492,7 @@ mod tests {
     fn every_port_is_unbound_once_the_handshake_is_done() {
         let (dir, mut l, path) = listeners();
         let (control, stdout) = (path(port::CONTROL), path(port::STDOUT));
-        let t = std::thread::spawn(move || {
-            let mut c = UnixStream::connect(&control).expect("connect control");
-            hello(&mut c);
-            let _ = read_frame::<_, HostMessage>(&mut c);
-            let o = UnixStream::connect(&stdout).expect("connect stdout");
-            (c, o)
-        });
+        let t = std::thread::spawn(move || handshake(&control, &stdout));
         let s = Session::start(
             &mut l,
             spec(),
