@@ -6,6 +6,7 @@
 //! caller can match on.
 
 mod assets;
+mod cgroup;
 pub mod builtin;
 pub mod client;
 pub mod container;

@@ -30,6 +30,8 @@ pub struct Prepared {
     pub vm: crate::vm_process::Plan,
     pub spec: RunSpec,
     pub cache: rootfs_cache::Entry,
+    /// The VMM's cgroup (removed when dropped, after the VMM is reaped).
+    pub cgroup: Option<crate::cgroup::Cgroup>,
     /// Held while the run may read layers copied into the store.
     pub blobs: Option<vm_image::store::WriteGuard>,
 }
@@ -91,13 +93,17 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
     };
     let exit = Arc::new(ExitSignal::new().map_err(|e| Error::host(format!("eventfd: {e}")))?);
     let config = vm_config(c, kernel, initrd, disks, vsock_path, exit);
+    let cgroup = crate::cgroup::Cgroup::create(&c.config.id, c.config.memory_mib, c.config.cpus)
+        .map_err(|e| Error::host(format!("the container's cgroup: {e}")))?;
     vmm::vm::validate(&config)?;
     Ok(Prepared {
         vm: crate::vm_process::Plan {
             id: c.config.id.clone(),
             config,
             seal,
+            cgroup: cgroup.as_ref().map(crate::cgroup::Cgroup::procs),
         },
+        cgroup,
         spec,
         cache,
         blobs,

@@ -43,6 +43,8 @@ pub struct Plan {
     /// The container's ID, for the VMM's command line.
     pub id: String,
     pub config: VmConfig,
+    /// The `cgroup.procs` of the group the VMM joins first, if any.
+    pub cgroup: Option<std::path::PathBuf>,
     /// The image disk's seal, when it is to be sealed.
     pub seal: Option<Arc<devices::virtio::block::Seal>>,
 }
@@ -137,7 +139,11 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
     let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
     // Confined before any guest code runs (still one thread here, as
     // unsharing a user namespace requires).
-    let confined = crate::jail::enter(largest_writable_disk(&plan.config))
+    let confined = plan
+        .cgroup
+        .as_deref()
+        .map_or(Ok(()), crate::cgroup::join)
+        .and_then(|()| crate::jail::enter(largest_writable_disk(&plan.config)))
         .and_then(|()| crate::seccomp::install());
     let end = match confined {
         Ok(()) => run_vm(plan, &channel),

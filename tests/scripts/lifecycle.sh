@@ -20,6 +20,9 @@ grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "/proc/$vmm/status" | tr -s '\t '
 [ "$(readlink "/proc/$vmm/ns/net")" != "$(readlink /proc/self/ns/net)" ] && echo own-net || echo host-net
 [ "$(readlink "/proc/$vmm/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ] && echo own-mnt || echo host-mnt
 awk '/^Max open files/ { print "files=" $4 } /^Max core file size/ { print "core=" $5 }' "/proc/$vmm/limits"
+cg=$(cut -d: -f3 "/proc/$vmm/cgroup")
+[ "$cg" = "/vm/$id" ] && echo own-cgroup || echo "cgroup=$cg"
+for f in memory.max pids.max cpu.max; do echo "$f=$(cat "/sys/fs/cgroup$cg/$f")"; done
 
 echo "== logs"
 sleep 1

@@ -45,7 +45,12 @@ fn detached_containers_and_their_commands() {
             "own-net",
             "own-mnt",
             "core=0",
-            "files=4096"
+            "files=4096",
+            "own-cgroup",
+            // -m 96m: guest RAM + 128 MiB; 1 vCPU + 32 tasks; one CPU.
+            "memory.max=234881024",
+            "pids.max=33",
+            "cpu.max=100000 100000"
         ],
         "the VMM runs without capabilities, in its own namespaces, with limits\n{out}"
     );

@@ -550,6 +550,7 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         spec,
         mut cache,
         blobs,
+        cgroup,
     } = match start::prepare(state, c, vsock) {
         Ok(p) => p,
         Err(e) => return RunEnd::failed(&e),
@@ -618,6 +619,8 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     }
     timing::mark("vm-stopping");
     let end = vm.finish(grace);
+    // Empty now: the VMM has been reaped.
+    drop(cgroup);
     timing::mark("vm-ended");
     let killed = {
         let mut g = shared.lock();

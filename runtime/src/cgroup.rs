@@ -1,0 +1,89 @@
+//! Per-container cgroup v2 limits on the VMM process, so that what it
+//! costs the host (guest memory as the guest touches it, plus its own)
+//! has a ceiling the kernel enforces: memory (guest RAM + a margin for
+//! the VMM itself), CPU time (`--cpus` worth), and tasks.
+//!
+//! The group is `/sys/fs/cgroup/vm/<container id>`. Where cgroup v2 is
+//! not mounted, or not writable (a non-root caller without a delegated
+//! subtree), there is none and the VMM runs without these limits.
+
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+/// What the VMM may use beyond guest RAM: its own heap and threads, the
+/// vsock buffers (at most 32 MiB), page tables.
+const MARGIN_MIB: u64 = 128;
+/// Tasks beyond one per vCPU: the event loop, the command and log
+/// threads, with room to spare.
+const EXTRA_TASKS: u64 = 32;
+
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Makes the container's group with its limits; None when cgroup v2
+    /// is not available to this process.
+    pub fn create(id: &str, memory_mib: u64, cpus: u8) -> Result<Option<Self>, String> {
+        let root = Path::new(ROOT);
+        if !root.join("cgroup.controllers").is_file() {
+            return Ok(None);
+        }
+        let parent = root.join("vm");
+        if let Err(e) = std::fs::create_dir(&parent) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(libc::EROFS)
+            {
+                return Ok(None);
+            }
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(format!("{}: {e}", parent.display()));
+            }
+        }
+        // The controllers, handed down to our groups.
+        for dir in [root, parent.as_path()] {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
+        }
+        let path = parent.join(id);
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+        let group = Self { path };
+        let memory = (memory_mib + MARGIN_MIB) << 20;
+        group.set("memory.max", &memory.to_string())?;
+        group.set("memory.swap.max", "0").ok();
+        group.set("pids.max", &(u64::from(cpus) + EXTRA_TASKS).to_string())?;
+        group.set("cpu.max", &format!("{} 100000", u64::from(cpus) * 100_000))?;
+        Ok(Some(group))
+    }
+
+    fn set(&self, file: &str, value: &str) -> Result<(), String> {
+        let p = self.path.join(file);
+        std::fs::write(&p, value).map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    /// Where a process writes "0" to join the group.
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Empty once the VMM has been reaped; a moment later at most.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Moves the calling process into the group whose `cgroup.procs` is
+/// `procs`.
+pub fn join(procs: &Path) -> Result<(), String> {
+    std::fs::write(procs, "0").map_err(|e| format!("joining {}: {e}", procs.display()))
+}
