@@ -4,7 +4,6 @@
 //! contents is parsed here, not the layers inside it.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use crate::{BlobSource, Error, Result};
@@ -30,7 +29,19 @@ impl Archive {
             what: format!("archive {}", path.display()),
             detail,
         };
-        let file = File::open(path).map_err(read_err)?;
+        // Not a FIFO or a device, which could hold the open or the reads
+        // for ever: a regular file, checked on the descriptor.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .map_err(read_err)?
+        };
+        if !file.metadata().map_err(read_err)?.is_file() {
+            return Err(invalid("not a regular file".into()));
+        }
         let mut ar = tar::Archive::new(file);
         let mut files = HashMap::new();
         let mut links = HashMap::new();

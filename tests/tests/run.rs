@@ -381,6 +381,9 @@ echo "== bad-flag"
 $VM run --no-such-flag oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
 echo "== bad-memory"
 $VM run -m lots oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
+echo "== fifo-archive"
+mkfifo $VM_ROOT/fifo.tar
+timeout 20 $VM run oci-archive:$VM_ROOT/fifo.tar true 2>&1; echo "rc=$?"
 echo "== storage-too-small"
 $VM run --storage-opt size=1m oci:$IMAGES/oci:busybox true 2>&1; echo "rc=$?"
 echo "== storage-unknown"
@@ -407,6 +410,8 @@ echo "== end"
         ("bad-transport", "unknown image transport"),
         ("bad-flag", "--no-such-flag"),
         ("bad-memory", "invalid memory size"),
+        // A FIFO would hold the open for ever (timeout's 124 if it did).
+        ("fifo-archive", "not a regular file"),
         ("storage-too-small", "too small"),
         ("storage-unknown", "unknown storage option"),
         // The VMM's filter kills it for a call outside its list (the
