@@ -81,7 +81,11 @@ mod tests {
             offset: 0,
             size: 0,
         };
-        let err = src.reader().err().map(|e| e.to_string()).unwrap_or_default();
+        let err = src
+            .reader()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("not a regular file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

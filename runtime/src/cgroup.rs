@@ -48,14 +48,23 @@ impl Cgroup {
         match std::fs::create_dir(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // Another user's tree (root made `vm` before).
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         }
         let group = Self { path };
         let memory = (memory_mib + MARGIN_MIB) << 20;
-        group.set("memory.max", &memory.to_string())?;
-        group.set("memory.swap.max", "0").ok();
-        group.set("pids.max", &(u64::from(cpus) + EXTRA_TASKS).to_string())?;
-        group.set("cpu.max", &format!("{} 100000", u64::from(cpus) * 100_000))?;
+        let limits = group
+            .set("memory.max", &memory.to_string())
+            .and_then(|()| group.set("pids.max", &(u64::from(cpus) + EXTRA_TASKS).to_string()))
+            .and_then(|()| group.set("cpu.max", &format!("{} 100000", u64::from(cpus) * 100_000)));
+        if let Err(e) = limits {
+            // A controller this host does not hand down: the VMM runs
+            // without the group rather than not at all, and says so.
+            eprintln!("vm: the VMM runs without cgroup limits ({e})");
+            return Ok(None);
+        }
+        let _ = group.set("memory.swap.max", "0");
         Ok(Some(group))
     }
 
