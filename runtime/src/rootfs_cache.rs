@@ -189,14 +189,13 @@ pub fn evict(dir: &Path, cap: u64, keep: &Path) -> usize {
         .collect();
     let mut total: u64 = all.iter().map(|(_, size, _)| size).sum();
     all.sort();
+    let now = SystemTime::now();
     let mut gone = 0;
     for (when, size, path) in all {
         if total <= cap {
             break;
         }
-        let recent = SystemTime::now()
-            .duration_since(when)
-            .is_ok_and(|age| age < EVICT_GRACE);
+        let recent = now.duration_since(when).is_ok_and(|age| age < EVICT_GRACE);
         if path == keep || recent {
             continue;
         }

@@ -63,7 +63,7 @@ impl PortListener {
         deadline: Instant,
         gone: &dyn Fn() -> bool,
     ) -> Result<UnixStream, Error> {
-        accept(&self.listener, what, deadline, gone)
+        self.accept_verified(what, deadline, gone, &|_| true)
     }
 
     /// Like [`accept_once`](Self::accept_once), but takes connections
@@ -171,9 +171,7 @@ fn accept(
 
 /// Listens where the guest's connections to `port` arrive.
 pub fn bind_port(vsock_path: &Path, port: u32) -> io::Result<PortListener> {
-    let mut name = vsock_path.as_os_str().to_owned();
-    name.push(format!("_{port}"));
-    let path = PathBuf::from(name);
+    let path = devices::virtio::vsock::port_path(vsock_path, port);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     let l = PortListener { listener, path };
@@ -448,17 +446,15 @@ mod tests {
             agent(c, o);
         });
         let mut events = Count::default();
-        let r = Session::start(
-            &mut l,
-            spec(),
-            Duration::from_secs(10),
-            &|| false,
-            Arc::new(Sink),
-        )
-        .and_then(|s| s.wait(&mut events));
+        let r = start(&mut l, Duration::from_secs(10)).and_then(|s| s.wait(&mut events));
         let _ = t.join();
         let _ = std::fs::remove_dir_all(&dir);
         (r, events)
+    }
+
+    /// A session over `l` with the test's run spec, output thrown away.
+    fn start(l: &mut Listeners, timeout: Duration) -> Result<Session, Error> {
+        Session::start(l, spec(), timeout, &|| false, Arc::new(Sink))
     }
 
     /// The agent's side of the handshake: hello, the run spec, stdout.
@@ -493,13 +489,7 @@ mod tests {
         let (dir, mut l, path) = listeners();
         let (control, stdout) = (path(port::CONTROL), path(port::STDOUT));
         let t = std::thread::spawn(move || handshake(&control, &stdout));
-        let s = Session::start(
-            &mut l,
-            spec(),
-            Duration::from_secs(10),
-            &|| false,
-            Arc::new(Sink),
-        );
+        let s = start(&mut l, Duration::from_secs(10));
         assert!(s.is_ok(), "handshake failed");
         for p in [port::CONTROL, port::STDOUT, port::STDERR, port::STDIN] {
             let p = path(p);
@@ -555,13 +545,7 @@ mod tests {
             let mut b = [0u8; 1];
             let _ = c.read(&mut b);
         });
-        let r = Session::start(
-            &mut l,
-            spec(),
-            Duration::from_secs(10),
-            &|| false,
-            Arc::new(Sink),
-        );
+        let r = start(&mut l, Duration::from_secs(10));
         let m = match r {
             Err(Error::Protocol(m)) => m,
             _ => String::from("no protocol error"),
@@ -578,13 +562,7 @@ mod tests {
         let control = path(port::CONTROL);
         // Connects and says nothing.
         let c = UnixStream::connect(control).expect("connect");
-        let r = Session::start(
-            &mut l,
-            spec(),
-            Duration::from_millis(300),
-            &|| false,
-            Arc::new(Sink),
-        );
+        let r = start(&mut l, Duration::from_millis(300));
         assert!(matches!(
             r,
             Err(Error::Protocol(_)) | Err(Error::Timeout(_))

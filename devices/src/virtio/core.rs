@@ -181,6 +181,47 @@ pub const DRAIN_BUDGET_CHAINS: usize = 256;
 /// event loop go on.
 pub const DRAIN_BUDGET_TIME: Duration = Duration::from_millis(20);
 
+/// What one drain of a queue may still take: DRAIN_BUDGET_CHAINS chains
+/// and DRAIN_BUDGET_TIME. A drain that runs out stops and calls
+/// [`reschedule`].
+pub struct DrainBudget {
+    started: Instant,
+    served: usize,
+}
+
+impl Default for DrainBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DrainBudget {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            served: 0,
+        }
+    }
+
+    /// Counts one more chain; false once the budget is spent.
+    pub fn take(&mut self) -> bool {
+        if self.served >= DRAIN_BUDGET_CHAINS || self.started.elapsed() >= DRAIN_BUDGET_TIME {
+            return false;
+        }
+        self.served += 1;
+        true
+    }
+}
+
+/// Signals a queue's own eventfd, so that the event loop comes back to
+/// it once it has served everything else that is ready (a stop, other
+/// devices).
+pub fn reschedule(queue_evt: &EventFd, name: &str) {
+    if let Err(e) = queue_evt.write(1) {
+        crate::guest_log!("{name}: cannot reschedule the queue: {e}");
+    }
+}
+
 impl DeviceCore {
     /// Serve the chains the driver has made available on queue `idx`,
     /// with the disable-notification / drain / re-enable loop; `serve`
@@ -207,25 +248,20 @@ impl DeviceCore {
             return;
         };
         let mut used_any = false;
-        let started = Instant::now();
-        let mut served = 0usize;
+        let mut budget = DrainBudget::new();
         let broken = 'outer: loop {
             if let Err(e) = queue.disable_notification(mem) {
                 break Some(format!("{name} queue: {e}"));
             }
             loop {
-                if served >= DRAIN_BUDGET_CHAINS || started.elapsed() >= DRAIN_BUDGET_TIME {
-                    // Come back once the event loop has served the rest.
-                    if let Err(e) = self.queue_evts[idx].write(1) {
-                        crate::guest_log!("{name}: cannot reschedule the queue: {e}");
-                    }
+                if !budget.take() {
+                    reschedule(&self.queue_evts[idx], name);
                     break 'outer None;
                 }
                 match pop_chain(queue, mem) {
                     Ok(Some(chain)) => {
                         let head = chain.head_index();
                         let len = serve(chain, mem);
-                        served += 1;
                         if let Err(e) = queue.add_used(mem, head, len) {
                             break 'outer Some(format!("{name} queue: cannot return buffer: {e}"));
                         }

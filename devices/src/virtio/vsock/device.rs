@@ -19,7 +19,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, State};
 use super::proto::*;
-use crate::virtio::core::{DRAIN_BUDGET_CHAINS, DRAIN_BUDGET_TIME, TOKEN_BACKEND};
+use crate::virtio::core::{reschedule, DrainBudget, TOKEN_BACKEND};
 use crate::virtio::{
     pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
@@ -389,16 +389,12 @@ impl Vsock {
         let mut used_any = false;
         // A guest that keeps offering packets does not keep the event loop
         // here (see `DeviceCore::drain_queue`).
-        let started = Instant::now();
-        let mut served = 0usize;
+        let mut budget = DrainBudget::new();
         loop {
-            if served >= DRAIN_BUDGET_CHAINS || started.elapsed() >= DRAIN_BUDGET_TIME {
-                if let Err(e) = self.core.queue_evts[TX].write(1) {
-                    crate::guest_log!("vsock: cannot reschedule the TX queue: {e}");
-                }
+            if !budget.take() {
+                reschedule(&self.core.queue_evts[TX], "vsock TX");
                 break;
             }
-            served += 1;
             let Some(queue) = self.core.queues.get_mut(TX) else {
                 return;
             };
@@ -515,9 +511,7 @@ impl Vsock {
             self.stray_rst(p);
             return;
         };
-        let mut path = self.path.as_os_str().to_owned();
-        path.push(format!("_{}", key.0));
-        let Ok(stream) = connect_nonblocking(Path::new(&path)) else {
+        let Ok(stream) = connect_nonblocking(&port_path(&self.path, key.0)) else {
             self.stray_rst(p);
             return;
         };
@@ -761,6 +755,14 @@ fn read_packet<B: BitmapSlice>(p: &VsockPacket<B>) -> Result<GuestPacket, String
         fwd_cnt: p.fwd_cnt(),
         data,
     })
+}
+
+/// Where the host listens for the guest's connections to `port`:
+/// `<uds path>_<port>`.
+pub fn port_path(uds_path: &Path, port: u32) -> PathBuf {
+    let mut name = uds_path.as_os_str().to_owned();
+    name.push(format!("_{port}"));
+    PathBuf::from(name)
 }
 
 /// Connects to a host listener without ever blocking the event loop.

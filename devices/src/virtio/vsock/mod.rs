@@ -15,7 +15,7 @@ mod device;
 mod event_handler;
 mod proto;
 
-pub use device::{Error, Vsock, VsockConfig};
+pub use device::{port_path, Error, Vsock, VsockConfig};
 pub use proto::HOST_CID;
 
 #[cfg(test)]
