@@ -199,6 +199,7 @@ fn parse_vsock(spec: &str) -> Result<devices::virtio::vsock::VsockConfig, String
     Ok(devices::virtio::vsock::VsockConfig {
         guest_cid,
         uds_path: PathBuf::from(path),
+        rate_limit: Default::default(),
     })
 }
 
@@ -215,6 +216,7 @@ fn parse_disk(spec: &str) -> Result<devices::virtio::block::BlockConfig, String>
         window: None,
         seal: None,
         parts: Vec::new(),
+        rate_limit: Default::default(),
     };
     for opt in parts {
         match opt.split_once('=') {
@@ -331,6 +333,7 @@ fn boot(args: BootArgs) -> ExitCode {
         console: Box::new(std::io::stdout()),
         console_input: true,
         vcpu_confine: None,
+        confine: None,
         exit: match vmm::ExitSignal::new() {
             Ok(e) => std::sync::Arc::new(e),
             Err(e) => {

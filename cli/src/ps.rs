@@ -334,6 +334,15 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
                 Some(mib) => json!({ "size": format!("{mib}m") }),
                 None => Value::Null,
             },
+            "BlkioWeight": cfg.limits.blkio_weight.unwrap_or(0),
+            "DiskRateLimits": {
+                "Bps": rate_json(cfg.limits.disk_bps),
+                "Iops": rate_json(cfg.limits.disk_iops),
+            },
+            "VsockRateLimits": {
+                "Bps": rate_json(cfg.limits.vsock_bps),
+                "Ops": rate_json(cfg.limits.vsock_ops),
+            },
             "Memory": cfg.memory_mib << 20,
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
             "Runtime": "vm",
@@ -430,6 +439,14 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
         ExitCode::from(crate::EXIT_VM_FAILED)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// A rate limit for `inspect`: per second and the one-time burst.
+fn rate_json(r: Option<runtime::limits::Rate>) -> Value {
+    match r {
+        Some(r) => json!({ "PerSecond": r.per_second, "Burst": r.burst }),
+        None => Value::Null,
     }
 }
 

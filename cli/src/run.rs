@@ -78,6 +78,25 @@ pub struct RunArgs {
     /// write (its scratch disk; default 16g).
     #[arg(long = "storage-opt", value_name = "OPT")]
     storage_opt: Vec<String>,
+    /// Cap each of the container's disks at RATE bytes per second, reads
+    /// and writes together, with an optional one-time BURST (e.g. 20m or
+    /// 20m:200m).
+    #[arg(long = "disk-bps", value_name = "RATE[:BURST]", value_parser = parse_bytes_rate)]
+    disk_bps: Option<runtime::limits::Rate>,
+    /// Cap each disk at RATE requests per second (e.g. 500 or 500:10k).
+    #[arg(long = "disk-iops", value_name = "RATE[:BURST]", value_parser = parse_count_rate)]
+    disk_iops: Option<runtime::limits::Rate>,
+    /// Cap what the guest sends the host over vsock (output, logs,
+    /// copies) at RATE bytes per second.
+    #[arg(long = "vsock-bps", value_name = "RATE[:BURST]", value_parser = parse_bytes_rate)]
+    vsock_bps: Option<runtime::limits::Rate>,
+    /// Cap the vsock packets the guest sends at RATE per second.
+    #[arg(long = "vsock-ops", value_name = "RATE[:BURST]", value_parser = parse_count_rate)]
+    vsock_ops: Option<runtime::limits::Rate>,
+    /// The container's share of the host's disk time, 10 to 1000
+    /// (cgroup v2 io.weight; 0: the default).
+    #[arg(long = "blkio-weight", value_name = "WEIGHT", value_parser = runtime::limits::parse_blkio_weight)]
+    blkio_weight: Option<u16>,
     /// Show the guest kernel's console on stderr.
     #[arg(long)]
     debug: bool,
@@ -144,6 +163,14 @@ fn log_options(opts: &[String]) -> Result<LogOptions, String> {
     Ok(out)
 }
 
+fn parse_bytes_rate(s: &str) -> Result<runtime::limits::Rate, String> {
+    runtime::limits::parse_rate(s, true)
+}
+
+fn parse_count_rate(s: &str) -> Result<runtime::limits::Rate, String> {
+    runtime::limits::parse_rate(s, false)
+}
+
 /// `--storage-opt size=SIZE`: the scratch disk's size in MiB.
 fn storage_options(opts: &[String]) -> Result<Option<u64>, String> {
     let mut size = None;
@@ -207,6 +234,13 @@ impl RunArgs {
             memory_mib: self.memory,
             read_only: self.read_only,
             scratch_mib: storage_options(&self.storage_opt)?,
+            limits: runtime::limits::Limits {
+                disk_bps: self.disk_bps,
+                disk_iops: self.disk_iops,
+                vsock_bps: self.vsock_bps,
+                vsock_ops: self.vsock_ops,
+                blkio_weight: self.blkio_weight.filter(|w| *w != 0),
+            },
             debug: self.debug,
             pull: self.pull,
             auto_remove: self.rm,

@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod legacy;
 pub mod log;
+pub mod rate_limiter;
 pub mod trigger;
 pub mod virtio;
 

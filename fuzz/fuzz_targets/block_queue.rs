@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         window: None,
         seal: None,
         parts,
+        rate_limit: Default::default(),
     };
     let mut dev = Block::new(&cfg, mem, irq).expect("device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);

@@ -18,7 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let path = std::env::temp_dir().join(format!("vm-fuzz-vsock-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let irq = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")));
-    let cfg = VsockConfig { guest_cid: 3, uds_path: path };
+    let cfg = VsockConfig {
+        guest_cid: 3,
+        uds_path: path,
+        rate_limit: Default::default(),
+    };
     let mut dev = Vsock::new(&cfg, mem, irq).expect("device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);
     // The same rings serve as RX and TX: the device must cope with that too.

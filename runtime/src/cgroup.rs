@@ -24,7 +24,12 @@ pub struct Cgroup {
 impl Cgroup {
     /// Makes the container's group with its limits; None when cgroup v2
     /// is not available to this process.
-    pub fn create(id: &str, memory_mib: u64, cpus: u8) -> Result<Option<Self>, String> {
+    pub fn create(
+        id: &str,
+        memory_mib: u64,
+        cpus: u8,
+        io_weight: Option<u64>,
+    ) -> Result<Option<Self>, String> {
         let root = Path::new(ROOT);
         if !root.join("cgroup.controllers").is_file() {
             return Ok(None);
@@ -40,9 +45,12 @@ impl Cgroup {
                 return Err(format!("{}: {e}", parent.display()));
             }
         }
-        // The controllers, handed down to our groups.
+        // The controllers, handed down to our groups, one at a time: a
+        // write naming one this host lacks changes nothing.
         for dir in [root, parent.as_path()] {
-            let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
+            for c in ["+memory", "+pids", "+cpu", "+io"] {
+                let _ = std::fs::write(dir.join("cgroup.subtree_control"), c);
+            }
         }
         let path = parent.join(id);
         match std::fs::create_dir(&path) {
@@ -65,6 +73,13 @@ impl Cgroup {
             return Ok(None);
         }
         let _ = group.set("memory.swap.max", "0");
+        if let Some(w) = io_weight {
+            // Only where the io controller is handed down (and a
+            // proportional I/O scheduler honours it).
+            if let Err(e) = group.set("io.weight", &format!("default {w}")) {
+                eprintln!("vm: --blkio-weight not applied ({e})");
+            }
+        }
         Ok(Some(group))
     }
 

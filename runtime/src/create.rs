@@ -44,6 +44,8 @@ pub struct RunOptions {
     /// The size of the disk the container writes to (`--storage-opt
     /// size=`), in MiB; the default when None.
     pub scratch_mib: Option<u64>,
+    /// Rate limits and the I/O weight.
+    pub limits: crate::limits::Limits,
     /// The guest kernel's console on the monitor's stderr.
     pub debug: bool,
     pub pull: PullPolicy,
@@ -105,6 +107,7 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         memory_mib: opts.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
         read_only: opts.read_only,
         scratch_mib: opts.scratch_mib,
+        limits: opts.limits,
         debug: opts.debug,
         restart: opts.restart,
         auto_remove: opts.auto_remove,

@@ -1,41 +1,127 @@
 //! What the VMM child gives up before it runs any guest code: it is the
 //! one process of a container that a guest escaping the VM would find
-//! itself in, so it keeps only what running the VM needs.
+//! itself in, so it keeps only what running the VM needs. It enters the
+//! jail once every file it needs is open (see `vmm::VmConfig::confine`).
 //!
 //! - Its own network, IPC, UTS and mount namespaces (a non-root caller's
 //!   VMM makes a user namespace first, mapping only its own uid and gid).
 //!   The VMM talks to the world through descriptors and Unix sockets
 //!   named by path, which work across network namespaces; it needs no
 //!   network of its own.
-//! - Mounts made private, so nothing it could mount leaks back.
+//! - A root of its own: `pivot_root` into the run's jail directory, which
+//!   holds only the vsock sockets, mounted read-only, no devices, no
+//!   executables; the host's file system is unmounted from its view.
+//! - Under root, a uid and gid of its own ([`vmm_uid`]) with no
+//!   supplementary groups: it owns no file on the host, and the sockets
+//!   it must reach are given to that uid.
 //! - `no_new_privs`: no exec can give privileges back.
 //! - No capabilities at all: the bounding set is emptied, then the
-//!   permitted, effective and inheritable sets. (It keeps its uid: the
-//!   files it opens are its owner's.)
+//!   permitted, effective and inheritable sets.
 //! - Limits: no core dumps (guest memory would be in them), a cap on open
 //!   descriptors, and on the size of a file it writes.
 
 use std::io;
+use std::path::{Path, PathBuf};
 
 /// The most descriptors a VMM may have open: its disks (an image of up
 /// to 1,024 layers is one disk of as many files), vsock connections (at
 /// most 256), event descriptors and sockets.
 const MAX_FILES: u64 = 4096;
 
-/// Confines the calling process (the VMM child, single-threaded, before
-/// it starts the VM). `max_file_size` is the largest file it may write:
-/// its largest disk.
-pub fn enter(max_file_size: u64) -> Result<(), String> {
-    namespaces().map_err(|e| format!("new namespaces for the VMM: {e}"))?;
-    limits(max_file_size).map_err(|e| format!("limits for the VMM: {e}"))?;
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(format!("no_new_privs: {}", io::Error::last_os_error()));
-    }
-    drop_capabilities().map_err(|e| format!("dropping the VMM's capabilities: {e}"))
+/// The first of the uids (and gids) a root-run VMM takes: the VMM of the
+/// monitor with pid P runs as `UID_BASE + P`. Pids are unique among
+/// running processes and below 2^22, so no two VMMs share an id, and the
+/// range (1,610,612,736 to 1,614,807,039) is clear of the ids that
+/// distributions hand out to users, system services and subordinate id
+/// ranges (`/etc/subuid` starts at 100,000 in steps of 65,536).
+pub const UID_BASE: u32 = 0x6000_0000;
+
+/// Where the VMM is jailed and as whom.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    /// Its root: a directory only for it (the run's vsock sockets).
+    pub root: PathBuf,
+    /// The uid and gid it takes; None keeps the caller's (a non-root
+    /// caller, whose user namespace maps only its own).
+    pub uid: Option<u32>,
 }
 
-fn namespaces() -> io::Result<()> {
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct Error {
+    what: &'static str,
+    source: io::Error,
+}
+
+fn step<E: Into<io::Error>>(what: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error {
+        what,
+        source: e.into(),
+    }
+}
+
+/// The uid (and gid) this process's VMMs run as: a uid of their own when
+/// it runs as root, none (the caller's own) otherwise.
+pub fn vmm_uid() -> Option<u32> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    // pid_max is at most 2^22, so this cannot overflow.
+    Some(UID_BASE + std::process::id())
+}
+
+/// Makes the jail's root directory afresh: owned by root (or the caller),
+/// searchable by the VMM's uid and writable by no one else.
+pub fn make_root(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::remove_dir_all(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new().mode(0o711).create(root)?;
+    // Whatever the umask said.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))
+}
+
+/// The vsock device's socket in a jail's root; the guest's connections
+/// to port P arrive at `<that>_P`.
+pub fn vsock_path(root: &Path) -> PathBuf {
+    root.join("vsock")
+}
+
+/// Gives the socket at `path` to the VMM's uid (when it has one of its
+/// own), so that it alone, besides root, can connect to it.
+pub fn give_socket(path: &Path) -> io::Result<()> {
+    if let Some(uid) = vmm_uid() {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
+    }
+    Ok(())
+}
+
+/// Confines the calling process (the VMM child, single-threaded, with its
+/// working directory in `jail.root`). `max_file_size` is the largest file
+/// it may write: its largest disk.
+pub fn enter(jail: &Jail, max_file_size: u64) -> Result<(), Error> {
+    if namespaces().map_err(step("new namespaces for the VMM"))? {
+        pivot(&jail.root).map_err(step("the VMM's root"))?;
+    }
+    limits(max_file_size).map_err(step("limits for the VMM"))?;
+    drop_bounding_set().map_err(step("the VMM's capability bounding set"))?;
+    if let Some(uid) = jail.uid {
+        become_user(uid).map_err(step("the VMM's uid"))?;
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(step("no_new_privs")(io::Error::last_os_error()));
+    }
+    drop_capabilities().map_err(step("dropping the VMM's capabilities"))
+}
+
+/// New namespaces; false where they cannot be made and the VMM goes on
+/// without (it says so).
+fn namespaces() -> io::Result<bool> {
     use nix::sched::{unshare, CloneFlags};
     let uid = nix::unistd::geteuid();
     let gid = nix::unistd::getegid();
@@ -55,8 +141,8 @@ fn namespaces() -> io::Result<()> {
         Err(
             e @ (nix::errno::Errno::EPERM | nix::errno::Errno::EACCES | nix::errno::Errno::ENOSPC),
         ) => {
-            eprintln!("vm: the VMM runs without namespaces of its own (unshare: {e})");
-            return Ok(());
+            eprintln!("vm: the VMM runs without namespaces or a root of its own (unshare: {e})");
+            return Ok(false);
         }
         Err(e) => return Err(e.into()),
     }
@@ -74,6 +160,57 @@ fn namespaces() -> io::Result<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )?;
+    Ok(true)
+}
+
+/// Makes `root` the process's `/`, read-only, with the host's tree
+/// detached from its view.
+fn pivot(root: &Path) -> io::Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    // pivot_root wants a mount point.
+    mount(
+        Some(root),
+        root,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    nix::unistd::chdir(root)?;
+    // The old root ends up stacked on "." and is then detached.
+    nix::unistd::pivot_root(".", ".")?;
+    umount2(".", MntFlags::MNT_DETACH)?;
+    nix::unistd::chdir("/")?;
+    // Read-only, no devices, no set-uid, nothing to execute. In a user
+    // namespace the flags the mount already had are locked: keep them.
+    let had = nix::sys::statvfs::statvfs("/")?.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    for (f, m) in [
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if had.contains(f) {
+            flags |= m;
+        }
+    }
+    mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)?;
+    Ok(())
+}
+
+/// Takes `id` as every uid and gid, with no supplementary groups.
+fn become_user(id: u32) -> io::Result<()> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    setgroups(&[])?;
+    let gid = Gid::from_raw(id);
+    setresgid(gid, gid, gid)?;
+    let uid = Uid::from_raw(id);
+    setresuid(uid, uid, uid)?;
     Ok(())
 }
 
@@ -118,9 +255,9 @@ struct CapData {
 
 const CAP_VERSION_3: u32 = 0x2008_0522;
 
-fn drop_capabilities() -> io::Result<()> {
-    // The bounding set first (that needs CAP_SETPCAP, dropped below),
-    // for every capability this kernel knows.
+/// Empties the capability bounding set (that needs CAP_SETPCAP, so it
+/// comes before the uid changes).
+fn drop_bounding_set() -> io::Result<()> {
     let last: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -135,14 +272,19 @@ fn drop_capabilities() -> io::Result<()> {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EPERM) {
                 // Without CAP_SETPCAP the bounding set stays; the
-                // capabilities themselves still go below, and
-                // no_new_privs keeps an exec from regaining any.
+                // capabilities themselves still go, and no_new_privs
+                // keeps an exec from regaining any.
                 eprintln!("vm: the VMM cannot empty its capability bounding set ({e})");
                 break;
             }
             return Err(e);
         }
     }
+    Ok(())
+}
+
+/// Empties the ambient, permitted, effective and inheritable sets.
+fn drop_capabilities() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     unsafe {
         libc::prctl(

@@ -16,6 +16,7 @@ pub mod error;
 pub mod frames;
 pub mod in_use;
 mod jail;
+pub mod limits;
 mod seccomp;
 pub mod logfile;
 pub mod monitor;

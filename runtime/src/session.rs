@@ -175,6 +175,8 @@ pub fn bind_port(vsock_path: &Path, port: u32) -> io::Result<PortListener> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     let l = PortListener { listener, path };
+    // For the jailed VMM, which connects as a uid of its own.
+    crate::jail::give_socket(&l.path)?;
     l.listener.set_nonblocking(true)?;
     Ok(l)
 }

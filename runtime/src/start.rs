@@ -36,9 +36,10 @@ pub struct Prepared {
     pub blobs: Option<vm_image::store::WriteGuard>,
 }
 
-/// Everything one start needs; `vsock_path` is where the agent's
-/// connections arrive.
-pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepared> {
+/// Everything one start needs; the agent's connections arrive at the
+/// vsock path in `jail`'s root.
+pub fn prepare(state: &Path, c: &Container, jail: crate::jail::Jail) -> Result<Prepared> {
+    let vsock_path = crate::jail::vsock_path(&jail.root);
     let kernel = crate::assets::kernel().map_err(Error::host)?;
     let initrd = crate::assets::initrd().map_err(Error::host)?;
     let image = reopen_image(state, c)?;
@@ -71,8 +72,12 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
         window: None,
         seal: None,
         parts: Vec::new(),
+        rate_limit: Default::default(),
     }];
     let rootfs = image_disks(&image, &cache, &mut disks);
+    for d in &mut disks {
+        d.rate_limit = c.config.limits.disk();
+    }
     timing::mark(if matches!(cache, rootfs_cache::Entry::Hit(_)) {
         "disks-ready-cached"
     } else {
@@ -93,8 +98,13 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
     };
     let exit = Arc::new(ExitSignal::new().map_err(|e| Error::host(format!("eventfd: {e}")))?);
     let config = vm_config(c, kernel, initrd, disks, vsock_path, exit);
-    let cgroup = crate::cgroup::Cgroup::create(&c.config.id, c.config.memory_mib, c.config.cpus)
-        .map_err(|e| Error::host(format!("the container's cgroup: {e}")))?;
+    let cgroup = crate::cgroup::Cgroup::create(
+        &c.config.id,
+        c.config.memory_mib,
+        c.config.cpus,
+        c.config.limits.io_weight(),
+    )
+    .map_err(|e| Error::host(format!("the container's cgroup: {e}")))?;
     vmm::vm::validate(&config)?;
     Ok(Prepared {
         vm: crate::vm_process::Plan {
@@ -102,6 +112,7 @@ pub fn prepare(state: &Path, c: &Container, vsock_path: PathBuf) -> Result<Prepa
             config,
             seal,
             cgroup: cgroup.as_ref().map(crate::cgroup::Cgroup::procs),
+            jail,
         },
         cgroup,
         spec,
@@ -204,11 +215,14 @@ fn vm_config(
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: vsock_path,
+            rate_limit: c.config.limits.vsock(),
         }),
         console,
         console_input: false,
         exit,
         vcpu_confine: Some(Arc::new(crate::seccomp::install_vcpu)),
+        // Set by the VMM child (see `vm_process`).
+        confine: None,
     }
 }
 
@@ -234,6 +248,7 @@ fn image_disks(
         window: None,
         seal,
         parts: Vec::new(),
+        rate_limit: Default::default(),
     });
     if read_only {
         return Rootfs::Cached { disk: DISK.into() };

@@ -47,6 +47,8 @@ pub struct Plan {
     pub cgroup: Option<std::path::PathBuf>,
     /// The image disk's seal, when it is to be sealed.
     pub seal: Option<Arc<devices::virtio::block::Seal>>,
+    /// Where the VMM is jailed (its vsock socket is in the jail's root).
+    pub jail: crate::jail::Jail,
 }
 
 pub struct VmProcess {
@@ -137,20 +139,24 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
     }
     // SAFETY: descriptor 3 is the channel, ours from here on.
     let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
-    // Confined before any guest code runs (still one thread here, as
-    // unsharing a user namespace requires).
-    let confined = plan
-        .cgroup
-        .as_deref()
-        .map_or(Ok(()), crate::cgroup::join)
-        .and_then(|()| crate::jail::enter(largest_writable_disk(&plan.config)))
-        .and_then(|()| crate::seccomp::install());
-    let end = match confined {
-        Ok(()) => run_vm(plan, &channel),
+    // Read while the host's files are in view.
+    let pvm = vmm::host::is_pvm();
+    let end = match run_vm(plan, &channel, monitor) {
+        Ok(end) => end,
         Err(e) => End {
             error: Some(e),
             ..End::default()
         },
+    };
+    let end = End {
+        guest_failure: end.guest_failure.map(|f| {
+            if pvm && f.starts_with("KVM could not run the guest") {
+                format!("{f}; {}", vmm::host::Error::Pvm)
+            } else {
+                f
+            }
+        }),
+        ..end
     };
     let mut line = b"end ".to_vec();
     line.extend(serde_json::to_vec(&end).unwrap_or_default());
@@ -174,34 +180,65 @@ fn largest_writable_disk(config: &VmConfig) -> u64 {
         .fold(1 << 30, u64::max)
 }
 
-fn run_vm(mut plan: Plan, channel: &UnixStream) -> End {
-    let exit = match ExitSignal::new() {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            return End {
-                error: Some(format!("eventfd: {e}")),
-                ..End::default()
-            }
+/// Builds the VM and runs it: the VMM joins its cgroup first (guest
+/// memory is charged to it), opens what it needs from where the monitor
+/// runs, then enters its jail and filter (see `jail`, `seccomp`) before
+/// any guest code runs, and only then starts serving the monitor's
+/// commands.
+fn run_vm(mut plan: Plan, channel: &UnixStream, monitor: Pid) -> std::result::Result<End, String> {
+    if let Some(procs) = &plan.cgroup {
+        crate::cgroup::join(procs).map_err(|e| e.to_string())?;
+    }
+    // Relative paths stay right after the move into the jail's root,
+    // which is where the vsock device's sockets are named from.
+    let config = &mut plan.config;
+    let absolute = |p: &mut std::path::PathBuf| -> std::result::Result<(), String> {
+        if p.as_os_str().is_empty() {
+            return Ok(()); // (a disk made only of parts)
         }
+        *p = std::path::absolute(&*p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(())
     };
-    plan.config.exit = exit.clone();
-    if let Ok(reader) = channel.try_clone() {
-        let writer = channel.try_clone().ok();
-        let seal = plan.seal.clone();
-        let exit = exit.clone();
-        let commands = move || serve(reader, writer, seal, &exit);
-        if std::thread::Builder::new()
-            .name("commands".into())
-            .spawn(commands)
-            .is_err()
-        {
-            return End {
-                error: Some("cannot start the VMM's command thread".into()),
-                ..End::default()
-            };
+    absolute(&mut config.kernel)?;
+    if let Some(i) = &mut config.initrd {
+        absolute(i)?;
+    }
+    for d in &mut config.disks {
+        absolute(&mut d.path)?;
+        for p in &mut d.parts {
+            absolute(&mut p.path)?;
         }
     }
-    match vmm::vm::run(plan.config) {
+    let root = plan.jail.root.clone();
+    nix::unistd::chdir(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    if let Some(v) = &mut config.vsock {
+        if let Ok(rel) = v.uds_path.strip_prefix(&root) {
+            v.uds_path = rel.to_path_buf();
+        }
+    }
+    let max_file_size = largest_writable_disk(config);
+    let exit = Arc::new(ExitSignal::new().map_err(|e| format!("eventfd: {e}"))?);
+    config.exit = exit.clone();
+    let reader = channel.try_clone().map_err(|e| format!("channel: {e}"))?;
+    let writer = channel.try_clone().ok();
+    let seal = plan.seal.clone();
+    let jail = plan.jail.clone();
+    config.confine = Some(Box::new(move || {
+        crate::jail::enter(&jail, max_file_size).map_err(|e| e.to_string())?;
+        // A change of uid clears the parent-death signal.
+        let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+        if nix::unistd::getppid() != monitor {
+            return Err("the monitor ended".into());
+        }
+        crate::seccomp::install()?;
+        let commands = move || serve(reader, writer, seal, &exit);
+        std::thread::Builder::new()
+            .name("commands".into())
+            .spawn(commands)
+            .map_err(|e| format!("the VMM's command thread: {e}"))?;
+        Ok(())
+    }));
+    Ok(match vmm::vm::run(plan.config) {
         Ok(outcome) => End {
             guest_failure: guest_failure(&outcome.reason),
             error: None,
@@ -211,7 +248,7 @@ fn run_vm(mut plan: Plan, channel: &UnixStream) -> End {
             error: Some(e.to_string()),
             ..End::default()
         },
-    }
+    })
 }
 
 /// The monitor's commands; its end of file stops the VM.
@@ -246,13 +283,9 @@ fn guest_failure(reason: &ExitReason) -> Option<String> {
         ExitReason::TripleFault { cpu, .. } => {
             Some(format!("the guest triple-faulted on vCPU {cpu}"))
         }
-        ExitReason::InternalError { cpu, detail } => {
-            let mut m = format!("KVM could not run the guest on vCPU {cpu}: {detail}");
-            if vmm::host::is_pvm() {
-                m.push_str(&format!("; {}", vmm::host::Error::Pvm));
-            }
-            Some(m)
-        }
+        ExitReason::InternalError { cpu, detail } => Some(format!(
+            "KVM could not run the guest on vCPU {cpu}: {detail}"
+        )),
         ExitReason::VmmError(m) => Some(m.clone()),
         ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => None,
     }

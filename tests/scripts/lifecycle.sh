@@ -23,6 +23,24 @@ awk '/^Max open files/ { print "files=" $4 } /^Max core file size/ { print "core
 cg=$(cut -d: -f3 "/proc/$vmm/cgroup")
 [ "$cg" = "/vm/$id" ] && echo own-cgroup || echo "cgroup=$cg"
 for f in memory.max pids.max cpu.max; do echo "$f=$(cat "/sys/fs/cgroup$cg/$f")"; done
+# A uid of its own (not root), and a root of its own holding only sockets.
+uid=$(awk '/^Uid:/ { print $2 }' "/proc/$vmm/status")
+[ "$uid" -ge 1610612736 ] && echo own-uid || echo "uid=$uid"
+find "/proc/$vmm/root/" -mindepth 1 ! -type s | sed "s|/proc/$vmm/root|not-a-socket: |"
+[ -e "/proc/$vmm/root/vsock" ] && echo jail-has-vsock
+awk '{ print "mount", $5, $6 }' "/proc/$vmm/mountinfo" | cut -d, -f1-4
+
+echo "== memory-eater"
+# The container takes all the guest's memory (the guest kills it); the
+# VMM stays inside its cgroup and is not killed.
+vm exec ticker sh -c 'x=$(head -c 200000000 /dev/zero | tr "\\0" a); echo survived'
+echo "exec-rc=$?"
+peak=$(cat "/sys/fs/cgroup$cg/memory.peak")
+max=$(cat "/sys/fs/cgroup$cg/memory.max")
+[ "$peak" -le "$max" ] && echo peak-within-max || echo "peak=$peak max=$max"
+[ "$peak" -ge $((64 << 20)) ] && echo guest-memory-charged || echo "peak=$peak"
+grep oom_kill "/sys/fs/cgroup$cg/memory.events"
+vm exec ticker echo still-running
 
 echo "== logs"
 sleep 1

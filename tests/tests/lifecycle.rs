@@ -50,10 +50,31 @@ fn detached_containers_and_their_commands() {
             // -m 96m: guest RAM + 128 MiB; 1 vCPU + 32 tasks; one CPU.
             "memory.max=234881024",
             "pids.max=33",
-            "cpu.max=100000 100000"
+            "cpu.max=100000 100000",
+            "own-uid",
+            "jail-has-vsock",
+            "mount / ro,nosuid,nodev,noexec"
         ],
-        "the VMM runs without capabilities, in its own namespaces, with limits\n{out}"
+        "the VMM runs without capabilities, in its own namespaces, as a uid of its own, in a read-only root that holds only its sockets, with limits\n{out}"
     );
+
+    let s = section(&out.stdout, "memory-eater");
+    let l = lines(s);
+    assert!(
+        l.iter().any(|l| l.starts_with("exec-rc=")),
+        "the memory eater ran\n{out}"
+    );
+    for want in [
+        "peak-within-max",
+        "guest-memory-charged",
+        "oom_kill 0",
+        "still-running",
+    ] {
+        assert!(
+            l.contains(&want),
+            "a guest that eats all its memory leaves the VMM inside its cgroup, alive: {want}\n{out}"
+        );
+    }
 
     let s = section(&out.stdout, "logs");
     assert_eq!(

@@ -323,6 +323,77 @@ echo "== end"
 }
 
 #[test]
+fn rate_limits_pace_the_disks_and_vsock_and_io_weight_reaches_the_cgroup() {
+    let e = env();
+    let w = work_dir("run-limits");
+    let script = format!(
+        r#"
+W={w}
+I=oci:$IMAGES/oci:busybox
+R="timeout 120 $VM run --rm"
+echo "== disk-bps"
+# 8 MiB written and synced at 2 MiB/s: the first 2 MiB come from the full
+# bucket, the rest take at least 3 s (timed by the guest's clock).
+$R --disk-bps 2m $I sh -c 't0=$(date +%s); dd if=/dev/zero of=/f bs=1M count=8 conv=fsync 2>/dev/null; echo "took=$(( $(date +%s) - t0 ))"; wc -c < /f'
+echo "rc=$?"
+echo "== vsock-bps"
+# 2 MB of output at 200 KB/s: what the guest and host buffer aside, the
+# writer waits at least 3 s; every byte arrives.
+$R --vsock-bps 200k $I sh -c 't0=$(date +%s); head -c 2000000 /dev/zero; echo "took=$(( $(date +%s) - t0 ))" >&2' 2>$W/vs.err | wc -c
+echo "rc=$?"
+cat $W/vs.err
+echo "== unlimited"
+$R $I sh -c 't0=$(date +%s); dd if=/dev/zero of=/f bs=1M count=8 conv=fsync 2>/dev/null; head -c 2000000 /dev/zero | wc -c; echo "took=$(( $(date +%s) - t0 ))"'
+echo "== blkio-weight"
+id=$($VM run -d --blkio-weight 300 --disk-iops 500:10k $I sleep 60)
+$VM inspect -f '{{{{.HostConfig.BlkioWeight}}}} {{{{.HostConfig.DiskRateLimits.Iops.PerSecond}}}} {{{{.HostConfig.DiskRateLimits.Iops.Burst}}}}' $id
+cat /sys/fs/cgroup/vm/$id/io.weight 2>&1 | head -1
+$VM rm -f $id >/dev/null
+echo "== bad"
+$R --disk-bps fast $I true 2>$W/err; echo "rc=$?"; cat $W/err
+$R --blkio-weight 5 $I true 2>$W/err; echo "rc=$?"; cat $W/err
+echo "== end"
+"#,
+        w = w.display()
+    );
+    let out = e.run_with_kvm_retrying(&script, hung);
+    assert!(out.stdout.contains("== end"), "{out}");
+
+    let disk = section(&out.stdout, "disk-bps");
+    assert!(disk.contains("8388608\nrc=0"), "all 8 MiB written\n{out}");
+    let took = seconds(disk);
+    assert!(
+        (3..60).contains(&took),
+        "8 MiB at 2 MiB/s took {took}s\n{out}"
+    );
+
+    let vsock = section(&out.stdout, "vsock-bps");
+    assert!(
+        vsock.starts_with("2000000\nrc=0"),
+        "all 2 MB arrived\n{out}"
+    );
+    let took = seconds(vsock);
+    assert!(
+        (3..60).contains(&took),
+        "2 MB at 200 KB/s took {took}s\n{out}"
+    );
+
+    let free = section(&out.stdout, "unlimited");
+    assert!(free.starts_with("2000000"), "{out}");
+
+    assert_eq!(
+        line_after(&out.stdout, "blkio-weight"),
+        "300 500 10000\ndefault 2930",
+        "--blkio-weight becomes the VMM cgroup's io.weight (runc's mapping)\n{out}"
+    );
+
+    let bad = section(&out.stdout, "bad");
+    assert!(bad.contains("rc=125"), "{out}");
+    assert!(bad.contains("\"fast\" is not a rate"), "{out}");
+    assert!(bad.contains("weight from 10 to 1000"), "{out}");
+}
+
+#[test]
 fn hostile_layers_fail_cleanly_and_nothing_escapes() {
     let e = env();
     let script = r#"

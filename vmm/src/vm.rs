@@ -59,7 +59,16 @@ pub struct VmConfig {
     /// (the container runtime narrows the thread's system calls there); a
     /// failure ends the VM.
     pub vcpu_confine: Option<VcpuConfine>,
+    /// Called once on the VMM's thread when everything the VM needs is
+    /// open (KVM, guest memory, the kernel loaded, the disks, the vsock
+    /// listener, the vCPUs made) and before any other thread starts or
+    /// any guest code runs: the container runtime jails the process
+    /// there. A failure ends the VM before it starts.
+    pub confine: Option<Confine>,
 }
+
+/// See [`VmConfig::confine`].
+pub type Confine = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// See [`VmConfig::vcpu_confine`].
 pub type VcpuConfine = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -87,6 +96,8 @@ pub enum Error {
     Vcpu(#[from] vcpu::Error),
     #[error("setting up devices: {0}")]
     Devices(String),
+    #[error("confining the VMM: {0}")]
+    Confine(String),
     #[error(transparent)]
     DeviceManager(#[from] device_manager::Error),
     #[error(transparent)]
@@ -253,6 +264,17 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     let caps = HostCaps {
         tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
     };
+    let mut fds = Vec::with_capacity(usize::from(cfg.cpus));
+    for id in 0..cfg.cpus {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| vcpu::Error::Create { id, source })?;
+        vcpu::configure(&fd, id, cfg.cpus, &base_cpuid, caps, &mem, loaded.entry)?;
+        fds.push(fd);
+    }
+    if let Some(confine) = cfg.confine.take() {
+        confine().map_err(Error::Confine)?;
+    }
     vcpu::install_kick_handler()?;
     // The devices' log writer starts here, not on the first vCPU thread
     // that logs (whose system calls may be narrowed).
@@ -263,14 +285,6 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         exit: exit.clone(),
         confine: cfg.vcpu_confine.clone(),
     };
-    let mut fds = Vec::with_capacity(usize::from(cfg.cpus));
-    for id in 0..cfg.cpus {
-        let fd = vm
-            .create_vcpu(u64::from(id))
-            .map_err(|source| vcpu::Error::Create { id, source })?;
-        vcpu::configure(&fd, id, cfg.cpus, &base_cpuid, caps, &mem, loaded.entry)?;
-        fds.push(fd);
-    }
     let mut handles = Vec::with_capacity(fds.len());
     for (id, fd) in fds.into_iter().enumerate() {
         match vcpu::spawn(fd, id as u8, ctx.clone()) {
@@ -449,6 +463,7 @@ mod tests {
             console_input: false,
             exit: Arc::new(ExitSignal::new().expect("eventfd")),
             vcpu_confine: None,
+            confine: None,
         }
     }
 

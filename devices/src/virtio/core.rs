@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{pop_chain, GuestMem, Interrupt, VIRTIO_RING_F_EVENT_IDX};
@@ -225,7 +225,9 @@ pub fn reschedule(queue_evt: &EventFd, name: &str) {
 impl DeviceCore {
     /// Serve the chains the driver has made available on queue `idx`,
     /// with the disable-notification / drain / re-enable loop; `serve`
-    /// handles one chain and returns the length for the used ring. Tells
+    /// handles one chain and returns the length for the used ring, or
+    /// None to leave the chain where it is and stop (it is served by a
+    /// later drain that the caller arranges). Tells
     /// the driver about used buffers, and stops using the queues if the
     /// driver broke the ring protocol.
     ///
@@ -238,7 +240,7 @@ impl DeviceCore {
         &mut self,
         idx: usize,
         name: &str,
-        mut serve: impl FnMut(DescriptorChain<&GuestMem>, &GuestMem) -> u32,
+        mut serve: impl FnMut(DescriptorChain<&GuestMem>, &GuestMem) -> Option<u32>,
     ) {
         if !self.active {
             return;
@@ -261,7 +263,13 @@ impl DeviceCore {
                 match pop_chain(queue, mem) {
                     Ok(Some(chain)) => {
                         let head = chain.head_index();
-                        let len = serve(chain, mem);
+                        let Some(len) = serve(chain, mem) else {
+                            // Not now (a rate limiter's wait): the chain
+                            // stays for the next drain, which the
+                            // limiter's timer starts.
+                            queue.go_to_previous_position();
+                            break 'outer None;
+                        };
                         if let Err(e) = queue.add_used(mem, head, len) {
                             break 'outer Some(format!("{name} queue: cannot return buffer: {e}"));
                         }
@@ -321,7 +329,7 @@ mod tests {
         core.drain_queue(0, "test", |_, _| {
             served += 1;
             driver.offer(0);
-            0
+            Some(0)
         });
         assert!(core.active, "a busy driver is not a broken one");
         assert!(
@@ -337,7 +345,7 @@ mod tests {
         let mut more = 0usize;
         core.drain_queue(0, "test", |_, _| {
             more += 1;
-            0
+            Some(0)
         });
         assert_eq!(more, 1, "the chain offered last is served next");
         assert!(core.queue_evts[0].read().is_err(), "nothing left to do");

@@ -26,10 +26,10 @@ impl Rng {
     fn process_queue(&mut self) {
         self.core
             .drain_queue(0, "rng", |chain, mem| match Writer::new(mem, chain) {
-                Ok(mut w) => fill_random(&mut w),
+                Ok(mut w) => Some(fill_random(&mut w)),
                 Err(e) => {
                     crate::guest_log!("virtio-rng: bad descriptor chain: {e}");
-                    0
+                    Some(0)
                 }
             });
     }

@@ -48,6 +48,9 @@ pub struct Config {
     /// `--storage-opt size=` in MiB (the scratch disk's size).
     #[serde(default)]
     pub scratch_mib: Option<u64>,
+    /// Rate limits and the I/O weight.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
     pub debug: bool,
     pub restart: RestartPolicy,
     /// Remove the container when it ends (`--rm`).
@@ -570,6 +573,7 @@ mod tests {
             memory_mib: 128,
             read_only: false,
             scratch_mib: None,
+            limits: Default::default(),
             debug: false,
             restart: RestartPolicy::No,
             auto_remove: false,

@@ -392,9 +392,15 @@ fn has_token(s: &mut UnixStream, token: &str) -> bool {
     ok
 }
 
-/// Where exec sockets go: the run's vsock path.
+/// The VMM's jail: its root directory, where its vsock sockets are.
+pub fn jail_root(run_dir: &std::path::Path) -> PathBuf {
+    run_dir.join("jail")
+}
+
+/// Where the guest's connections arrive (and exec sockets go): the run's
+/// vsock path, in the VMM's jail.
 pub fn vsock_path(run_dir: &std::path::Path) -> PathBuf {
-    run_dir.join("vsock")
+    crate::jail::vsock_path(&jail_root(run_dir))
 }
 
 #[cfg(test)]

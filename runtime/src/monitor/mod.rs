@@ -535,7 +535,18 @@ impl session::Events for Events<'_> {
 
 fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     let c = &shared.container;
-    let vsock = c.run_dir(state).join("vsock");
+    let run_dir = c.run_dir(state);
+    let jail = crate::jail::Jail {
+        root: exec::jail_root(&run_dir),
+        uid: crate::jail::vmm_uid(),
+    };
+    if let Err(e) = crate::jail::make_root(&jail.root) {
+        return RunEnd::failed(&Error::host(format!(
+            "the VMM's jail {}: {e}",
+            jail.root.display()
+        )));
+    }
+    let vsock = exec::vsock_path(&run_dir);
     let mut listeners = match session::Listeners::bind(&vsock) {
         Ok(l) => l,
         Err(e) => {
@@ -551,7 +562,7 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         mut cache,
         blobs,
         cgroup,
-    } = match start::prepare(state, c, vsock) {
+    } = match start::prepare(state, c, jail) {
         Ok(p) => p,
         Err(e) => return RunEnd::failed(&e),
     };

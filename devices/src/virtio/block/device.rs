@@ -1,6 +1,8 @@
 //! The virtio-blk device: features, config space, and the queue loop.
 
 use std::fs::{File, OpenOptions};
+
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -39,6 +41,8 @@ pub struct BlockConfig {
     /// the gaps read as zeros. Image layers travel this way, many on one
     /// device.
     pub parts: Vec<Part>,
+    /// How fast the guest may use the disk (bytes and requests).
+    pub rate_limit: RateLimiterConfig,
 }
 
 /// `len` bytes of the file `path` from `offset`.
@@ -103,6 +107,7 @@ pub struct Block {
     id: [u8; ID_BYTES],
     config_space: Vec<u8>,
     avail_features: u64,
+    pub(super) limiter: Option<RateLimiter>,
 }
 
 impl Block {
@@ -167,6 +172,11 @@ impl Block {
             avail_features |= F_RO;
         }
         let core = DeviceCore::new(mem, interrupt, 1)?;
+        let limiter = if cfg.rate_limit.is_unlimited() {
+            None
+        } else {
+            Some(RateLimiter::new(&cfg.rate_limit)?)
+        };
         if let (Some(seal), true) = (&cfg.seal, cfg.parts.is_empty()) {
             // Last, once nothing can fail: from here on the device's Drop
             // detaches before its descriptors close. What the seal puts in
@@ -196,6 +206,7 @@ impl Block {
             id,
             config_space,
             avail_features,
+            limiter,
         })
     }
 
@@ -213,12 +224,23 @@ impl Block {
         };
         let file = &self.file;
         let pieces = &self.pieces;
+        let limiter = &mut self.limiter;
+        if limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+            return; // its timer calls again
+        }
         self.core.drain_queue(0, "block", |chain, mem| {
+            if let Some(l) = limiter.as_mut() {
+                // Every byte the request moves (header, data, status).
+                let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                if !l.consume(bytes) {
+                    return None;
+                }
+            }
             let out = request::execute(chain, mem, file, pieces, &info);
             if let Some(why) = &out.error {
                 crate::guest_log!("virtio-blk: {why}");
             }
-            out.used_len
+            Some(out.used_len)
         });
     }
 }

@@ -388,6 +388,7 @@ fn config(disk: &Disk, read_only: bool) -> BlockConfig {
         window: None,
         seal: None,
         parts: Vec::new(),
+        rate_limit: Default::default(),
     }
 }
 
@@ -528,4 +529,51 @@ fn many_files_make_one_read_only_disk_with_parts_on_sector_boundaries() {
     long[1].len = 600;
     let bad = BlockConfig { parts: long, ..cfg };
     assert!(Block::new(&bad, mem.clone(), irq).is_err());
+}
+
+#[test]
+fn a_rate_limited_disk_serves_what_its_bucket_allows_then_waits_for_its_timer() {
+    use crate::rate_limiter::{BucketConfig, RateLimiterConfig};
+    use std::time::Duration;
+    let mem = memory();
+    let disk = Disk::new("limited", 16, 0x5a);
+    let mut driver = Driver::new(&mem, 16);
+    let cfg = BlockConfig {
+        rate_limit: RateLimiterConfig {
+            bandwidth: None,
+            // Two requests, then one every 50 ms.
+            ops: Some(BucketConfig {
+                size: 2,
+                one_time_burst: 0,
+                refill_time: Duration::from_millis(100),
+            }),
+        },
+        ..config(&disk, true)
+    };
+    let mut dev = start(&mem, &cfg, &driver);
+    header(&mem, T_IN, 0);
+    three(&driver, 512, F_WRITE);
+    for _ in 0..3 {
+        driver.offer(0);
+    }
+    dev.process_queue();
+    assert_eq!(driver.used_count(), 2, "the bucket held two requests");
+    // A kick while it waits serves nothing.
+    dev.process_queue();
+    assert_eq!(driver.used_count(), 2);
+    let limiter = dev.limiter.as_mut().expect("a limiter");
+    assert!(limiter.is_blocked());
+    // The timer fires once the next token is there.
+    let mut fds = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(limiter),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: poll on one valid pollfd for the call's duration.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 2000) };
+    assert_eq!(ready, 1, "the limiter's timer fired");
+    limiter.timer_fired();
+    dev.process_queue();
+    assert_eq!(driver.used_count(), 3, "the third request after the wait");
+    assert_eq!(status(&mem), S_OK);
 }

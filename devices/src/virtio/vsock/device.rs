@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use virtio_vsock::packet::VsockPacket;
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::Bytes;
@@ -19,6 +19,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{Connection, State};
 use super::proto::*;
+use crate::rate_limiter::{RateLimiter, RateLimiterConfig};
 use crate::virtio::core::{reschedule, DrainBudget, TOKEN_BACKEND};
 use crate::virtio::{
     pop_chain, DeviceCore, GuestMem, Interrupt, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -39,7 +40,8 @@ const MAX_STRAY: usize = 256;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 pub const TOKEN_LISTENER: u32 = TOKEN_BACKEND;
 pub const TOKEN_TIMER: u32 = TOKEN_BACKEND + 1;
-const FIRST_CONN_TOKEN: u32 = TOKEN_BACKEND + 2;
+pub const TOKEN_LIMITER: u32 = TOKEN_BACKEND + 2;
+const FIRST_CONN_TOKEN: u32 = TOKEN_BACKEND + 3;
 /// How long a host-initiated connection waits for the guest to accept it
 /// (Firecracker's figure), and a host client to send its `CONNECT` line.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,6 +62,8 @@ mod host;
 pub struct VsockConfig {
     pub guest_cid: u64,
     pub uds_path: PathBuf,
+    /// How fast the guest may send (bytes and packets).
+    pub rate_limit: RateLimiterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +128,8 @@ pub struct Vsock {
     /// Ticks while handshakes or host-initiated connections are pending.
     pub(super) timer: TimerFd,
     timer_armed: bool,
+    /// Paces what the guest sends, when limited.
+    pub(super) limiter: Option<RateLimiter>,
 }
 
 impl Vsock {
@@ -155,6 +161,11 @@ impl Vsock {
             stray: VecDeque::new(),
             timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
             timer_armed: false,
+            limiter: if cfg.rate_limit.is_unlimited() {
+                None
+            } else {
+                Some(RateLimiter::new(&cfg.rate_limit)?)
+            },
         })
     }
 
@@ -395,6 +406,9 @@ impl Vsock {
                 reschedule(&self.core.queue_evts[TX], "vsock TX");
                 break;
             }
+            if self.limiter.as_ref().is_some_and(RateLimiter::is_blocked) {
+                break; // its timer calls again
+            }
             let Some(queue) = self.core.queues.get_mut(TX) else {
                 return;
             };
@@ -406,6 +420,13 @@ impl Vsock {
                     return;
                 }
             };
+            if let Some(l) = &mut self.limiter {
+                let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                if !l.consume(bytes) {
+                    queue.go_to_previous_position();
+                    break;
+                }
+            }
             let head = chain.head_index();
             let parsed = VsockPacket::from_tx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA)
                 .map_err(|e| e.to_string())

@@ -5,7 +5,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use std::os::fd::AsRawFd;
 use vmm_sys_util::epoll::EventSet;
 
-use super::device::{Vsock, RX, TOKEN_LISTENER, TOKEN_TIMER, TX};
+use super::device::{Vsock, RX, TOKEN_LIMITER, TOKEN_LISTENER, TOKEN_TIMER, TX};
 use crate::virtio::core::TOKEN_ACTIVATE;
 
 const EVT: usize = 2;
@@ -34,6 +34,12 @@ impl MutEventSubscriber for Vsock {
                 self.expire_pending(ops);
                 self.process_rx(ops);
             }
+            TOKEN_LIMITER => {
+                if let Some(l) = &mut self.limiter {
+                    l.timer_fired();
+                }
+                self.process_tx(ops);
+            }
             TOKEN_LISTENER => {
                 self.accept_host_clients(ops);
                 self.process_rx(ops);
@@ -54,6 +60,12 @@ impl MutEventSubscriber for Vsock {
         let fd = self.timer.as_raw_fd();
         if let Err(e) = ops.add(Events::with_data_raw(fd, TOKEN_TIMER, EventSet::IN)) {
             eprintln!("vm: vsock: cannot watch the timer: {e:?}");
+        }
+        if let Some(l) = &self.limiter {
+            let events = Events::with_data_raw(l.as_raw_fd(), TOKEN_LIMITER, EventSet::IN);
+            if let Err(e) = ops.add(events) {
+                eprintln!("vm: vsock: cannot watch the rate limiter: {e:?}");
+            }
         }
     }
 }

@@ -73,6 +73,7 @@ impl<'a> Rig<'a> {
         let cfg = VsockConfig {
             guest_cid: CID,
             uds_path: path.clone(),
+            rate_limit: Default::default(),
         };
         let mut dev = Vsock::new(&cfg, mem.clone(), irq).expect("vsock");
         let rx = Driver::at(mem, RX_RING, 16);
