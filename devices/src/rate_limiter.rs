@@ -154,12 +154,10 @@ impl RateLimiter {
                 }
             }
         }
-        if !wait.is_zero() {
+        // Without a timer to end the wait, the request goes through: a
+        // device is never left waiting for nothing.
+        if !wait.is_zero() && self.timer.reset(wait.max(MIN_WAIT), None).is_ok() {
             self.blocked = true;
-            if self.timer.reset(wait.max(MIN_WAIT), None).is_err() {
-                // No timer: do not leave the device waiting for ever.
-                self.blocked = false;
-            }
             return false;
         }
         for (bucket, tokens) in [(&mut self.bandwidth, bytes), (&mut self.ops, 1)] {
@@ -177,8 +175,12 @@ impl RateLimiter {
 
     /// The timer went off: the device may serve again.
     pub fn timer_fired(&mut self) {
-        let _ = self.timer.wait();
-        self.blocked = false;
+        // Armed exactly while blocked: read it only then (a read of a
+        // timer that is not armed would wait).
+        if self.blocked {
+            let _ = self.timer.wait();
+            self.blocked = false;
+        }
     }
 }
 

@@ -48,10 +48,12 @@ impl Cgroup {
         // The controllers, handed down to our groups, one at a time: a
         // write naming one this host lacks changes nothing.
         for dir in [root, parent.as_path()] {
-            for c in ["+memory", "+pids", "+cpu", "+io"] {
+            let io = io_weight.map(|_| "+io");
+            for c in ["+memory", "+pids", "+cpu"].into_iter().chain(io) {
                 let _ = std::fs::write(dir.join("cgroup.subtree_control"), c);
             }
         }
+        sweep(&parent);
         let path = parent.join(id);
         match std::fs::create_dir(&path) {
             Ok(()) => {}
@@ -102,6 +104,27 @@ impl Drop for Cgroup {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Removes the groups of VMMs whose monitor was killed before it could
+/// (the VMM dies with its monitor, leaving its group empty). A group with
+/// a process in it cannot be removed, and one made in the last minute
+/// may belong to a VMM about to join it: both stay.
+fn sweep(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if old && e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = std::fs::remove_dir(e.path());
         }
     }
 }

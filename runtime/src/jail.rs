@@ -47,33 +47,74 @@ pub struct Jail {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
-pub struct Error {
-    what: &'static str,
-    source: io::Error,
+pub enum Error {
+    #[error("{what}: {source}")]
+    Step {
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "the VMM cannot have namespaces of its own here ({0}): unprivileged user namespaces \
+         are off on this host (sysctl kernel.unprivileged_userns_clone or \
+         user.max_user_namespaces, or AppArmor's kernel.apparmor_restrict_unprivileged_userns), \
+         or vm runs in a container without CAP_SYS_ADMIN. Allow them, run vm as root, or set \
+         {ALLOW_NO_NAMESPACES}=1 to run the VMM without its own namespaces and root (a guest \
+         that escaped the VM would then see the host's files as this user)"
+    )]
+    NoNamespaces(String),
 }
 
+/// Set to 1 to let the VMM run where namespaces cannot be made.
+pub const ALLOW_NO_NAMESPACES: &str = "VM_ALLOW_NO_NAMESPACES";
+
 fn step<E: Into<io::Error>>(what: &'static str) -> impl FnOnce(E) -> Error {
-    move |e| Error {
+    move |e| Error::Step {
         what,
         source: e.into(),
     }
 }
 
 /// The uid (and gid) this process's VMMs run as: a uid of their own when
-/// it runs as root, none (the caller's own) otherwise.
+/// it runs as root and that id exists here (root of a user namespace
+/// that maps fewer ids has none to give), none (the caller's own)
+/// otherwise.
 pub fn vmm_uid() -> Option<u32> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
     // pid_max is at most 2^22, so this cannot overflow.
-    Some(UID_BASE + std::process::id())
+    let id = UID_BASE + std::process::id();
+    let mapped = |file: &str| {
+        std::fs::read_to_string(file)
+            .map(|map| id_is_mapped(&map, id))
+            .unwrap_or(false)
+    };
+    (mapped("/proc/self/uid_map") && mapped("/proc/self/gid_map")).then_some(id)
+}
+
+/// Whether `id` is inside one of the ranges of a `uid_map`/`gid_map`
+/// (lines of "inside outside count").
+fn id_is_mapped(map: &str, id: u32) -> bool {
+    map.lines().any(|l| {
+        let f: Vec<u64> = l.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        matches!(f.as_slice(), [inside, _, count] if (*inside..inside + count).contains(&u64::from(id)))
+    })
 }
 
 /// Makes the jail's root directory afresh: owned by root (or the caller),
-/// searchable by the VMM's uid and writable by no one else.
+/// searchable by the VMM's uid and writable by no one else. Its parent
+/// (the run's directory) must be the caller's and writable by no one
+/// else, or whoever could write it could swap the jail for a link.
 pub fn make_root(root: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    let meta = std::fs::symlink_metadata(parent)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "{} must be a directory of this user's that no one else can write",
+            parent.display()
+        )));
+    }
     match std::fs::remove_dir_all(root) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -95,7 +136,8 @@ pub fn vsock_path(root: &Path) -> PathBuf {
 /// own), so that it alone, besides root, can connect to it.
 pub fn give_socket(path: &Path) -> io::Result<()> {
     if let Some(uid) = vmm_uid() {
-        std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
+        // The socket itself, never what a link there names.
+        std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
     }
     Ok(())
 }
@@ -104,8 +146,15 @@ pub fn give_socket(path: &Path) -> io::Result<()> {
 /// working directory in `jail.root`). `max_file_size` is the largest file
 /// it may write: its largest disk.
 pub fn enter(jail: &Jail, max_file_size: u64) -> Result<(), Error> {
-    if namespaces().map_err(step("new namespaces for the VMM"))? {
-        pivot(&jail.root).map_err(step("the VMM's root"))?;
+    match namespaces() {
+        Ok(()) => pivot(&jail.root).map_err(step("the VMM's root"))?,
+        Err(e) if e.raw_os_error().is_some_and(no_namespaces) => {
+            if std::env::var(ALLOW_NO_NAMESPACES).as_deref() != Ok("1") {
+                return Err(Error::NoNamespaces(e.to_string()));
+            }
+            eprintln!("vm: the VMM runs without namespaces or a root of its own ({e})");
+        }
+        Err(e) => return Err(step("new namespaces for the VMM")(e)),
     }
     limits(max_file_size).map_err(step("limits for the VMM"))?;
     drop_bounding_set().map_err(step("the VMM's capability bounding set"))?;
@@ -119,9 +168,13 @@ pub fn enter(jail: &Jail, max_file_size: u64) -> Result<(), Error> {
     drop_capabilities().map_err(step("dropping the VMM's capabilities"))
 }
 
-/// New namespaces; false where they cannot be made and the VMM goes on
-/// without (it says so).
-fn namespaces() -> io::Result<bool> {
+/// Errors that mean this host gives the caller no namespaces.
+fn no_namespaces(errno: i32) -> bool {
+    [libc::EPERM, libc::EACCES, libc::ENOSPC].contains(&errno)
+}
+
+/// New namespaces, with mounts made private.
+fn namespaces() -> io::Result<()> {
     use nix::sched::{unshare, CloneFlags};
     let uid = nix::unistd::geteuid();
     let gid = nix::unistd::getegid();
@@ -132,20 +185,7 @@ fn namespaces() -> io::Result<bool> {
     if !uid.is_root() {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-    match unshare(flags) {
-        Ok(()) => {}
-        // Where namespaces cannot be made (user namespaces off for
-        // unprivileged users; root without CAP_SYS_ADMIN, as in a
-        // container), the VMM runs without its own rather than not at
-        // all, and says so.
-        Err(
-            e @ (nix::errno::Errno::EPERM | nix::errno::Errno::EACCES | nix::errno::Errno::ENOSPC),
-        ) => {
-            eprintln!("vm: the VMM runs without namespaces or a root of its own (unshare: {e})");
-            return Ok(false);
-        }
-        Err(e) => return Err(e.into()),
-    }
+    unshare(flags)?;
     if !uid.is_root() {
         // The caller's own ids, and nothing else, inside.
         std::fs::write("/proc/self/setgroups", "deny")?;
@@ -160,7 +200,7 @@ fn namespaces() -> io::Result<bool> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )?;
-    Ok(true)
+    Ok(())
 }
 
 /// Makes `root` the process's `/`, read-only, with the host's tree
@@ -198,6 +238,11 @@ fn pivot(root: &Path) -> io::Result<()> {
         if had.contains(f) {
             flags |= m;
         }
+    }
+    // Neither: strictatime, which a remount must ask for by name (the
+    // kernel's default is relatime).
+    if !had.intersects(FsFlags::ST_NOATIME | FsFlags::ST_RELATIME) {
+        flags |= MsFlags::MS_STRICTATIME;
     }
     mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)?;
     Ok(())
@@ -313,4 +358,42 @@ fn drop_capabilities() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_looked_up_in_the_map() {
+        let host = "         0          0 4294967295\n";
+        assert!(id_is_mapped(host, UID_BASE + 4_000_000));
+        // An LXD-style container: a billion ids from 0.
+        let lxd = "         0    1000000 1000000000\n";
+        assert!(!id_is_mapped(lxd, UID_BASE + 1));
+        assert!(id_is_mapped(lxd, 999_999_999));
+        assert!(!id_is_mapped("", 0));
+        assert!(id_is_mapped("0 0 1\n1000 100000 65536\n", 1000 + 65535));
+        assert!(!id_is_mapped("0 0 1\n1000 100000 65536\n", 1000 + 65536));
+    }
+
+    #[test]
+    fn a_jail_root_is_remade_and_its_parent_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("vm-jail-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let root = dir.join("jail");
+        std::fs::create_dir(&root).expect("old jail");
+        std::fs::write(root.join("stale"), "x").expect("stale file");
+        make_root(&root).expect("jail root");
+        let meta = std::fs::metadata(&root).expect("meta");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o711);
+        assert_eq!(std::fs::read_dir(&root).expect("list").count(), 0);
+        // A parent others can write is refused.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(make_root(&root).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

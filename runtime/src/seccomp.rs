@@ -44,13 +44,10 @@ const ALLOWED: &[i64] = &[
     libc::SYS_statx,
     libc::SYS_fstat,
     libc::SYS_newfstatat,
-    libc::SYS_fcntl,
     libc::SYS_dup,
     libc::SYS_dup3,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
-    // KVM, terminals (TCGETS), FIONBIO
-    libc::SYS_ioctl,
     // the event loop
     libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
@@ -93,7 +90,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_geteuid,
     libc::SYS_getgid,
     libc::SYS_getegid,
-    libc::SYS_tgkill,
     libc::SYS_rt_sigaction,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigreturn,
@@ -108,7 +104,6 @@ const ALLOWED: &[i64] = &[
 /// eventfds and the console), memory, signals (the kick out of KVM_RUN),
 /// and ending. No files, no sockets, no threads.
 const VCPU_ALLOWED: &[i64] = &[
-    libc::SYS_ioctl,
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_futex,
@@ -129,7 +124,6 @@ const VCPU_ALLOWED: &[i64] = &[
     libc::SYS_getrandom,
     libc::SYS_getpid,
     libc::SYS_gettid,
-    libc::SYS_tgkill,
     libc::SYS_close,
     libc::SYS_restart_syscall,
     libc::SYS_exit,
@@ -149,6 +143,50 @@ fn rule(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompRule, String> {
     SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
         .and_then(|c| SeccompRule::new(vec![c]))
         .map_err(|e| format!("seccomp rule: {e}"))
+}
+
+/// `arg` (a 32-bit `int`/`unsigned int` in the kernel) is one of `values`.
+fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, String> {
+    values
+        .iter()
+        .map(|&v| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+                .and_then(|c| SeccompRule::new(vec![c]))
+                .map_err(|e| format!("seccomp rule: {e}"))
+        })
+        .collect()
+}
+
+/// The calls allowed only with certain arguments, for the process and,
+/// with `vcpu`, for a vCPU thread:
+/// - `ioctl`: the vCPU threads' KVM calls, and FIONBIO (sockets made
+///   non-blocking) outside them; no terminal or other device requests
+///   (stderr may be the user's terminal);
+/// - `fcntl`: reading flags and duplicating; no F_SETFL, which could take
+///   O_APPEND off a log or set O_NONBLOCK on a shared terminal;
+/// - `tgkill`: this process's own threads only (the vCPU kick, an abort).
+fn argument_rules(vcpu: bool) -> Result<Vec<(i64, Vec<SeccompRule>)>, String> {
+    let mut ioctls: Vec<u64> = vmm::vcpu_thread_ioctls().to_vec();
+    if !vcpu {
+        ioctls.push(libc::FIONBIO);
+    }
+    let mut rules = vec![
+        (libc::SYS_ioctl, one_of(1, &ioctls)?),
+        (
+            libc::SYS_tgkill,
+            vec![rule(0, SeccompCmpOp::Eq, u64::from(std::process::id()))?],
+        ),
+    ];
+    if !vcpu {
+        let fcntls = [
+            libc::F_GETFD,
+            libc::F_SETFD,
+            libc::F_GETFL,
+            libc::F_DUPFD_CLOEXEC,
+        ];
+        rules.push((libc::SYS_fcntl, one_of(1, &fcntls.map(|c| c as u64))?));
+    }
+    Ok(rules)
 }
 
 fn compile(
@@ -173,6 +211,7 @@ fn programs() -> Result<[BpfProgram; 2], String> {
     )?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    rules.extend(argument_rules(false)?);
     // clone3 is answered by the first filter; allowed here so that its
     // answer, not a kill, is what the caller sees.
     rules.insert(libc::SYS_clone3, Vec::new());
@@ -209,7 +248,9 @@ fn programs() -> Result<[BpfProgram; 2], String> {
 
 /// The vCPU threads' own filter, on top of the process's.
 fn vcpu_program() -> Result<BpfProgram, String> {
-    let rules = VCPU_ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        VCPU_ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    rules.extend(argument_rules(true)?);
     compile(rules, SeccompAction::KillProcess, SeccompAction::Allow)
 }
 

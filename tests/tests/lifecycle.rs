@@ -60,11 +60,9 @@ fn detached_containers_and_their_commands() {
 
     let s = section(&out.stdout, "memory-eater");
     let l = lines(s);
-    assert!(
-        l.iter().any(|l| l.starts_with("exec-rc=")),
-        "the memory eater ran\n{out}"
-    );
     for want in [
+        "survived",
+        "exec-rc=0",
         "peak-within-max",
         "guest-memory-charged",
         "oom_kill 0",

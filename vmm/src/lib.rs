@@ -19,6 +19,7 @@ pub mod vcpu;
 pub mod vm;
 
 pub use exit::{ExitReason, ExitSignal};
+pub use vcpu::thread_ioctls as vcpu_thread_ioctls;
 pub use vm::{Error, Outcome, VmConfig};
 
 use std::sync::Arc;

@@ -21,6 +21,27 @@ use crate::memory::GuestMem;
 
 const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
 
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_REGS,
+    kvm_bindings::KVMIO,
+    0x81,
+    kvm_bindings::kvm_regs
+);
+vmm_sys_util::ioctl_ior_nr!(
+    KVM_GET_SREGS,
+    kvm_bindings::KVMIO,
+    0x83,
+    kvm_bindings::kvm_sregs
+);
+
+/// The ioctls a running vCPU thread makes: KVM_RUN, and reading the
+/// registers to report a failure. (Everything else the VM needs from KVM
+/// is done before any vCPU runs.) For system call filters.
+pub fn thread_ioctls() -> [u64; 3] {
+    [KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()].map(u64::from)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot create vCPU {id}: {source}")]

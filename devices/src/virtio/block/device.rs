@@ -229,14 +229,13 @@ impl Block {
             return; // its timer calls again
         }
         self.core.drain_queue(0, "block", |chain, mem| {
+            let req = request::Request::parse(chain);
             if let Some(l) = limiter.as_mut() {
-                // Every byte the request moves (header, data, status).
-                let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
-                if !l.consume(bytes) {
+                if !l.consume(req.bytes()) {
                     return None;
                 }
             }
-            let out = request::execute(chain, mem, file, pieces, &info);
+            let out = request::execute(req, mem, file, pieces, &info);
             if let Some(why) = &out.error {
                 crate::guest_log!("virtio-blk: {why}");
             }

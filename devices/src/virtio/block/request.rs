@@ -150,9 +150,27 @@ fn range_ok(sector: u64, bytes: u64, capacity: u64) -> bool {
             .is_some_and(|end| end <= capacity)
 }
 
-/// Execute the request in `chain`.
+/// A request's buffers, read from its descriptor chain once: what it
+/// costs and what it does are both worked out from this one reading,
+/// however the guest rewrites the descriptors meanwhile.
+pub struct Request(Result<Layout, String>);
+
+impl Request {
+    pub fn parse(chain: DescriptorChain<&GuestMem>) -> Self {
+        Self(layout(chain))
+    }
+
+    /// Every byte the request moves (header, data, status).
+    pub fn bytes(&self) -> u64 {
+        self.0
+            .as_ref()
+            .map_or(0, |l| total(&l.readable).saturating_add(total(&l.writable)))
+    }
+}
+
+/// Execute `request`.
 pub fn execute(
-    chain: DescriptorChain<&GuestMem>,
+    request: Request,
     mem: &GuestMem,
     disk: &File,
     pieces: &[Piece],
@@ -163,7 +181,7 @@ pub fn execute(
         status: None,
         error: Some(why),
     };
-    let l = match layout(chain) {
+    let l = match request.0 {
         Ok(l) => l,
         Err(e) => return fail(e),
     };

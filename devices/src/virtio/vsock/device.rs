@@ -420,17 +420,18 @@ impl Vsock {
                     return;
                 }
             };
-            if let Some(l) = &mut self.limiter {
-                let bytes: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
-                if !l.consume(bytes) {
-                    queue.go_to_previous_position();
-                    break;
-                }
-            }
             let head = chain.head_index();
             let parsed = VsockPacket::from_tx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA)
                 .map_err(|e| e.to_string())
                 .and_then(|p| read_packet(&p));
+            if let Some(l) = &mut self.limiter {
+                // What was read, not what the descriptors say now.
+                let bytes = parsed.as_ref().map_or(0, |p| p.data.len() as u64);
+                if !l.consume(virtio_vsock::packet::PKT_HEADER_SIZE as u64 + bytes) {
+                    queue.go_to_previous_position();
+                    break;
+                }
+            }
             if let Err(e) = queue.add_used(&mem, head, 0) {
                 self.core.fail(&format!("vsock TX queue: {e}"));
                 return;
