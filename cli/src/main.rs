@@ -183,6 +183,39 @@ struct BootArgs {
     /// connect to PATH and send "CONNECT PORT\n".
     #[arg(long, value_name = "CID,PATH", value_parser = parse_vsock)]
     vsock: Option<devices::virtio::vsock::VsockConfig>,
+    /// Attach virtio-net on an existing TAP device (made with `ip tuntap
+    /// add NAME mode tap`), with a MAC address (default 02:00:00:00:00:01).
+    /// Repeat for more (eth0, eth1, ...).
+    #[arg(long = "net", value_name = "TAP[,mac=XX:XX:XX:XX:XX:XX]", value_parser = parse_net)]
+    nets: Vec<devices::virtio::net::NetConfig>,
+}
+
+fn parse_net(spec: &str) -> Result<devices::virtio::net::NetConfig, String> {
+    let mut parts = spec.split(',');
+    let tap = parts
+        .next()
+        .filter(|t| !t.is_empty() && t.len() < 16)
+        .ok_or("expected a TAP device name of 1 to 15 bytes")?;
+    let mut mac = [0x02, 0, 0, 0, 0, 1];
+    for p in parts {
+        let v = p
+            .strip_prefix("mac=")
+            .ok_or_else(|| format!("unknown option {p:?}; use mac=XX:XX:XX:XX:XX:XX"))?;
+        let bytes: Vec<u8> = v
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("bad MAC address {v:?}"))?;
+        mac = bytes
+            .try_into()
+            .map_err(|_| format!("bad MAC address {v:?}: six bytes"))?;
+    }
+    Ok(devices::virtio::net::NetConfig {
+        tap: tap.to_string(),
+        mac,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
+    })
 }
 
 fn parse_vsock(spec: &str) -> Result<devices::virtio::vsock::VsockConfig, String> {
@@ -330,6 +363,7 @@ fn boot(args: BootArgs) -> ExitCode {
         }),
         disks: args.disks,
         vsock: args.vsock,
+        nets: args.nets,
         console: Box::new(std::io::stdout()),
         console_input: true,
         vcpu_confine: None,

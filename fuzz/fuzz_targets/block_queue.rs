@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use devices::virtio::block::{Block, BlockConfig, Part};
 use devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use libfuzzer_sys::fuzz_target;
@@ -34,7 +35,16 @@ fuzz_target!(|data: &[u8]| {
         window: None,
         seal: None,
         parts,
-        rate_limit: Default::default(),
+        // Bit 2: rate-limited (a request or two, then chains are put back
+        // for later).
+        rate_limit: if data.first().is_some_and(|b| b & 4 == 4) {
+            RateLimiterConfig {
+                bandwidth: Some(BucketConfig::per_second(4096, 0)),
+                ops: Some(BucketConfig::per_second(2, 0)),
+            }
+        } else {
+            RateLimiterConfig::default()
+        },
     };
     let mut dev = Block::new(&cfg, mem, irq).expect("device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use devices::rate_limiter::{BucketConfig, RateLimiterConfig};
 use devices::virtio::vsock::{Vsock, VsockConfig};
 use devices::virtio::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use event_manager::{EventManager, SubscriberOps};
@@ -21,7 +22,16 @@ fuzz_target!(|data: &[u8]| {
     let cfg = VsockConfig {
         guest_cid: 3,
         uds_path: path,
-        rate_limit: Default::default(),
+        // Bit 0 of the second byte: rate-limited (a few packets, then the
+        // rest are put back for later).
+        rate_limit: if data.get(1).is_some_and(|b| b & 1 == 1) {
+            RateLimiterConfig {
+                bandwidth: Some(BucketConfig::per_second(8192, 0)),
+                ops: Some(BucketConfig::per_second(3, 0)),
+            }
+        } else {
+            RateLimiterConfig::default()
+        },
     };
     let mut dev = Vsock::new(&cfg, mem, irq).expect("device");
     dev.set_acked_features(VIRTIO_F_VERSION_1);

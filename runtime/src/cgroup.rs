@@ -100,8 +100,11 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         // Empty once the VMM has been reaped; a moment later at most.
         for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                return;
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                // (Swept already by another container's start.)
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => {}
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

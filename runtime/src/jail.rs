@@ -78,18 +78,37 @@ fn step<E: Into<io::Error>>(what: &'static str) -> impl FnOnce(E) -> Error {
 /// it runs as root and that id exists here (root of a user namespace
 /// that maps fewer ids has none to give), none (the caller's own)
 /// otherwise.
-pub fn vmm_uid() -> Option<u32> {
+///
+/// Worked out once per process, so that the jail and every socket given
+/// to the VMM agree; an error (the id maps cannot be read) fails the
+/// start rather than leave the VMM root.
+pub fn vmm_uid() -> Result<Option<u32>, String> {
+    type Cached = Option<(u32, Result<Option<u32>, String>)>;
+    static CACHE: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    let pid = std::process::id();
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    match &*cache {
+        Some((p, v)) if *p == pid => v.clone(),
+        _ => {
+            let v = own_uid(pid);
+            *cache = Some((pid, v.clone()));
+            v
+        }
+    }
+}
+
+fn own_uid(pid: u32) -> Result<Option<u32>, String> {
     if !nix::unistd::geteuid().is_root() {
-        return None;
+        return Ok(None);
     }
     // pid_max is at most 2^22, so this cannot overflow.
-    let id = UID_BASE + std::process::id();
+    let id = UID_BASE + pid;
     let mapped = |file: &str| {
         std::fs::read_to_string(file)
             .map(|map| id_is_mapped(&map, id))
-            .unwrap_or(false)
+            .map_err(|e| format!("{file}: {e}"))
     };
-    (mapped("/proc/self/uid_map") && mapped("/proc/self/gid_map")).then_some(id)
+    Ok((mapped("/proc/self/uid_map")? && mapped("/proc/self/gid_map")?).then_some(id))
 }
 
 /// Whether `id` is inside one of the ranges of a `uid_map`/`gid_map`
@@ -135,7 +154,7 @@ pub fn vsock_path(root: &Path) -> PathBuf {
 /// Gives the socket at `path` to the VMM's uid (when it has one of its
 /// own), so that it alone, besides root, can connect to it.
 pub fn give_socket(path: &Path) -> io::Result<()> {
-    if let Some(uid) = vmm_uid() {
+    if let Some(uid) = vmm_uid().map_err(io::Error::other)? {
         // The socket itself, never what a link there names.
         std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
     }
@@ -146,8 +165,18 @@ pub fn give_socket(path: &Path) -> io::Result<()> {
 /// working directory in `jail.root`). `max_file_size` is the largest file
 /// it may write: its largest disk.
 pub fn enter(jail: &Jail, max_file_size: u64) -> Result<(), Error> {
+    let mut uid = jail.uid;
     match namespaces() {
-        Ok(()) => pivot(&jail.root).map_err(step("the VMM's root"))?,
+        Ok(own_user_ns) => {
+            if own_user_ns && nix::unistd::geteuid().is_root() {
+                // Root without CAP_SYS_ADMIN (in a container) got its
+                // namespaces inside a user namespace of its own, which
+                // maps only root: it keeps that uid, with no capability
+                // outside.
+                uid = None;
+            }
+            pivot(&jail.root).map_err(step("the VMM's root"))?
+        }
         Err(e) if e.raw_os_error().is_some_and(no_namespaces) => {
             if std::env::var(ALLOW_NO_NAMESPACES).as_deref() != Ok("1") {
                 return Err(Error::NoNamespaces(e.to_string()));
@@ -158,7 +187,7 @@ pub fn enter(jail: &Jail, max_file_size: u64) -> Result<(), Error> {
     }
     limits(max_file_size).map_err(step("limits for the VMM"))?;
     drop_bounding_set().map_err(step("the VMM's capability bounding set"))?;
-    if let Some(uid) = jail.uid {
+    if let Some(uid) = uid {
         become_user(uid).map_err(step("the VMM's uid"))?;
     }
     // SAFETY: prctl with integer arguments only.
@@ -173,8 +202,9 @@ fn no_namespaces(errno: i32) -> bool {
     [libc::EPERM, libc::EACCES, libc::ENOSPC].contains(&errno)
 }
 
-/// New namespaces, with mounts made private.
-fn namespaces() -> io::Result<()> {
+/// New namespaces, with mounts made private; true when they are inside a
+/// user namespace of the VMM's own.
+fn namespaces() -> io::Result<bool> {
     use nix::sched::{unshare, CloneFlags};
     let uid = nix::unistd::geteuid();
     let gid = nix::unistd::getegid();
@@ -185,8 +215,16 @@ fn namespaces() -> io::Result<()> {
     if !uid.is_root() {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-    unshare(flags)?;
-    if !uid.is_root() {
+    let own_user_ns = match unshare(flags) {
+        Ok(()) => !uid.is_root(),
+        // Root without CAP_SYS_ADMIN: a user namespace first gives it.
+        Err(nix::errno::Errno::EPERM) if uid.is_root() => {
+            unshare(flags | CloneFlags::CLONE_NEWUSER)?;
+            true
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if own_user_ns {
         // The caller's own ids, and nothing else, inside.
         std::fs::write("/proc/self/setgroups", "deny")?;
         std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
@@ -200,7 +238,7 @@ fn namespaces() -> io::Result<()> {
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )?;
-    Ok(())
+    Ok(own_user_ns)
 }
 
 /// Makes `root` the process's `/`, read-only, with the host's tree

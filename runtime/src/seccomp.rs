@@ -159,8 +159,9 @@ fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, String> {
 
 /// The calls allowed only with certain arguments, for the process and,
 /// with `vcpu`, for a vCPU thread:
-/// - `ioctl`: the vCPU threads' KVM calls, and FIONBIO (sockets made
-///   non-blocking) outside them; no terminal or other device requests
+/// - `ioctl`: the vCPU threads' KVM calls, and TUNSETOFFLOAD outside
+///   them; no FIONBIO (sockets are made non-blocking when they are made),
+///   no terminal or other device requests
 ///   (stderr may be the user's terminal);
 /// - `fcntl`: reading flags and duplicating; no F_SETFL, which could take
 ///   O_APPEND off a log or set O_NONBLOCK on a shared terminal;
@@ -168,7 +169,9 @@ fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, String> {
 fn argument_rules(vcpu: bool) -> Result<Vec<(i64, Vec<SeccompRule>)>, String> {
     let mut ioctls: Vec<u64> = vmm::vcpu_thread_ioctls().to_vec();
     if !vcpu {
-        ioctls.push(libc::FIONBIO);
+        // (TUNSETOFFLOAD: a network device tells its TAP what offloads
+        // the guest takes, when the guest activates it.)
+        ioctls.push(libc::TUNSETOFFLOAD);
     }
     let mut rules = vec![
         (libc::SYS_ioctl, one_of(1, &ioctls)?),

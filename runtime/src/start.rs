@@ -217,6 +217,7 @@ fn vm_config(
             uds_path: vsock_path,
             rate_limit: c.config.limits.vsock(),
         }),
+        nets: Vec::new(),
         console,
         console_input: false,
         exit,

@@ -278,3 +278,72 @@ echo "@@@ vmm-stderr"; cat {dir}/vm.err
         "the VMM did not survive:\n{out}"
     );
 }
+
+#[test]
+fn net_carries_frames_both_ways_through_a_tap() {
+    let env = env();
+    let dir = work_dir("net");
+    // The guest configures eth0 with busybox's ip, pings the host, fetches
+    // a 4 MB blob the host serves and sends one back; it stays up until
+    // the host says (on port 5003) what it got.
+    let guest = "mkdir -p /tmp
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
+echo \"mac=$(cat /sys/class/net/eth0/address)\"
+ping -c 3 -W 5 10.0.2.1 > /dev/null && echo ping=ok
+nc -w 5 10.0.2.1 5001 > /tmp/down; echo \"down=$(sha256sum < /tmp/down | cut -c1-64)\"
+head -c 4000000 /dev/urandom > /tmp/up; echo \"up=$(sha256sum < /tmp/up | cut -c1-64)\"
+nc -w 5 10.0.2.1 5002 < /tmp/up; echo \"sent=$?\"
+for i in $(seq 100); do got=$(nc -w 5 10.0.2.1 5003) && [ -n \"$got\" ] && break; sleep 1; done
+echo \"host-got=$got\"";
+    let script = script_disk(&dir, guest);
+    // busybox nc ends a connection when its own stdin ends: the host's
+    // receiver gets a stdin that stays open, and the file it writes is
+    // hashed once it has all 4 MB.
+    let host = format!(
+        r##"ip tuntap add vmtap0 mode tap && ip addr add 10.0.2.1/24 dev vmtap0 && ip link set vmtap0 up || echo "no tap"
+head -c 4000000 /dev/urandom > /tmp/blob
+timeout 200 busybox nc -l -p 5001 < /tmp/blob > /dev/null &
+: > /tmp/up
+rm -f /tmp/hold; mkfifo /tmp/hold
+sleep 250 > /tmp/hold &
+HOLD=$!
+timeout 250 busybox nc -l -p 5002 > /tmp/up < /tmp/hold &
+(for i in $(seq 400); do [ "$(stat -c %s /tmp/up)" -ge 4000000 ] && break; sleep 0.5; done
+ sha256sum < /tmp/up | cut -c1-64 | timeout 100 busybox nc -l -p 5003 > /dev/null) &
+timeout 300 "$VM" boot --kernel "$VMLINUX" --initrd "$TEST_INITRD" --memory 256 --net vmtap0,mac=02:00:00:00:00:0f \
+   --disk {script},ro --cmdline 'console=ttyS0 quiet test.mode=script test.disk=vda' > {dir}/guest.log 2> {dir}/vm.err
+echo "vm-rc=$?"
+kill $HOLD
+echo "host-blob=$(sha256sum < /tmp/blob | cut -c1-64)"
+echo "host-up=$(sha256sum < /tmp/up | cut -c1-64)"
+cat {dir}/guest.log {dir}/vm.err
+"##,
+        script = script.display(),
+        dir = dir.display(),
+    );
+    let out = env.run_with_kvm_retrying(&host, |o| o.stdout.contains("vm-rc=124"));
+    let o = &out.stdout;
+    assert_eq!(value(o, "vm-rc"), Some("0"), "{out}");
+    assert_eq!(value(o, "mac"), Some("02:00:00:00:00:0f"), "{out}");
+    assert_eq!(
+        value(o, "ping"),
+        Some("ok"),
+        "the guest reaches the host\n{out}"
+    );
+    let blob = value(o, "host-blob").filter(|h| h.len() == 64);
+    assert!(blob.is_some(), "{out}");
+    assert_eq!(
+        value(o, "down"),
+        blob,
+        "4 MB from the host arrive intact\n{out}"
+    );
+    assert_eq!(value(o, "sent"), Some("0"), "{out}");
+    assert_eq!(value(o, "host-got"), value(o, "up"), "{out}");
+    let up = value(o, "up").filter(|h| h.len() == 64);
+    assert!(up.is_some(), "{out}");
+    assert_eq!(
+        value(o, "host-up"),
+        up,
+        "4 MB from the guest arrive intact\n{out}"
+    );
+}

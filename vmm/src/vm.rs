@@ -26,6 +26,7 @@ use crate::loader::{self, BootSpec};
 use crate::{device_manager, host, memory, vcpu};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::rng::Rng;
+use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::vsock::{Vsock, VsockConfig};
 
 /// The smallest guest that can boot our kernel with an initramfs.
@@ -48,6 +49,8 @@ pub struct VmConfig {
     pub disks: Vec<BlockConfig>,
     /// A virtio-vsock device with its host side on Unix sockets.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices (eth0, eth1, ...), each on a TAP device.
+    pub nets: Vec<NetConfig>,
     /// Where the guest's serial console goes (its last lines are kept for
     /// diagnostics either way).
     pub console: Box<dyn Write + Send>,
@@ -104,6 +107,8 @@ pub enum Error {
     Disk(#[from] devices::virtio::block::Error),
     #[error("vsock: {0}")]
     Vsock(#[from] devices::virtio::vsock::Error),
+    #[error("network device: {0}")]
+    Net(#[from] devices::virtio::net::Error),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("{0}")]
@@ -199,6 +204,11 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     for disk in &cfg.disks {
         dm.add_virtio(&vm, &mem, |irq| {
             Block::new(disk, mem.clone(), irq).map_err(Error::Disk)
+        })?;
+    }
+    for n in &cfg.nets {
+        dm.add_virtio(&vm, &mem, |irq| {
+            Net::new(n, mem.clone(), irq).map_err(Error::Net)
         })?;
     }
     if let Some(v) = &cfg.vsock {
@@ -459,6 +469,7 @@ mod tests {
             on_boot: None,
             disks: Vec::new(),
             vsock: None,
+            nets: Vec::new(),
             console: Box::new(io::sink()),
             console_input: false,
             exit: Arc::new(ExitSignal::new().expect("eventfd")),

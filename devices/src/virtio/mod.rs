@@ -5,6 +5,7 @@ pub mod block;
 pub mod core;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 mod queue;
 pub mod rng;
 #[cfg(test)]

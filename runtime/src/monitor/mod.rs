@@ -536,9 +536,13 @@ impl session::Events for Events<'_> {
 fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     let c = &shared.container;
     let run_dir = c.run_dir(state);
+    let uid = match crate::jail::vmm_uid() {
+        Ok(uid) => uid,
+        Err(e) => return RunEnd::failed(&Error::host(format!("the VMM's uid: {e}"))),
+    };
     let jail = crate::jail::Jail {
         root: exec::jail_root(&run_dir),
-        uid: crate::jail::vmm_uid(),
+        uid,
     };
     if let Err(e) = crate::jail::make_root(&jail.root) {
         return RunEnd::failed(&Error::host(format!(

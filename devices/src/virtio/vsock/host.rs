@@ -15,14 +15,19 @@ use super::{
 
 impl Vsock {
     pub(in crate::virtio::vsock) fn accept_host_clients(&mut self, ops: &mut EventOps) {
+        use nix::sys::socket::{accept4, SockFlag};
+        use std::os::fd::FromRawFd;
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
+            // Non-blocking from the start (no FIONBIO afterwards, which
+            // the VMM's system call filter refuses).
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            match accept4(self.listener.as_raw_fd(), flags).map_err(io::Error::from) {
+                Ok(fd) => {
+                    // SAFETY: accept4 returned a new descriptor that
+                    // nothing else owns.
+                    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
                     if self.conns.len() + self.handshakes.len() >= MAX_CONNS {
                         crate::guest_log!("vsock: too many connections; refusing a host client");
-                        continue;
-                    }
-                    if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
                     let fd = stream.as_raw_fd();
