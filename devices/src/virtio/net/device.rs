@@ -351,84 +351,47 @@ impl Net {
     // ---- TX: guest to backend ----
 
     pub fn process_tx(&mut self) {
-        if !self.core.active {
-            return;
+        if self
+            .tx_limiter
+            .as_ref()
+            .is_some_and(RateLimiter::is_blocked)
+        {
+            return; // its timer calls again
         }
-        let mem = self.core.mem.clone();
-        let mut used_any = false;
-        let mut budget = DrainBudget::new();
-        loop {
-            if !budget.take() {
-                reschedule(&self.core.queue_evts[TX], "virtio-net TX");
-                break;
-            }
-            if self
-                .tx_limiter
-                .as_ref()
-                .is_some_and(RateLimiter::is_blocked)
-            {
-                break; // its timer calls again
-            }
-            let Some(queue) = self.core.queues.get_mut(TX) else {
-                return;
-            };
-            let chain = match pop_chain(queue, &mem) {
-                Ok(Some(c)) => c,
-                // Drained: ask for the next kick (with EVENT_IDX the
-                // driver kicks only when asked), unless more came.
-                Ok(None) => match queue.enable_notification(&mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        self.core.fail(&format!("virtio-net TX queue: {e}"));
-                        return;
-                    }
-                },
-                Err(e) => {
-                    self.core.fail(&format!("virtio-net TX queue: {e}"));
-                    return;
-                }
-            };
-            let head = chain.head_index();
+        let (limiter, frame, backend) =
+            (&mut self.tx_limiter, &mut self.tx_frame, &mut self.backend);
+        let counters = &mut self.counters;
+        self.core.drain_queue(TX, "virtio-net TX", |chain, mem| {
             // Parsed once: the length charged is the length read.
-            let frame = Reader::new(&mem, chain).map_err(|e| e.to_string());
-            let len = frame.as_ref().map_or(0, Reader::available_bytes);
-            if let Some(l) = &mut self.tx_limiter {
+            let reader = Reader::new(mem, chain).map_err(|e| e.to_string());
+            let len = reader.as_ref().map_or(0, Reader::available_bytes);
+            if let Some(l) = limiter.as_mut() {
                 if !l.consume(len as u64) {
-                    queue.go_to_previous_position();
-                    break;
+                    return None;
                 }
             }
-            let read = frame.and_then(|mut r| {
+            let read = reader.and_then(|mut r| {
                 if !(HDR_LEN..=MAX_FRAME).contains(&len) {
                     return Err(format!("a frame of {len} bytes"));
                 }
-                r.read_exact(&mut self.tx_frame[..len])
-                    .map_err(|e| e.to_string())
+                r.read_exact(&mut frame[..len]).map_err(|e| e.to_string())
             });
-            if let Err(e) = queue.add_used(&mem, head, 0) {
-                self.core.fail(&format!("virtio-net TX queue: {e}"));
-                return;
-            }
-            used_any = true;
             match read {
-                Ok(()) => match self.backend.send(&self.tx_frame[..len]) {
+                Ok(()) => match backend.send(&frame[..len]) {
                     Ok(()) => {
-                        self.counters.tx_frames += 1;
-                        self.counters.tx_bytes += (len - HDR_LEN) as u64;
+                        counters.tx_frames += 1;
+                        counters.tx_bytes += (len - HDR_LEN) as u64;
                     }
                     // The backend's queue is full: dropped, as by a NIC.
-                    Err(_) => self.counters.tx_dropped += 1,
+                    Err(_) => counters.tx_dropped += 1,
                 },
                 Err(why) => {
-                    self.counters.tx_dropped += 1;
+                    counters.tx_dropped += 1;
                     crate::guest_log!("virtio-net: dropped a frame from the guest: {why}");
                 }
             }
-        }
-        if used_any {
-            self.core.notify_used(TX);
-        }
+            Some(0)
+        });
     }
 }
 
