@@ -182,6 +182,40 @@ pub struct RunSpec {
     /// Caps on what one layer may unpack to.
     pub max_layer_bytes: u64,
     pub max_layer_entries: u64,
+    /// Interfaces, DNS and hosts entries; `lo` alone when empty.
+    #[serde(default)]
+    pub network: Network,
+}
+
+/// The container's network as the guest sets it up: `lo` always, then
+/// each interface found by its MAC address.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub interfaces: Vec<Interface>,
+    /// `nameserver` lines of resolv.conf (none: a resolv.conf that says so).
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    /// Extra hosts lines: an address and its names (`--add-host`).
+    pub hosts: Vec<HostEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interface {
+    /// `aa:bb:cc:dd:ee:ff`, as the host gave the virtio-net device.
+    pub mac: String,
+    /// The IPv4 address and prefix length.
+    pub address: std::net::Ipv4Addr,
+    pub prefix: u8,
+    /// The default route goes through it.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub address: String,
+    pub names: Vec<String>,
 }
 
 /// The image's root file system, the overlay's lower layer. It lives in

@@ -29,6 +29,22 @@ fn spec() -> RunSpec {
         read_only: false,
         max_layer_bytes: 1 << 30,
         max_layer_entries: 1 << 20,
+        network: Network {
+            interfaces: vec![Interface {
+                mac: "02:42:0a:58:00:02".into(),
+                address: std::net::Ipv4Addr::new(10, 88, 0, 2),
+                prefix: 16,
+                gateway: Some(std::net::Ipv4Addr::new(10, 88, 0, 1)),
+                mtu: 1500,
+            }],
+            dns: vec!["10.88.0.1".into()],
+            dns_search: vec!["example.com".into()],
+            dns_options: vec!["ndots:2".into()],
+            hosts: vec![HostEntry {
+                address: "192.0.2.1".into(),
+                names: vec!["db".into()],
+            }],
+        },
     }
 }
 

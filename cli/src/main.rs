@@ -70,6 +70,8 @@ enum Command {
     Exec(containers::ExecArgs),
     /// List containers.
     Ps(ps::PsArgs),
+    /// A running container's published ports.
+    Port(ps::PortArgs),
     /// A container's output.
     Logs(logs::LogsArgs),
     /// Show containers or images as JSON.
@@ -129,6 +131,7 @@ enum ImageCommand {
 enum ContainerCommand {
     #[command(alias = "list", alias = "ps")]
     Ls(ps::PsArgs),
+    Port(ps::PortArgs),
     Run(run::RunArgs),
     Create(run::RunArgs),
     Start(containers::StartArgs),
@@ -212,6 +215,7 @@ fn parse_net(spec: &str) -> Result<devices::virtio::net::NetConfig, String> {
     }
     Ok(devices::virtio::net::NetConfig {
         tap: tap.to_string(),
+        tap_fd: None,
         mac,
         rx_rate_limit: Default::default(),
         tx_rate_limit: Default::default(),
@@ -296,6 +300,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => containers::attach(args, cli.root),
         Command::Exec(args) => containers::exec(args, cli.root),
         Command::Ps(args) => ps::ps(args, cli.root),
+        Command::Port(args) => ps::port(args, cli.root),
         Command::Logs(args) => logs::logs(args, cli.root),
         Command::Inspect(args) => ps::inspect(args, cli.root),
         Command::Cp(args) => cp::cp(args, cli.root),
@@ -323,6 +328,7 @@ fn main() -> ExitCode {
 fn container_command(c: ContainerCommand, root: Option<PathBuf>) -> ExitCode {
     match c {
         ContainerCommand::Ls(args) => ps::ps(args, root),
+        ContainerCommand::Port(args) => ps::port(args, root),
         ContainerCommand::Run(args) => run::main(args, root),
         ContainerCommand::Create(args) => run::create(args, root),
         ContainerCommand::Start(args) => containers::start(args, root),

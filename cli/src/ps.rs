@@ -83,15 +83,140 @@ fn ps_value(c: &Container, s: &State, no_trunc: bool) -> Value {
         "Command": command_text(c, no_trunc),
         "CreatedAt": docker_time(&c.config.created),
         "RunningFor": ago(&c.config.created),
-        "Ports": "",
+        "Ports": ports_text(s),
         "State": s.status.as_str(),
         "Status": status_text(s),
         "Size": "",
         "Names": c.config.name,
         "Labels": labels.join(","),
         "Mounts": "",
-        "Networks": "",
+        "Networks": c.config.network.mode,
     })
+}
+
+/// The published ports of a running container, as `docker ps` writes
+/// them: `0.0.0.0:8080->80/tcp, 0.0.0.0:5353->53/udp`.
+fn ports_text(s: &State) -> String {
+    running_network(s)
+        .map(|n| {
+            n.ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn running_network(s: &State) -> Option<&runtime::network::Settings> {
+    match s.status {
+        Status::Running | Status::Paused => s.network.as_ref(),
+        _ => None,
+    }
+}
+
+/// `NetworkSettings` as `docker inspect` has it.
+fn network_json(c: &Container, s: &State) -> Value {
+    let n = running_network(s);
+    let mut ports = serde_json::Map::new();
+    for p in n.map(|n| n.ports.as_slice()).unwrap_or_default() {
+        let key = format!("{}/{}", p.container_port, p.proto.as_str());
+        let entry = ports.entry(key).or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(json!({ "HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string() }));
+        }
+    }
+    let ip = n
+        .and_then(|n| n.ip)
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    let gateway = n
+        .and_then(|n| n.gateway)
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    let prefix = n.map_or(0, |n| n.prefix);
+    let mac = n.map(|n| n.mac.clone()).unwrap_or_default();
+    let mode = &c.config.network.mode;
+    json!({
+        "Bridge": n.map(|n| n.bridge.clone()).unwrap_or_default(),
+        "IPAddress": ip,
+        "IPPrefixLen": prefix,
+        "Gateway": gateway,
+        "MacAddress": mac,
+        "Ports": ports,
+        "Networks": {
+            mode.clone(): {
+                "IPAddress": ip,
+                "IPPrefixLen": prefix,
+                "Gateway": gateway,
+                "MacAddress": mac,
+            }
+        },
+    })
+}
+
+#[derive(clap::Args)]
+pub struct PortArgs {
+    /// The container.
+    container: String,
+    /// Only this port: PORT[/tcp|/udp].
+    port: Option<String>,
+}
+
+/// `vm port`: a running container's published ports.
+pub fn port(args: PortArgs, root: Option<PathBuf>) -> ExitCode {
+    let state = match runtime::state_root(root.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return crate::fail(&e),
+    };
+    let c = match container::find(&state, &args.container) {
+        Ok(c) => c,
+        Err(e) => return crate::fail(&e),
+    };
+    let s = c.state();
+    let ports = running_network(&s)
+        .map(|n| n.ports.clone())
+        .unwrap_or_default();
+    let want = match args.port.as_deref().map(|p| {
+        let (n, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+        n.parse::<u16>().ok().map(|n| (n, proto.to_string()))
+    }) {
+        Some(None) => {
+            return crate::fail(&format!(
+                "invalid port {:?}: use PORT or PORT/tcp, PORT/udp",
+                args.port.unwrap_or_default()
+            ))
+        }
+        Some(Some(w)) => Some(w),
+        None => None,
+    };
+    let mut shown = 0;
+    for p in &ports {
+        match &want {
+            Some((n, proto)) if (*n, proto.as_str()) != (p.container_port, p.proto.as_str()) => {}
+            Some(_) => {
+                println!("{}:{}", p.host_ip, p.host_port);
+                shown += 1;
+            }
+            None => {
+                println!(
+                    "{}/{} -> {}:{}",
+                    p.container_port,
+                    p.proto.as_str(),
+                    p.host_ip,
+                    p.host_port
+                );
+                shown += 1;
+            }
+        }
+    }
+    if let (Some(p), 0) = (&args.port, shown) {
+        return crate::fail(&format!(
+            "no public port '{p}' published for {}",
+            args.container
+        ));
+    }
+    ExitCode::SUCCESS
 }
 
 #[derive(clap::Args)]
@@ -311,6 +436,7 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
             "FinishedAt": s.finished_at,
         },
         "Image": cfg.image_id,
+        "NetworkSettings": network_json(c, &s),
         "ResolvConfPath": "",
         "HostnamePath": "",
         "HostsPath": "",
@@ -343,6 +469,12 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
                 "Bps": rate_json(cfg.limits.vsock_bps),
                 "Ops": rate_json(cfg.limits.vsock_ops),
             },
+            "NetworkMode": cfg.network.mode,
+            "PortBindings": port_bindings(&cfg.network.ports),
+            "Dns": cfg.network.dns,
+            "DnsSearch": cfg.network.dns_search,
+            "DnsOptions": cfg.network.dns_options,
+            "ExtraHosts": cfg.network.add_hosts.iter().map(|(n, a)| format!("{n}:{a}")).collect::<Vec<_>>(),
             "Memory": cfg.memory_mib << 20,
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
             "Runtime": "vm",
@@ -370,6 +502,29 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
             "ControlSocket": c.control_socket(state).display().to_string(),
         },
     })
+}
+
+/// `-p` as given, keyed by the container's port.
+fn port_bindings(ports: &[runtime::network::ports::PortSpec]) -> Value {
+    let mut m = serde_json::Map::new();
+    for p in ports {
+        let key = format!("{}/{}", p.container_port, p.proto.as_str());
+        let entry = m.entry(key).or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            let port = if p.host_port == 0 {
+                String::new()
+            } else {
+                p.host_port.to_string()
+            };
+            let ip = if p.host_ip.is_unspecified() {
+                String::new()
+            } else {
+                p.host_ip.to_string()
+            };
+            a.push(json!({ "HostIp": ip, "HostPort": port }));
+        }
+    }
+    Value::Object(m)
 }
 
 fn signal_name(n: i32) -> String {

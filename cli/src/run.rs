@@ -97,6 +97,38 @@ pub struct RunArgs {
     /// (cgroup v2 io.weight; 0: the default).
     #[arg(long = "blkio-weight", value_name = "WEIGHT", value_parser = runtime::limits::parse_blkio_weight)]
     blkio_weight: Option<u16>,
+    /// Connect to a network: `bridge` (the default for root) or `none`
+    /// (only `lo`).
+    #[arg(long = "network", alias = "net", value_name = "NETWORK")]
+    network: Option<String>,
+    /// Publish a container port on the host:
+    /// [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "PORT")]
+    publish: Vec<String>,
+    /// Publish every port the image exposes, each on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// An IPv4 address for the container (user-defined networks).
+    #[arg(long = "ip", value_name = "ADDRESS")]
+    ip: Option<String>,
+    /// Another name for the container on its network (user-defined networks).
+    #[arg(long = "network-alias", value_name = "NAME")]
+    network_alias: Vec<String>,
+    /// The container's MAC address.
+    #[arg(long = "mac-address", value_name = "MAC")]
+    mac_address: Option<String>,
+    /// A DNS server for the container (instead of the host's).
+    #[arg(long = "dns", value_name = "ADDRESS")]
+    dns: Vec<String>,
+    /// A DNS search domain.
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    dns_search: Vec<String>,
+    /// A resolv.conf option (e.g. ndots:2).
+    #[arg(long = "dns-option", value_name = "OPTION")]
+    dns_option: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:ADDRESS (host-gateway: the gateway).
+    #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
+    add_host: Vec<String>,
     /// Show the guest kernel's console on stderr.
     #[arg(long)]
     debug: bool,
@@ -247,6 +279,18 @@ impl RunArgs {
             restart: self.restart,
             stop_signal: self.stop_signal,
             stop_timeout: self.stop_timeout,
+            network: runtime::network::Request {
+                network: self.network,
+                publish: self.publish,
+                publish_all: self.publish_all,
+                ip: self.ip,
+                aliases: self.network_alias,
+                mac: self.mac_address,
+                dns: self.dns,
+                dns_search: self.dns_search,
+                dns_options: self.dns_option,
+                add_hosts: self.add_host,
+            },
         })
     }
 }

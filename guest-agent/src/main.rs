@@ -16,6 +16,7 @@ mod disks;
 mod exec;
 mod host_link;
 mod init_spec;
+mod network;
 mod power;
 mod process;
 mod pty;

@@ -197,12 +197,10 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
     write("hostname", format!("{}\n", spec.hostname))?;
     write(
         "hosts",
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-            spec.hostname
-        ),
+        crate::network::hosts(&spec.network, &spec.hostname),
     )?;
-    write("resolv.conf", "# this VM has no network yet\n".into())?;
+    write("resolv.conf", crate::network::resolv_conf(&spec.network))?;
+    crate::network::configure(&spec.network).map_err(|e| setup("the network", &e))?;
     Ok(InitSpec {
         root: root.display().to_string(),
         etc_dir: etc.display().to_string(),

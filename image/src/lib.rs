@@ -56,6 +56,8 @@ pub struct RunConfig {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    /// `EXPOSE`: `80/tcp`, `53/udp`.
+    pub exposed_ports: Vec<String>,
 }
 
 /// An image: manifest and config verified, layers bottom first.

@@ -57,6 +57,8 @@ pub struct RunOptions {
     pub stop_timeout: Option<u64>,
     pub log: LogOptions,
     pub labels: Vec<(String, String)>,
+    /// `--network`, `-p`, `-P`, `--dns`...
+    pub network: crate::network::Request,
 }
 
 /// Hears how creating goes.
@@ -80,6 +82,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
             "conflicting options: cannot specify both --restart and --rm",
         ));
     }
+    let network = network_request(&opts.network)?;
+    network.resolve(&[]).map_err(Error::invalid)?;
     let mut env_lines = Vec::new();
     for f in &opts.env_files {
         env_lines.extend(spec::read_env_file(f).map_err(Error::invalid)?);
@@ -91,6 +95,9 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
     observer.image_opened().map_err(Error::host)?;
     crate::timing::mark("image-opened");
     let process = process_spec(opts, &image, &env_lines).map_err(Error::invalid)?;
+    let network = network
+        .resolve(&image.config.exposed_ports)
+        .map_err(Error::invalid)?;
     let id = container_id();
     let config = container::Config {
         name: opts.name.clone().unwrap_or_default(),
@@ -127,11 +134,37 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         },
         process,
         id,
+        network,
     };
     vmm::vm::check_size(config.cpus, config.memory_mib)?;
     // What runs killed before they could clean up left behind goes now.
     container::sweep(state);
     container::create(state, config)
+}
+
+/// The network flags, with the default settled: the bridge network for
+/// root; for other users (who cannot make bridges and TAPs; the rootless
+/// backend is still to come) `lo` alone, and a clear refusal when they
+/// ask for more.
+fn network_request(r: &crate::network::Request) -> Result<crate::network::Request> {
+    let mut r = r.clone();
+    if nix::unistd::geteuid().is_root() {
+        return Ok(r);
+    }
+    let default = matches!(r.network.as_deref(), None | Some("") | Some("default"));
+    let wants = r.network.as_deref() == Some(crate::network::DEFAULT)
+        || !r.publish.is_empty()
+        || (default && r.publish_all);
+    if wants {
+        return Err(Error::invalid(
+            "container networks and published ports need root for now (rootless \
+             networking is not built yet); run as root, or with --network none",
+        ));
+    }
+    if default {
+        r.network = Some("none".into());
+    }
+    Ok(r)
 }
 
 /// A container name as Docker takes them.

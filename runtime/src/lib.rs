@@ -20,6 +20,7 @@ pub mod limits;
 mod seccomp;
 pub mod logfile;
 pub mod monitor;
+pub mod network;
 mod proctitle;
 pub mod pull;
 pub mod rootfs_cache;

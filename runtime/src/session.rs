@@ -415,6 +415,7 @@ mod tests {
             read_only: false,
             max_layer_bytes: 1,
             max_layer_entries: 1,
+            network: Default::default(),
         }
     }
 

@@ -38,7 +38,12 @@ pub struct Prepared {
 
 /// Everything one start needs; the agent's connections arrive at the
 /// vsock path in `jail`'s root.
-pub fn prepare(state: &Path, c: &Container, jail: crate::jail::Jail) -> Result<Prepared> {
+pub fn prepare(
+    state: &Path,
+    c: &Container,
+    jail: crate::jail::Jail,
+    net: Option<&crate::network::Attachment>,
+) -> Result<Prepared> {
     let vsock_path = crate::jail::vsock_path(&jail.root);
     let kernel = crate::assets::kernel().map_err(Error::host)?;
     let initrd = crate::assets::initrd().map_err(Error::host)?;
@@ -91,13 +96,20 @@ pub fn prepare(state: &Path, c: &Container, jail: crate::jail::Jail) -> Result<P
         read_only: c.config.read_only,
         max_layer_bytes: max_layer_bytes().map_err(Error::invalid)?,
         max_layer_entries: MAX_LAYER_ENTRIES,
+        network: net.map_or_else(
+            || crate::network::loopback_only(&c.config.network),
+            crate::network::Attachment::guest,
+        ),
     };
     let seal = match &cache {
         rootfs_cache::Entry::Miss(p) => Some(p.seal.clone()),
         rootfs_cache::Entry::Hit(_) => None,
     };
     let exit = Arc::new(ExitSignal::new().map_err(|e| Error::host(format!("eventfd: {e}")))?);
-    let config = vm_config(c, kernel, initrd, disks, vsock_path, exit);
+    let mut config = vm_config(c, kernel, initrd, disks, vsock_path, exit);
+    config
+        .nets
+        .extend(net.map(crate::network::Attachment::net_config));
     let cgroup = crate::cgroup::Cgroup::create(
         &c.config.id,
         c.config.memory_mib,

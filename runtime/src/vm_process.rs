@@ -11,7 +11,7 @@
 //! process, so the vCPUs really stop.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,9 +23,6 @@ use serde::{Deserialize, Serialize};
 use vmm::{ExitReason, ExitSignal, VmConfig};
 
 use crate::error::{Error, Result};
-
-/// The descriptor of the channel in the child.
-const CHANNEL_FD: RawFd = 3;
 
 /// How the VM ended, as the child reports it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -126,19 +123,29 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
         // SAFETY: _exit ends the process without running anything else.
         unsafe { libc::_exit(1) };
     }
-    // Keep stdio and the channel (as descriptor 3); close everything else
-    // the monitor had open (its sockets, its lock, clients).
+    // Keep stdio, the channel and the TAPs the monitor opened; close
+    // everything else the monitor had open (its sockets, its lock,
+    // clients).
     let fd = channel.into_raw_fd();
-    // SAFETY: dup2 and close_range on descriptor numbers; nothing else in
-    // this process uses the ones closed (the fork left one thread).
-    unsafe {
-        if fd != CHANNEL_FD {
-            libc::dup2(fd, CHANNEL_FD);
+    let mut keep: Vec<RawFd> = plan
+        .config
+        .nets
+        .iter()
+        .filter_map(|n| n.tap_fd.as_ref().map(|f| f.as_raw_fd()))
+        .chain([fd])
+        .collect();
+    keep.sort_unstable();
+    let mut from = 3;
+    for k in keep.into_iter().chain([RawFd::MAX]) {
+        if k > from {
+            // SAFETY: close_range on descriptor numbers none of which this
+            // process still uses (the fork left one thread).
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (k - 1) as u32, 0) };
         }
-        libc::syscall(libc::SYS_close_range, CHANNEL_FD + 1, u32::MAX, 0);
+        from = from.max(k.saturating_add(1));
     }
-    // SAFETY: descriptor 3 is the channel, ours from here on.
-    let channel = unsafe { UnixStream::from_raw_fd(CHANNEL_FD) };
+    // SAFETY: `fd` is the channel, ours from here on.
+    let channel = unsafe { UnixStream::from_raw_fd(fd) };
     // Read while the host's files are in view.
     let pvm = vmm::host::is_pvm();
     let end = match run_vm(plan, &channel, monitor) {

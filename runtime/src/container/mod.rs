@@ -66,6 +66,9 @@ pub struct Config {
     /// The command and the entrypoint as given (for `inspect`, `ps`).
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
+    /// `--network`, `-p`, `--dns`...
+    #[serde(default)]
+    pub network: crate::network::Options,
 }
 
 /// `--restart`: what the monitor does when the container's process ends.
@@ -184,6 +187,9 @@ pub struct State {
     /// `vm stop`/`vm kill` ended it (so no restart).
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// The network while it runs: address, published ports.
+    #[serde(default)]
+    pub network: Option<crate::network::Settings>,
 }
 
 impl Default for State {
@@ -197,6 +203,7 @@ impl Default for State {
             finished_at: ZERO_TIME.into(),
             restart_count: 0,
             stopped_by_user: false,
+            network: None,
         }
     }
 }
@@ -498,6 +505,7 @@ pub fn remove_files(state: &Path, c: &Container) -> Result<()> {
 /// that are gone or have no monitor, and unsealed root file systems of
 /// runs that no monitor finishes. Returns how many it removed.
 pub fn sweep(state: &Path) -> usize {
+    crate::network::sweep(state);
     let all = list(state);
     let live = |prefix: &str| {
         all.iter()
@@ -583,6 +591,7 @@ mod tests {
             labels: Default::default(),
             entrypoint: Vec::new(),
             cmd: Vec::new(),
+            network: Default::default(),
         }
     }
 

@@ -386,6 +386,7 @@ fn serve(state: &Path, c: &Container, launch: Launch) -> Result<()> {
             && c.config.restart.restarts(end.code, restarts);
         let now = container::now_rfc3339();
         shared.set_state(|s| {
+            s.network = None;
             s.exit_code = end.code;
             s.finished_at = now.clone();
             s.error = end
@@ -560,13 +561,21 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
             )))
         }
     };
+    // Ports are bound here: one already taken fails the start before the
+    // VM is made.
+    let net = match crate::network::attach(state, c) {
+        Ok(n) => n,
+        Err(e) => return RunEnd::failed(&e),
+    };
+    let settings = net.as_ref().map(crate::network::Attachment::settings);
+    shared.set_state(|s| s.network = settings);
     let Prepared {
         vm: plan,
         spec,
         mut cache,
         blobs,
         cgroup,
-    } = match start::prepare(state, c, jail) {
+    } = match start::prepare(state, c, jail, net.as_ref()) {
         Ok(p) => p,
         Err(e) => return RunEnd::failed(&e),
     };
@@ -636,6 +645,7 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     let end = vm.finish(grace);
     // Empty now: the VMM has been reaped.
     drop(cgroup);
+    drop(net);
     timing::mark("vm-ended");
     let killed = {
         let mut g = shared.lock();

@@ -78,6 +78,9 @@ pub trait Backend: Send {
 pub struct NetConfig {
     /// The TAP device to attach to (made by the caller).
     pub tap: String,
+    /// The TAP already open in this process (made with [`Tap::open`]):
+    /// used instead of opening `tap` again, which then only names it.
+    pub tap_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     pub mac: [u8; 6],
     /// How fast the guest may receive and send (bytes and frames).
     pub rx_rate_limit: RateLimiterConfig,
@@ -131,7 +134,11 @@ fn limiter(cfg: &RateLimiterConfig) -> io::Result<Option<RateLimiter>> {
 impl Net {
     /// A device on the TAP device `cfg.tap`.
     pub fn new(cfg: &NetConfig, mem: GuestMem, interrupt: Arc<Interrupt>) -> Result<Self, Error> {
-        let tap = Tap::open(&cfg.tap).map_err(|source| Error::Tap {
+        let tap = match &cfg.tap_fd {
+            Some(fd) => fd.try_clone().map(Tap::from_fd),
+            None => Tap::open(&cfg.tap),
+        }
+        .map_err(|source| Error::Tap {
             name: cfg.tap.clone(),
             source,
         })?;

@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use virtio_bindings::virtio_net::{
@@ -53,6 +53,19 @@ impl Tap {
             return Err(io::Error::last_os_error());
         }
         Ok(Self { file })
+    }
+
+    /// A TAP that [`Tap::open`] made, by its descriptor (a duplicate
+    /// shares the flags and header size set there).
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self {
+            file: File::from(fd),
+        }
+    }
+
+    /// The open descriptor, to hand to the process that runs the device.
+    pub fn into_fd(self) -> OwnedFd {
+        self.file.into()
     }
 }
 

@@ -41,6 +41,7 @@ const TX_RING: u64 = 0x8000;
 fn config() -> NetConfig {
     NetConfig {
         tap: String::new(),
+        tap_fd: None,
         mac: [0x02, 0, 0, 0, 0, 1],
         rx_rate_limit: RateLimiterConfig::default(),
         tx_rate_limit: RateLimiterConfig::default(),

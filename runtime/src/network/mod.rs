@@ -1,0 +1,588 @@
+//! Container networks, Docker's way: the default network `bridge` is a
+//! Linux bridge (`vm0`, 10.213.0.0/16, its gateway on the bridge) with
+//! NAT to the outside; each running container gets an address from the
+//! network's IPAM, a TAP device on the bridge (opened by the monitor and
+//! handed to the VMM; it goes away with the last descriptor), walls in
+//! nftables (see `firewall`), and a proxy per published port (see
+//! `ports`). `--network none` gives the guest `lo` alone.
+//!
+//! The subnet is not Docker's 172.17.0.0/16, so both can run on one host.
+
+pub mod firewall;
+pub mod ipam;
+pub mod ports;
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::container::Container;
+use crate::error::{Error, Result};
+use ports::{PortSpec, Proxies, Published};
+
+/// The default network's name, as Docker's.
+pub const DEFAULT: &str = "bridge";
+
+/// A network's shape on the host.
+#[derive(Debug, Clone)]
+struct Def {
+    name: &'static str,
+    bridge: &'static str,
+    subnet: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    mtu: u32,
+}
+
+const BRIDGE: Def = Def {
+    name: DEFAULT,
+    bridge: "vm0",
+    subnet: Ipv4Addr::new(10, 213, 0, 0),
+    prefix: 16,
+    gateway: Ipv4Addr::new(10, 213, 0, 1),
+    mtu: 1500,
+};
+
+/// The container's network as created (`--network`, `-p`, `--dns`...).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Options {
+    /// `bridge` or `none`.
+    pub mode: String,
+    pub ports: Vec<PortSpec>,
+    pub mac: Option<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    /// `--add-host NAME:ADDRESS` (`host-gateway` is the network's gateway).
+    pub add_hosts: Vec<(String, String)>,
+}
+
+/// What `--network` and the publishing flags may be; `exposed` is the
+/// image's EXPOSE list, published with `publish_all` (`-P`).
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub network: Option<String>,
+    pub publish: Vec<String>,
+    pub publish_all: bool,
+    pub ip: Option<String>,
+    pub aliases: Vec<String>,
+    pub mac: Option<String>,
+    pub dns: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    pub add_hosts: Vec<String>,
+}
+
+impl Request {
+    /// Checks the flags and settles them; `exposed` is the image's EXPOSE.
+    pub fn resolve(&self, exposed: &[String]) -> std::result::Result<Options, String> {
+        let mode = match self.network.as_deref() {
+            None | Some("") | Some("default") | Some(DEFAULT) => DEFAULT,
+            Some("none") => "none",
+            Some("host") => {
+                return Err(
+                    "--network host cannot be had: a container here runs in its own \
+                            VM with its own kernel and network stack, which cannot share the \
+                            host's; publish ports with -p instead"
+                        .into(),
+                )
+            }
+            Some(n) if n.starts_with("container:") => {
+                return Err(format!(
+                    "--network {n}: containers run in separate VMs and cannot share a network stack"
+                ))
+            }
+            Some(n) => return Err(format!("network {n} not found")),
+        };
+        let mut ports = self
+            .publish
+            .iter()
+            .map(|p| PortSpec::parse(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if self.publish_all {
+            for e in exposed {
+                let p = PortSpec::exposed(e)?;
+                if !ports
+                    .iter()
+                    .any(|q| q.container_port == p.container_port && q.proto == p.proto)
+                {
+                    ports.push(p);
+                }
+            }
+        }
+        if mode == "none" && !self.publish.is_empty() {
+            return Err("conflicting options: port publishing and --network none".into());
+        }
+        if mode == "none" {
+            ports.clear();
+        }
+        if self.ip.is_some() {
+            return Err("--ip: a chosen address is supported on user-defined networks only".into());
+        }
+        if !self.aliases.is_empty() {
+            return Err(
+                "--network-alias: aliases are supported on user-defined networks only".into(),
+            );
+        }
+        let mac = match &self.mac {
+            None => None,
+            Some(m) => {
+                let b = netconf::parse_mac(m)
+                    .ok_or_else(|| format!("--mac-address {m:?} is not a MAC address"))?;
+                if b[0] & 1 != 0 || b == [0; 6] {
+                    return Err(format!(
+                        "--mac-address {m}: a container needs a unicast address (first byte even, not all zeros)"
+                    ));
+                }
+                Some(netconf::format_mac(&b))
+            }
+        };
+        for d in &self.dns {
+            d.parse::<Ipv4Addr>()
+                .map_err(|_| format!("--dns {d:?} is not an IPv4 address"))?;
+        }
+        let mut add_hosts = Vec::new();
+        for h in &self.add_hosts {
+            let (name, addr) = h
+                .split_once(':')
+                .or_else(|| h.split_once('='))
+                .ok_or_else(|| format!("--add-host {h:?}: use NAME:ADDRESS"))?;
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(format!("--add-host {h:?}: {name:?} is not a host name"));
+            }
+            if addr != "host-gateway" && addr.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("--add-host {h:?}: {addr:?} is not an address"));
+            }
+            add_hosts.push((name.to_string(), addr.to_string()));
+        }
+        for (flag, v) in [
+            ("--dns-search", &self.dns_search),
+            ("--dns-option", &self.dns_options),
+        ] {
+            if let Some(bad) = v
+                .iter()
+                .find(|s| s.is_empty() || s.contains(char::is_whitespace))
+            {
+                return Err(format!("{flag} {bad:?} is not a single word"));
+            }
+        }
+        Ok(Options {
+            mode: mode.into(),
+            ports,
+            mac,
+            dns: self.dns.clone(),
+            dns_search: self.dns_search.clone(),
+            dns_options: self.dns_options.clone(),
+            add_hosts,
+        })
+    }
+}
+
+/// The network as a running container has it, in its state (for `vm
+/// port`, `vm ps`, `vm inspect`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub network: String,
+    pub bridge: String,
+    pub ip: Option<Ipv4Addr>,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mac: String,
+    pub ports: Vec<Published>,
+}
+
+/// One start's network: released (proxies, TAP, rules, address) when
+/// dropped, after the VMM has been reaped.
+pub struct Attachment {
+    // (dropped in this order)
+    _proxies: Proxies,
+    tap: Arc<OwnedFd>,
+    published: Vec<Published>,
+    guest: agent_protocol::Network,
+    held: Held,
+}
+
+/// An address taken and, once `ported`, the TAP's rules: both let go on
+/// drop.
+struct Held {
+    state: std::path::PathBuf,
+    container: String,
+    def: Def,
+    ip: Ipv4Addr,
+    mac: String,
+    tap_name: String,
+    ported: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.ported {
+            firewall::remove_port(&self.tap_name, &self.mac, self.ip);
+        }
+        if let Ok(_lock) = ipam::lock(&self.state) {
+            if let Ok(mut l) = ipam::read(&self.state, self.def.name) {
+                if l.leases
+                    .get(&self.ip)
+                    .is_some_and(|x| x.container == self.container)
+                {
+                    l.leases.remove(&self.ip);
+                    let _ = ipam::write(&self.state, self.def.name, &l);
+                }
+            }
+        }
+    }
+}
+
+impl Attachment {
+    /// The guest's side: interfaces, DNS, hosts.
+    pub fn guest(&self) -> agent_protocol::Network {
+        self.guest.clone()
+    }
+
+    pub fn settings(&self) -> Settings {
+        let h = &self.held;
+        Settings {
+            network: h.def.name.into(),
+            bridge: h.def.bridge.into(),
+            ip: Some(h.ip),
+            prefix: h.def.prefix,
+            gateway: Some(h.def.gateway),
+            mac: h.mac.clone(),
+            ports: self.published.clone(),
+        }
+    }
+
+    pub fn net_config(&self) -> devices::virtio::net::NetConfig {
+        devices::virtio::net::NetConfig {
+            tap: self.held.tap_name.clone(),
+            tap_fd: Some(self.tap.clone()),
+            mac: netconf::parse_mac(&self.held.mac).unwrap_or_default(),
+            rx_rate_limit: Default::default(),
+            tx_rate_limit: Default::default(),
+        }
+    }
+}
+
+/// The guest's network when it has `lo` alone.
+pub fn loopback_only(o: &Options) -> agent_protocol::Network {
+    agent_protocol::Network {
+        hosts: extra_hosts(o, None),
+        ..Default::default()
+    }
+}
+
+fn extra_hosts(o: &Options, gateway: Option<Ipv4Addr>) -> Vec<agent_protocol::HostEntry> {
+    o.add_hosts
+        .iter()
+        .filter_map(|(name, addr)| {
+            let address = match addr.as_str() {
+                "host-gateway" => gateway?.to_string(),
+                a => a.to_string(),
+            };
+            Some(agent_protocol::HostEntry {
+                address,
+                names: vec![name.clone()],
+            })
+        })
+        .collect()
+}
+
+/// Attaches `c` to its network for one start: binds its published ports
+/// (a taken one fails here, before anything else is made), takes an
+/// address, makes its TAP on the bridge and its rules. None for
+/// `--network none`.
+pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
+    let o = &c.config.network;
+    if o.mode == "none" {
+        return Ok(None);
+    }
+    let def = BRIDGE;
+    let bound = ports::bind(&o.ports).map_err(Error::in_use)?;
+    let id = &c.config.id;
+    let tap_name = format!("vm-{}", &id[..id.len().min(12)]);
+    let (ip, mac) = {
+        let _lock = ipam::lock(state)?;
+        ensure_bridge(&def).map_err(Error::host)?;
+        let mut leases = ipam::read(state, def.name)?;
+        // A lease this container left (a start that did not finish).
+        leases.leases.retain(|_, l| l.container != *id);
+        let ip = ipam::pick(&leases, def.subnet, def.prefix, def.gateway, None)
+            .map_err(|e| Error::host(format!("network {}: {e}", def.name)))?;
+        let mac = o.mac.clone().unwrap_or_else(|| mac_for(ip));
+        leases.leases.insert(
+            ip,
+            ipam::Lease {
+                container: id.clone(),
+                mac: mac.clone(),
+                tap: tap_name.clone(),
+            },
+        );
+        ipam::write(state, def.name, &leases)?;
+        (ip, mac)
+    };
+    let mut held = Held {
+        state: state.to_path_buf(),
+        container: id.clone(),
+        def: def.clone(),
+        ip,
+        mac,
+        tap_name,
+        ported: false,
+    };
+    let tap = make_tap(&held.tap_name, def.bridge).map_err(Error::host)?;
+    held.ported = true;
+    firewall::add_port(&held.tap_name, &held.mac, ip).map_err(Error::host)?;
+    let published = bound.iter().map(ports::Bound::published).collect();
+    let proxies = Proxies::start(bound, ip).map_err(Error::host)?;
+    let mut guest = agent_protocol::Network {
+        interfaces: vec![agent_protocol::Interface {
+            mac: held.mac.clone(),
+            address: ip,
+            prefix: def.prefix,
+            gateway: Some(def.gateway),
+            mtu: def.mtu,
+        }],
+        ..dns(
+            o,
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        )
+    };
+    guest.hosts = extra_hosts(o, Some(def.gateway));
+    Ok(Some(Attachment {
+        _proxies: proxies,
+        tap: Arc::new(tap),
+        published,
+        guest,
+        held,
+    }))
+}
+
+/// Docker's MAC for an address: 02:42 and the address's four bytes.
+fn mac_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    netconf::format_mac(&[0x02, 0x42, o[0], o[1], o[2], o[3]])
+}
+
+/// The bridge, its gateway address and the firewall's sets for it.
+fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
+    let mut nl = netconf::Netlink::open().map_err(|e| e.to_string())?;
+    if nl.link(def.bridge).map_err(|e| e.to_string())?.is_none() {
+        nl.add_bridge(def.bridge).map_err(|e| {
+            if e.errno() == Some(libc::EPERM) {
+                format!("{e}: the bridge network needs root; run as root or with --network none")
+            } else {
+                e.to_string()
+            }
+        })?;
+    }
+    let link = nl
+        .link(def.bridge)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("bridge {} vanished", def.bridge))?;
+    let addrs = nl.addresses(link.index).map_err(|e| e.to_string())?;
+    if !addrs.contains(&(def.gateway, def.prefix)) {
+        nl.add_address(def.bridge, def.gateway, def.prefix)
+            .map_err(|e| e.to_string())?;
+    }
+    if !link.up {
+        nl.set_link(
+            def.bridge,
+            &netconf::LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    firewall::ensure_network(def.bridge, def.subnet, def.prefix)
+}
+
+/// Opens a new TAP named `name` (it lives while a descriptor does), puts
+/// it on `bridge` and brings it up.
+fn make_tap(name: &str, bridge: &str) -> std::result::Result<OwnedFd, String> {
+    let tap =
+        devices::virtio::net::Tap::open(name).map_err(|e| format!("making TAP {name}: {e}"))?;
+    let mut nl = netconf::Netlink::open().map_err(|e| e.to_string())?;
+    let bridge = nl
+        .link(bridge)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("bridge {bridge} vanished"))?;
+    nl.set_link(
+        name,
+        &netconf::LinkChange {
+            up: Some(true),
+            controller: Some(bridge.index),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(tap.into_fd())
+}
+
+/// resolv.conf's servers, search list and options: the flags', else the
+/// host's (its loopback servers cannot be reached from a VM and are left
+/// out), else Google's public servers, as Docker does.
+fn dns(o: &Options, host_resolv: &str) -> agent_protocol::Network {
+    let mut servers = Vec::new();
+    let mut search = Vec::new();
+    let mut options = Vec::new();
+    for line in host_resolv.lines() {
+        let mut w = line.split_whitespace();
+        match w.next() {
+            Some("nameserver") => {
+                if let Some(Ok(a)) = w.next().map(str::parse::<Ipv4Addr>) {
+                    if !a.is_loopback() {
+                        servers.push(a.to_string());
+                    }
+                }
+            }
+            Some("search") | Some("domain") => search = w.map(String::from).collect(),
+            Some("options") => options.extend(w.map(String::from)),
+            _ => {}
+        }
+    }
+    if servers.is_empty() {
+        servers = vec!["8.8.8.8".into(), "8.8.4.4".into()];
+    }
+    let pick =
+        |flag: &Vec<String>, host: Vec<String>| if flag.is_empty() { host } else { flag.clone() };
+    agent_protocol::Network {
+        dns: pick(&o.dns, servers),
+        dns_search: pick(&o.dns_search, search),
+        dns_options: pick(&o.dns_options, options),
+        ..Default::default()
+    }
+}
+
+/// Leases whose container's monitor is gone (killed before it could let
+/// go), and their rules.
+pub fn sweep(state: &Path) {
+    if !ipam::dir(state)
+        .join(format!("{DEFAULT}.leases.json"))
+        .exists()
+    {
+        return;
+    }
+    let Ok(_lock) = ipam::lock(state) else {
+        return;
+    };
+    let Ok(mut leases) = ipam::read(state, DEFAULT) else {
+        return;
+    };
+    let all = crate::container::list(state);
+    let before = leases.leases.len();
+    leases.leases.retain(|ip, l| {
+        let live = all
+            .iter()
+            .any(|c| c.config.id == l.container && c.monitor_alive());
+        if !live {
+            firewall::remove_port(&l.tap, &l.mac, *ip);
+        }
+        live
+    });
+    if leases.leases.len() != before {
+        let _ = ipam::write(state, DEFAULT, &leases);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> Request {
+        Request::default()
+    }
+
+    #[test]
+    fn network_modes() {
+        assert_eq!(req().resolve(&[]).expect("default").mode, DEFAULT);
+        let none = Request {
+            network: Some("none".into()),
+            ..req()
+        };
+        assert_eq!(none.resolve(&[]).expect("none").mode, "none");
+        let host = Request {
+            network: Some("host".into()),
+            ..req()
+        };
+        assert!(host.resolve(&[]).expect_err("host").contains("own kernel"));
+        let other = Request {
+            network: Some("nosuch".into()),
+            ..req()
+        };
+        assert!(other.resolve(&[]).expect_err("other").contains("not found"));
+        let conflict = Request {
+            network: Some("none".into()),
+            publish: vec!["80".into()],
+            ..req()
+        };
+        assert!(conflict.resolve(&[]).is_err());
+    }
+
+    #[test]
+    fn publish_all_takes_the_images_exposed_ports() {
+        let r = Request {
+            publish: vec!["8080:80".into()],
+            publish_all: true,
+            ..req()
+        };
+        let o = r
+            .resolve(&["80/tcp".into(), "53/udp".into()])
+            .expect("resolve");
+        assert_eq!(o.ports.len(), 2);
+        assert_eq!(o.ports[0].host_port, 8080);
+        assert_eq!((o.ports[1].container_port, o.ports[1].host_port), (53, 0));
+    }
+
+    #[test]
+    fn flags_are_checked() {
+        let bad = |r: Request| r.resolve(&[]).expect_err("bad");
+        bad(Request {
+            mac: Some("01:00:00:00:00:01".into()),
+            ..req()
+        });
+        bad(Request {
+            dns: vec!["dns.example".into()],
+            ..req()
+        });
+        bad(Request {
+            add_hosts: vec!["nocolon".into()],
+            ..req()
+        });
+        let ok = Request {
+            mac: Some("02:AA:bb:cc:dd:ee".into()),
+            add_hosts: vec!["db:192.0.2.1".into(), "gw:host-gateway".into()],
+            ..req()
+        }
+        .resolve(&[])
+        .expect("ok");
+        assert_eq!(ok.mac.as_deref(), Some("02:aa:bb:cc:dd:ee"));
+        let h = extra_hosts(&ok, Some(Ipv4Addr::new(10, 213, 0, 1)));
+        assert_eq!(h[1].address, "10.213.0.1");
+    }
+
+    #[test]
+    fn dns_follows_the_host_without_its_loopback_servers() {
+        let host =
+            "nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch corp.example\noptions edns0\n";
+        let n = dns(&Options::default(), host);
+        assert_eq!(n.dns, vec!["192.0.2.53"]);
+        assert_eq!(n.dns_search, vec!["corp.example"]);
+        assert_eq!(n.dns_options, vec!["edns0"]);
+        let n = dns(&Options::default(), "nameserver 127.0.0.53\n");
+        assert_eq!(n.dns, vec!["8.8.8.8", "8.8.4.4"]);
+        let o = Options {
+            dns: vec!["1.1.1.1".into()],
+            dns_search: vec!["x.example".into()],
+            ..Options::default()
+        };
+        let n = dns(&o, host);
+        assert_eq!(
+            (n.dns, n.dns_search),
+            (vec!["1.1.1.1".to_string()], vec!["x.example".to_string()])
+        );
+    }
+}

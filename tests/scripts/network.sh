@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Container networks, as root in the nested host: --network none, the
+# default bridge network (address, route, DNS), egress through NAT to a
+# network namespace that stands in for the internet, published ports
+# (TCP on 127.0.0.1 and the host's other addresses, UDP), a taken port,
+# spoofed addresses, the host's own services, ten containers at once, and
+# nothing left after stop and rm or after a killed monitor.
+# Needs: $VM, $IMAGES, $VM_ROOT, $W.
+set -u
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+R="vm run --rm -m 96m"
+
+# The "internet": a namespace behind a veth pair, 198.51.100.2, with an
+# HTTP server whose CGI answers with the client's address.
+ip netns add inet
+ip link add vmh0 type veth peer name vmi0
+ip link set vmi0 netns inet
+ip addr add 198.51.100.1/24 dev vmh0
+ip link set vmh0 up
+ip netns exec inet ip addr add 198.51.100.2/24 dev vmi0
+ip netns exec inet ip link set vmi0 up
+ip netns exec inet ip link set lo up
+mkdir -p "$W/www/cgi-bin"
+printf '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "$REMOTE_ADDR"\n' > "$W/www/cgi-bin/ip"
+chmod +x "$W/www/cgi-bin/ip"
+ip netns exec inet busybox httpd -f -p 80 -h "$W/www" &
+inet_httpd=$!
+# A service of the host's own, which containers must not reach.
+python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7777)); s.listen(8)
+while True:
+    c, _ = s.accept(); c.sendall(b"host-service\n"); c.close()' &
+host_service=$!
+trap 'kill $inet_httpd $host_service 2>/dev/null; ip netns del inet 2>/dev/null' EXIT
+
+echo "== none"
+$R --network none $I sh -c 'ls /sys/class/net | tr "\n" " "; echo
+ping -c 1 -W 2 127.0.0.1 > /dev/null && echo lo-up'; echo "rc=$?"
+
+echo "== bridge"
+$R --dns-search corp.example --add-host db:192.0.2.9 $I sh -c '
+ls /sys/class/net | tr "\n" " "; echo
+ip -4 -o addr show eth0 | awk "{print \$4}" | sed "s/\.[0-9]*\/16$/.X\/16/"
+ip route | grep ^default
+grep -c ^nameserver /etc/resolv.conf
+grep ^search /etc/resolv.conf
+grep db /etc/hosts'
+
+echo "== egress"
+$R $I wget -q -T 10 -O - http://198.51.100.2/cgi-bin/ip; echo "rc=$?"
+
+echo "== host-services"
+$R $I sh -c 'for a in 10.213.0.1 198.51.100.1; do
+  if echo hi | nc -w 3 $a 7777 2>/dev/null | grep -q host-service; then echo "$a reached"; else echo "$a blocked"; fi
+done
+ping -c 1 -W 3 10.213.0.1 > /dev/null && echo gateway-pings'
+# (the host's service itself answers on the host)
+echo hi | busybox nc -w 3 127.0.0.1 7777
+
+echo "== spoof"
+$R $I sh -c '
+ping -c 1 -W 3 10.213.0.1 > /dev/null && echo own-address-ok
+ip addr add 10.213.200.200/16 dev eth0
+ping -c 2 -W 3 -I 10.213.200.200 198.51.100.2 > /dev/null && echo spoofed-ip-passed || echo spoofed-ip-dropped
+ip addr del 10.213.200.200/16 dev eth0
+ip link set eth0 down; ip link set eth0 address 02:00:00:00:00:99; ip link set eth0 up
+ip route add default via 10.213.0.1 2>/dev/null
+ping -c 2 -W 3 198.51.100.2 > /dev/null && echo spoofed-mac-passed || echo spoofed-mac-dropped'
+
+echo "== publish"
+vm run -d --name web -m 96m -p 8080:80 -p 5353:5353/udp $I sh -c '
+mkdir -p /www && echo hello-from-web > /www/index.html
+httpd -p 80 -h /www
+exec nc -u -l -p 5353' > /dev/null
+await web '{{.State.Status}}' running
+for _ in $(seq 1 150); do
+    curl -s -m 2 http://127.0.0.1:8080/ > /dev/null && break
+    sleep 0.2
+done
+curl -s -m 5 http://127.0.0.1:8080/
+curl -s -m 5 http://198.51.100.1:8080/
+ip netns exec inet curl -s -m 5 http://198.51.100.1:8080/
+vm port web
+vm port web 80
+vm ps --format '{{.Names}} {{.Ports}}'
+vm inspect -f '{{.NetworkSettings.Ports}}' web | grep -c 8080
+echo hi-over-udp | busybox nc -u -w 1 127.0.0.1 5353
+for _ in $(seq 1 50); do vm logs web 2>/dev/null | grep -q hi-over-udp && break; sleep 0.2; done
+vm logs web
+
+echo "== taken"
+$R -p 8080:80 $I true 2> "$W/taken.err"; echo "rc=$?"
+grep -c "port 8080/tcp on 0.0.0.0 is already in use" "$W/taken.err"
+vm rm -f web > /dev/null
+
+echo "== ten"
+for i in 0 1 2 3 4 5 6 7 8 9; do
+    vm run -d --name "n$i" -m 64m $I sh -c "mkdir /w; echo n$i > /w/index.html; exec httpd -f -p 80 -h /w" > /dev/null \
+        || echo "n$i failed"
+done
+ips=""
+for i in 0 1 2 3 4 5 6 7 8 9; do
+    await "n$i" '{{.State.Status}}' running
+    ips="$ips $(vm inspect -f '{{.NetworkSettings.IPAddress}}' "n$i")"
+done
+echo "$ips" | tr ' ' '\n' | grep -c .
+echo "$ips" | tr ' ' '\n' | grep . | sort -u | wc -l
+# Each answers the host, and n0 reaches each of the others.
+ok=0 peer=0
+for i in 0 1 2 3 4 5 6 7 8 9; do
+    ip=$(vm inspect -f '{{.NetworkSettings.IPAddress}}' "n$i")
+    for _ in $(seq 1 100); do curl -s -m 2 "http://$ip/" > /dev/null && break; sleep 0.2; done
+    [ "$(curl -s -m 5 "http://$ip/")" = "n$i" ] && ok=$((ok + 1))
+    [ "$(vm exec n0 wget -q -T 5 -O - "http://$ip/")" = "n$i" ] && peer=$((peer + 1))
+done
+echo "host-reached=$ok peers-reached=$peer"
+vm rm -f n0 n1 n2 n3 n4 n5 n6 n7 n8 n9 > /dev/null
+
+echo "== killed-monitor"
+vm run -d --name victim -m 64m -p 8081:80 $I sleep 1000 > /dev/null
+await victim '{{.State.Status}}' running
+kill -9 "$(vm inspect -f '{{.State.Pid}}' victim)"
+sleep 1
+# The next command sweeps what the monitor left.
+$R --network none $I true
+vm rm -f victim > /dev/null
+echo swept
+
+echo "== leftovers"
+ip -o link show | grep -c ' vm-'
+nft list set bridge vm ports | grep -c '"vm-'
+nft list set bridge vm ips | grep -c '10\.213\.'
+grep -c '10\.213\.' "$VM_ROOT/networks/bridge.leases.json"
+ip -o link show vm0 | grep -c vm0
+echo "== end"

@@ -1,0 +1,112 @@
+//! Container networks, as root in the nested host: tests/scripts/network.sh
+//! boots the containers; each section here checks one behaviour.
+
+use vm_tests::{env, section, work_dir, ScriptOutput};
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+fn run() -> ScriptOutput {
+    let e = env();
+    let w = work_dir("network");
+    let script = format!(
+        "W={w} bash {repo}/tests/scripts/network.sh",
+        w = w.display(),
+        repo = e.repo.display()
+    );
+    e.run_with_kvm_retrying_for(&script, 600, |out| out.stdout.contains("rc=124"))
+}
+
+#[test]
+fn container_networks() {
+    let out = run();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(out.stdout.contains("== end"), "{out}");
+
+    assert_eq!(
+        lines(section(&out.stdout, "none")),
+        ["lo ", "lo-up", "rc=0"],
+        "--network none: lo alone, and up\n{out}"
+    );
+
+    assert_eq!(
+        lines(section(&out.stdout, "bridge")),
+        [
+            "eth0 lo ",
+            "10.213.0.X/16",
+            "default via 10.213.0.1 dev eth0 ",
+            "1",
+            "search corp.example",
+            "192.0.2.9\tdb",
+        ],
+        "the default network: an address on 10.213.0.0/16, the route, a name server, --dns-search, --add-host\n{out}"
+    );
+
+    assert_eq!(
+        lines(section(&out.stdout, "egress")),
+        ["198.51.100.1", "rc=0"],
+        "a container reaches the outside, masqueraded behind the host's address\n{out}"
+    );
+
+    assert_eq!(
+        lines(section(&out.stdout, "host-services")),
+        [
+            "10.213.0.1 blocked",
+            "198.51.100.1 blocked",
+            "gateway-pings",
+            "host-service"
+        ],
+        "a container reaches none of the host's own services (which do answer the host)\n{out}"
+    );
+
+    assert_eq!(
+        lines(section(&out.stdout, "spoof")),
+        [
+            "own-address-ok",
+            "spoofed-ip-dropped",
+            "spoofed-mac-dropped"
+        ],
+        "frames with another source address or MAC are dropped at the bridge\n{out}"
+    );
+
+    assert_eq!(
+        lines(section(&out.stdout, "publish")),
+        [
+            "hello-from-web",
+            "hello-from-web",
+            "hello-from-web",
+            "80/tcp -> 0.0.0.0:8080",
+            "5353/udp -> 0.0.0.0:5353",
+            "0.0.0.0:8080",
+            "web 0.0.0.0:8080->80/tcp, 0.0.0.0:5353->5353/udp",
+            "1",
+            "hi-over-udp",
+        ],
+        "-p publishes on 127.0.0.1, the host's addresses and to other hosts; vm port, ps, inspect; UDP\n{out}"
+    );
+
+    let s = section(&out.stdout, "taken");
+    assert_eq!(
+        lines(s),
+        ["rc=125", "1"],
+        "a taken port fails the run with 125, naming the port\n{out}"
+    );
+
+    assert_eq!(
+        lines(section(&out.stdout, "ten")),
+        ["10", "10", "host-reached=10 peers-reached=10"],
+        "ten containers at once: ten addresses, each reachable from the host and from a peer\n{out}"
+    );
+
+    assert_eq!(
+        lines(section(&out.stdout, "killed-monitor")),
+        ["swept"],
+        "{out}"
+    );
+    assert_eq!(
+        lines(section(&out.stdout, "leftovers")),
+        ["0", "0", "0", "0", "1"],
+        "after rm (and a killed monitor's sweep) no TAP, no rule element, no lease is left; the bridge stays, as docker0 does\n{out}"
+    );
+}
