@@ -216,6 +216,7 @@ fn parse_net(spec: &str) -> Result<devices::virtio::net::NetConfig, String> {
     Ok(devices::virtio::net::NetConfig {
         tap: tap.to_string(),
         tap_fd: None,
+        stream_fd: None,
         mac,
         rx_rate_limit: Default::default(),
         tx_rate_limit: Default::default(),

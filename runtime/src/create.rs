@@ -142,29 +142,15 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
     container::create(state, config)
 }
 
-/// The network flags, with the default settled: the bridge network for
-/// root; for other users (who cannot make bridges and TAPs; the rootless
-/// backend is still to come) `lo` alone, and a clear refusal when they
-/// ask for more.
+/// The network flags, checked for who runs them: a user who is not root
+/// cannot make bridges and TAP devices, and gets passt (user-mode
+/// networking) instead, which must be installed.
 fn network_request(r: &crate::network::Request) -> Result<crate::network::Request> {
-    let mut r = r.clone();
-    if nix::unistd::geteuid().is_root() {
-        return Ok(r);
+    let none = r.network.as_deref() == Some("none");
+    if !none && !nix::unistd::geteuid().is_root() {
+        crate::network::rootless_available().map_err(Error::invalid)?;
     }
-    let default = matches!(r.network.as_deref(), None | Some("") | Some("default"));
-    let wants = r.network.as_deref() == Some(crate::network::DEFAULT)
-        || !r.publish.is_empty()
-        || (default && r.publish_all);
-    if wants {
-        return Err(Error::invalid(
-            "container networks and published ports need root for now (rootless \
-             networking is not built yet); run as root, or with --network none",
-        ));
-    }
-    if default {
-        r.network = Some("none".into());
-    }
-    Ok(r)
+    Ok(r.clone())
 }
 
 /// A container name as Docker takes them.

@@ -131,7 +131,8 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
         .config
         .nets
         .iter()
-        .filter_map(|n| n.tap_fd.as_ref().map(|f| f.as_raw_fd()))
+        .flat_map(|n| [&n.tap_fd, &n.stream_fd])
+        .filter_map(|f| f.as_ref().map(|f| f.as_raw_fd()))
         .chain([fd])
         .collect();
     keep.sort_unstable();

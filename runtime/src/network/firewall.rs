@@ -1,8 +1,8 @@
 //! The host's nftables rules for container networks, in two tables of our
 //! own (`ip vm`, `bridge vm`) that nothing else touches:
 //!
-//! - NAT: what leaves a container subnet for anywhere but one of our
-//!   bridges is masqueraded.
+//! - NAT: what comes from one of our bridges and leaves through anything
+//!   else is masqueraded.
 //! - Walls between networks: nothing is routed from one of our bridges to
 //!   another (containers on one bridge are switched, not routed).
 //! - The host: a container reaches the host only with answers to
@@ -23,11 +23,10 @@ use std::process::{Command, Stdio};
 
 const BASE: &str = r#"
 table ip vm {
-    set subnets { type ipv4_addr; flags interval; }
     set bridges { type ifname; }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
-        ip saddr @subnets oifname != @bridges masquerade
+        iifname @bridges oifname != @bridges masquerade
     }
     chain forward {
         type filter hook forward priority filter; policy accept;
@@ -97,29 +96,25 @@ fn run(script: &str) -> Result<(), String> {
     }
 }
 
-fn table_exists() -> Result<bool, String> {
-    Ok(Command::new(nft()?)
-        .args(["list", "table", "bridge", "vm"])
-        .stdout(Stdio::null())
+/// Whether both of our tables are there.
+fn tables_exist() -> Result<bool, String> {
+    let out = Command::new(nft()?)
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
         .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("running nft: {e}"))?
-        .success()
-        && Command::new(nft()?)
-            .args(["list", "table", "ip", "vm"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(|e| format!("running nft: {e}"))?
-            .success())
+        .output()
+        .map_err(|e| format!("running nft: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let has = |t: &str| text.lines().any(|l| l.trim() == t);
+    Ok(out.status.success() && has("table ip vm") && has("table bridge vm"))
 }
 
-/// The tables (made if missing) know the network on `bridge` with
-/// `subnet/prefix`. Call under the networks' lock. IPv4 forwarding is
-/// turned on; if it was off, forwarding between interfaces that are not
-/// ours stays refused, so the host routes nothing it did not before.
-pub fn ensure_network(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> Result<(), String> {
-    if !table_exists()? {
+/// Makes the tables if they are missing. Call under the networks' lock.
+/// IPv4 forwarding is turned on; if it was off, forwarding between
+/// interfaces that are not ours stays refused, so the host routes nothing
+/// it did not before.
+pub fn ensure_tables() -> Result<(), String> {
+    if !tables_exist()? {
         let forward = "/proc/sys/net/ipv4/ip_forward";
         let was = std::fs::read_to_string(forward).map_err(|e| format!("{forward}: {e}"))?;
         let mut script = BASE.to_string();
@@ -133,23 +128,32 @@ pub fn ensure_network(bridge: &str, subnet: Ipv4Addr, prefix: u8) -> Result<(), 
         run(&script)?;
         std::fs::write(forward, "1").map_err(|e| format!("turning on {forward}: {e}"))?;
     }
-    run(&format!(
-        "add element ip vm subnets {{ {subnet}/{prefix} }}\nadd element ip vm bridges {{ \"{bridge}\" }}\n"
-    ))
+    Ok(())
 }
 
-/// Lets `tap` (a container's port on a bridge) send as `mac` and `ip` only.
-pub fn add_port(tap: &str, mac: &str, ip: Ipv4Addr) -> Result<(), String> {
+/// Lets `tap` (a container's port on `bridge`) send as `mac` and `ip`
+/// only; the bridge is added to ours again (adding an element that is
+/// there changes nothing).
+pub fn add_port(bridge: &str, tap: &str, mac: &str, ip: Ipv4Addr) -> Result<(), String> {
     run(&format!(
-        "add element bridge vm macs {{ \"{tap}\" . {mac} }}\n\
+        "add element ip vm bridges {{ \"{bridge}\" }}\n\
+         add element bridge vm macs {{ \"{tap}\" . {mac} }}\n\
          add element bridge vm ips {{ \"{tap}\" . {ip} }}\n\
          add element bridge vm ports {{ \"{tap}\" }}\n"
     ))
 }
 
-/// Takes `tap`'s elements out again (each on its own: one already gone
-/// must not keep the others).
+/// Takes `tap`'s elements out again: together, or each on its own when
+/// one is already gone (which fails the whole transaction).
 pub fn remove_port(tap: &str, mac: &str, ip: Ipv4Addr) {
+    let all = format!(
+        "delete element bridge vm ports {{ \"{tap}\" }}\n\
+         delete element bridge vm macs {{ \"{tap}\" . {mac} }}\n\
+         delete element bridge vm ips {{ \"{tap}\" . {ip} }}\n"
+    );
+    if run(&all).is_ok() {
+        return;
+    }
     let _ = run(&format!("delete element bridge vm ports {{ \"{tap}\" }}\n"));
     let _ = run(&format!(
         "delete element bridge vm macs {{ \"{tap}\" . {mac} }}\n"

@@ -10,10 +10,11 @@
 
 pub mod firewall;
 pub mod ipam;
+mod passt;
 pub mod ports;
 
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -198,11 +199,20 @@ pub struct Settings {
 /// dropped, after the VMM has been reaped.
 pub struct Attachment {
     // (dropped in this order)
-    _proxies: Proxies,
-    tap: Arc<OwnedFd>,
-    published: Vec<Published>,
+    _relay: Relay,
+    /// The TAP, or the VMM's end of passt's stream.
+    fd: Arc<OwnedFd>,
+    name: String,
     guest: agent_protocol::Network,
-    held: Held,
+    settings: Settings,
+    _held: Option<Held>,
+}
+
+/// What carries published ports: the monitor's proxies (bridge), or
+/// passt, which also carries everything else.
+enum Relay {
+    Proxies { _running: Proxies },
+    Passt { _running: passt::Passt },
 }
 
 /// An address taken and, once `ported`, the TAP's rules: both let go on
@@ -243,23 +253,16 @@ impl Attachment {
     }
 
     pub fn settings(&self) -> Settings {
-        let h = &self.held;
-        Settings {
-            network: h.def.name.into(),
-            bridge: h.def.bridge.into(),
-            ip: Some(h.ip),
-            prefix: h.def.prefix,
-            gateway: Some(h.def.gateway),
-            mac: h.mac.clone(),
-            ports: self.published.clone(),
-        }
+        self.settings.clone()
     }
 
     pub fn net_config(&self) -> devices::virtio::net::NetConfig {
+        let passt = matches!(self._relay, Relay::Passt { .. });
         devices::virtio::net::NetConfig {
-            tap: self.held.tap_name.clone(),
-            tap_fd: Some(self.tap.clone()),
-            mac: netconf::parse_mac(&self.held.mac).unwrap_or_default(),
+            tap: self.name.clone(),
+            tap_fd: (!passt).then(|| self.fd.clone()),
+            stream_fd: passt.then(|| self.fd.clone()),
+            mac: netconf::parse_mac(&self.settings.mac).unwrap_or_default(),
             rx_rate_limit: Default::default(),
             tx_rate_limit: Default::default(),
         }
@@ -299,6 +302,9 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
     if o.mode == "none" {
         return Ok(None);
     }
+    if !nix::unistd::geteuid().is_root() {
+        return attach_passt(c);
+    }
     let def = BRIDGE;
     let bound = ports::bind(&o.ports).map_err(Error::in_use)?;
     let id = &c.config.id;
@@ -334,30 +340,108 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
     };
     let tap = make_tap(&held.tap_name, def.bridge).map_err(Error::host)?;
     held.ported = true;
-    firewall::add_port(&held.tap_name, &held.mac, ip).map_err(Error::host)?;
+    firewall::add_port(def.bridge, &held.tap_name, &held.mac, ip).map_err(Error::host)?;
     let published = bound.iter().map(ports::Bound::published).collect();
     let proxies = Proxies::start(bound, ip).map_err(Error::host)?;
-    let mut guest = agent_protocol::Network {
-        interfaces: vec![agent_protocol::Interface {
-            mac: held.mac.clone(),
-            address: ip,
-            prefix: def.prefix,
-            gateway: Some(def.gateway),
-            mtu: def.mtu,
-        }],
-        ..dns(
-            o,
-            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        )
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let settings = Settings {
+        network: def.name.into(),
+        bridge: def.bridge.into(),
+        ip: Some(ip),
+        prefix: def.prefix,
+        gateway: Some(def.gateway),
+        mac: held.mac.clone(),
+        ports: published,
     };
-    guest.hosts = extra_hosts(o, Some(def.gateway));
     Ok(Some(Attachment {
-        _proxies: proxies,
-        tap: Arc::new(tap),
-        published,
-        guest,
-        held,
+        _relay: Relay::Proxies { _running: proxies },
+        fd: Arc::new(tap),
+        name: held.tap_name.clone(),
+        guest: guest_network(o, &settings, def.mtu, dns(o, &host_resolv)),
+        settings,
+        _held: Some(held),
     }))
+}
+
+/// The guest's side of `s`, with `dns`'s servers, search list and options.
+fn guest_network(
+    o: &Options,
+    s: &Settings,
+    mtu: u32,
+    dns: agent_protocol::Network,
+) -> agent_protocol::Network {
+    agent_protocol::Network {
+        interfaces: s
+            .ip
+            .map(|address| agent_protocol::Interface {
+                mac: s.mac.clone(),
+                address,
+                prefix: s.prefix,
+                gateway: s.gateway,
+                mtu,
+            })
+            .into_iter()
+            .collect(),
+        hosts: extra_hosts(o, s.gateway),
+        ..dns
+    }
+}
+
+/// The default network for a user who is not root: passt.
+fn attach_passt(c: &Container) -> Result<Option<Attachment>> {
+    let o = &c.config.network;
+    passt::available().map_err(Error::host)?;
+    let published = passt::settle_ports(&o.ports).map_err(Error::in_use)?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| Error::host(format!("a socket pair for passt: {e}")))?;
+    // Room for bursts either way (the kernel caps it at its maximum).
+    for s in [&ours, &theirs] {
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt reads one int, which lives for the call.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                std::ptr::addr_of!(size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    let relay = passt::start(theirs.into(), &published).map_err(Error::host)?;
+    let settings = Settings {
+        network: DEFAULT.into(),
+        bridge: String::new(),
+        ip: Some(passt::ADDRESS),
+        prefix: passt::PREFIX,
+        gateway: Some(passt::GATEWAY),
+        mac: o.mac.clone().unwrap_or_else(|| mac_for(passt::ADDRESS)),
+        ports: published,
+    };
+    // Names go to passt's forwarder unless the flags say otherwise; the
+    // host's search list and options stay.
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut resolv = format!("nameserver {}\n", passt::DNS);
+    for l in host
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("nameserver"))
+    {
+        resolv.push_str(l);
+        resolv.push('\n');
+    }
+    Ok(Some(Attachment {
+        _relay: Relay::Passt { _running: relay },
+        fd: Arc::new(ours.into()),
+        name: "passt".into(),
+        guest: guest_network(o, &settings, 65520, dns(o, &resolv)),
+        settings,
+        _held: None,
+    }))
+}
+
+/// Whether a user who is not root can have a network (passt is there).
+pub fn rootless_available() -> std::result::Result<(), String> {
+    passt::available()
 }
 
 /// Docker's MAC for an address: 02:42 and the address's four bytes.
@@ -397,7 +481,7 @@ fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     }
-    firewall::ensure_network(def.bridge, def.subnet, def.prefix)
+    firewall::ensure_tables()
 }
 
 /// Opens a new TAP named `name` (it lives while a descriptor does), puts

@@ -81,6 +81,9 @@ pub struct NetConfig {
     /// The TAP already open in this process (made with [`Tap::open`]):
     /// used instead of opening `tap` again, which then only names it.
     pub tap_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Instead of a TAP: a connected stream socket to a user-mode network
+    /// (passt), frames after their lengths (see [`super::Stream`]).
+    pub stream_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     pub mac: [u8; 6],
     /// How fast the guest may receive and send (bytes and frames).
     pub rx_rate_limit: RateLimiterConfig,
@@ -132,8 +135,18 @@ fn limiter(cfg: &RateLimiterConfig) -> io::Result<Option<RateLimiter>> {
 }
 
 impl Net {
-    /// A device on the TAP device `cfg.tap`.
+    /// A device on the TAP device `cfg.tap` (or the stream `cfg.stream_fd`).
     pub fn new(cfg: &NetConfig, mem: GuestMem, interrupt: Arc<Interrupt>) -> Result<Self, Error> {
+        if let Some(fd) = &cfg.stream_fd {
+            let stream = fd
+                .try_clone()
+                .and_then(super::Stream::from_fd)
+                .map_err(|source| Error::Tap {
+                    name: cfg.tap.clone(),
+                    source,
+                })?;
+            return Self::with_backend(cfg, Box::new(stream), mem, interrupt);
+        }
         let tap = match &cfg.tap_fd {
             Some(fd) => fd.try_clone().map(Tap::from_fd),
             None => Tap::open(&cfg.tap),

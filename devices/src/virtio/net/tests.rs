@@ -42,6 +42,7 @@ fn config() -> NetConfig {
     NetConfig {
         tap: String::new(),
         tap_fd: None,
+        stream_fd: None,
         mac: [0x02, 0, 0, 0, 0, 1],
         rx_rate_limit: RateLimiterConfig::default(),
         tx_rate_limit: RateLimiterConfig::default(),
