@@ -191,10 +191,12 @@ impl Netlink {
         Ok(())
     }
 
-    /// Makes a bridge named `name` (down, no address).
-    pub fn add_bridge(&mut self, name: &str) -> Result<()> {
+    /// Makes a bridge named `name` with the MAC address `mac` (down, no
+    /// IP address).
+    pub fn add_bridge(&mut self, name: &str, mac: [u8; 6]) -> Result<()> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.into()));
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         m.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Bridge,

@@ -2,8 +2,10 @@
 # frames onto its network, each marked "mark:TAG;" for tests/scripts/sniff.py
 # on the host's bridge: ARP and IPv4 from its own addresses (ctl-*), ARP
 # claiming another address (spoof-ip-arp), a frame from another MAC
-# (spoof-mac), IPv4 from another address (spoof-ip), and an ethertype
-# other than IPv4 and ARP (other-type); "end" last.
+# (spoof-mac), IPv4 from another address (spoof-ip), an ethertype other
+# than IPv4 and ARP (other-type), and a link-local (LLDP) frame from
+# another MAC, which a bridge passes up without its prerouting hook
+# (spoof-lldp); "end" last.
 use strict;
 use warnings;
 use Socket;
@@ -43,6 +45,7 @@ for (1 .. 3) {
     arp($mac, inet_aton('10.213.0.77'), 'spoof-ip-arp');
     arp($other, $myip, 'spoof-mac');
     frame($bcast . $mac . pack('n', 0x88b5) . 'mark:other-type;');
+    frame(pack('H12', '0180c200000e') . $other . pack('n', 0x88cc) . 'mark:spoof-lldp;');
     ip($myip, 'ctl-ip');
     ip(inet_aton('10.213.200.200'), 'spoof-ip');
     select(undef, undef, undef, 0.2);

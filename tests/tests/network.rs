@@ -63,7 +63,7 @@ fn container_networks() {
 
     assert_eq!(
         lines(section(&out.stdout, "spoof")),
-        ["sent", "ctl-arp ctl-ip end"],
+        ["sent", "ctl-arp ctl-ip end", "0"],
         "frames from another MAC, ARP and IPv4 from another address, and other ethertypes are dropped at the bridge; the container's own pass\n{out}"
     );
 
@@ -106,8 +106,14 @@ fn container_networks() {
         "{out}"
     );
     assert_eq!(
+        lines(section(&out.stdout, "rootless")),
+        ["hello-rootless", "198.51.100.1", "80/tcp -> 0.0.0.0:8090", "0"],
+        "a user who is not root: published port and egress through passt, which ends with the container\n{out}"
+    );
+
+    assert_eq!(
         lines(section(&out.stdout, "leftovers")),
-        ["0", "0", "0", "0", "1"],
-        "after rm (and a killed monitor's sweep) no TAP, no rule element, no lease is left; the bridge stays, as docker0 does\n{out}"
+        ["0", "0", "0", "1"],
+        "after rm (and a killed monitor's sweep) no TAP, no TAP chain, no lease is left; the bridge stays, as docker0 does\n{out}"
     );
 }

@@ -230,7 +230,7 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if self.ported {
-            firewall::remove_port(&self.tap_name, &self.mac, self.ip);
+            firewall::remove_port(&self.tap_name);
         }
         if let Ok(_lock) = ipam::lock(&self.state) {
             if let Ok(mut l) = ipam::read(&self.state, self.def.name) {
@@ -313,11 +313,33 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
         let _lock = ipam::lock(state)?;
         ensure_bridge(&def).map_err(Error::host)?;
         let mut leases = ipam::read(state, def.name)?;
-        // A lease this container left (a start that did not finish).
-        leases.leases.retain(|_, l| l.container != *id);
+        // A lease this container left (a start that did not finish): its
+        // TAP's chain, if any is left, goes with it.
+        if leases.leases.values().any(|l| l.container == *id) {
+            firewall::remove_port(&tap_name);
+            leases.leases.retain(|_, l| l.container != *id);
+        }
+        let live: Vec<firewall::Port> = leases
+            .leases
+            .iter()
+            .map(|(ip, l)| firewall::Port {
+                bridge: def.bridge,
+                gateway: def.gateway,
+                tap: &l.tap,
+                mac: &l.mac,
+                ip: *ip,
+            })
+            .collect();
+        firewall::ensure_tables(&ipam::dir(state), &live).map_err(Error::host)?;
         let ip = ipam::pick(&leases, def.subnet, def.prefix, def.gateway, None)
             .map_err(|e| Error::host(format!("network {}: {e}", def.name)))?;
-        let mac = o.mac.clone().unwrap_or_else(|| mac_for(ip));
+        let mac = match &o.mac {
+            Some(m) => {
+                check_mac(m, &leases)?;
+                m.clone()
+            }
+            None => mac_for(ip),
+        };
         leases.leases.insert(
             ip,
             ipam::Lease {
@@ -340,7 +362,14 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
     };
     let tap = make_tap(&held.tap_name, def.bridge).map_err(Error::host)?;
     held.ported = true;
-    firewall::add_port(def.bridge, &held.tap_name, &held.mac, ip).map_err(Error::host)?;
+    firewall::add_port(&firewall::Port {
+        bridge: def.bridge,
+        gateway: def.gateway,
+        tap: &held.tap_name,
+        mac: &held.mac,
+        ip,
+    })
+    .map_err(Error::host)?;
     let published = bound.iter().map(ports::Bound::published).collect();
     let proxies = Proxies::start(bound, ip).map_err(Error::host)?;
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -454,7 +483,10 @@ fn mac_for(ip: Ipv4Addr) -> String {
 fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
     let mut nl = netconf::Netlink::open().map_err(|e| e.to_string())?;
     if nl.link(def.bridge).map_err(|e| e.to_string())?.is_none() {
-        nl.add_bridge(def.bridge).map_err(|e| {
+        // A fixed MAC: a bridge without one takes its lowest port's,
+        // which changes as containers come and go.
+        let mac = netconf::parse_mac(&mac_for(def.gateway)).unwrap_or_default();
+        nl.add_bridge(def.bridge, mac).map_err(|e| {
             if e.errno() == Some(libc::EPERM) {
                 format!("{e}: the bridge network needs root; run as root or with --network none")
             } else {
@@ -466,6 +498,16 @@ fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
         .link(def.bridge)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("bridge {} vanished", def.bridge))?;
+    if !Path::new("/sys/class/net")
+        .join(def.bridge)
+        .join("bridge")
+        .exists()
+    {
+        return Err(format!(
+            "the host has an interface {} that is not a bridge; the default network needs that name",
+            def.bridge
+        ));
+    }
     let addrs = nl.addresses(link.index).map_err(|e| e.to_string())?;
     if !addrs.contains(&(def.gateway, def.prefix)) {
         nl.add_address(def.bridge, def.gateway, def.prefix)
@@ -481,7 +523,25 @@ fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     }
-    firewall::ensure_tables()
+    Ok(())
+}
+
+/// A `--mac-address` must not be another container's, nor one of those
+/// made from addresses (`02:42:` and an address of ours).
+fn check_mac(mac: &str, leases: &ipam::Leases) -> Result<()> {
+    if leases.leases.values().any(|l| l.mac == mac) {
+        return Err(Error::in_use(format!(
+            "--mac-address {mac}: another container on the network has it"
+        )));
+    }
+    let reserved = mac_for(BRIDGE.subnet);
+    if mac[..11] == reserved[..11] {
+        return Err(Error::invalid(format!(
+            "--mac-address {mac}: addresses {}:xx:xx are kept for the containers the network numbers itself",
+            &reserved[..11]
+        )));
+    }
+    Ok(())
 }
 
 /// Opens a new TAP named `name` (it lives while a descriptor does), puts
@@ -558,12 +618,12 @@ pub fn sweep(state: &Path) {
     };
     let all = crate::container::list(state);
     let before = leases.leases.len();
-    leases.leases.retain(|ip, l| {
+    leases.leases.retain(|_, l| {
         let live = all
             .iter()
             .any(|c| c.config.id == l.container && c.monitor_alive());
         if !live {
-            firewall::remove_port(&l.tap, &l.mac, *ip);
+            firewall::remove_port(&l.tap);
         }
         live
     });

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -180,8 +180,12 @@ pub fn bind(specs: &[PortSpec]) -> Result<Vec<Bound>, String> {
 
 /// A UDP flow with no traffic for this long is forgotten.
 const UDP_IDLE: Duration = Duration::from_secs(60);
-/// At most this many UDP flows per published port.
-const UDP_FLOWS: usize = 1024;
+/// At most this many UDP flows per published port (a socket and a
+/// thread each).
+const UDP_FLOWS: usize = 256;
+/// At most this many TCP connections at once per published port (two
+/// threads each); more are closed as they come.
+const TCP_CONNECTIONS: usize = 256;
 
 /// The relays of one container's published ports; dropping it stops them
 /// and closes their connections.
@@ -289,23 +293,36 @@ fn tcp_accept(
     stop: &AtomicBool,
     open: &Arc<Mutex<Vec<Arc<dyn Wake>>>>,
 ) {
+    let live = Arc::new(AtomicUsize::new(0));
     loop {
         let client = match l.accept() {
             Ok((c, _)) => c,
             Err(_) if stop.load(Ordering::SeqCst) => return,
-            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            // Out of descriptors, memory or buffers: wait a little.
+            Err(_) => {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
-            Err(_) => continue,
         };
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let open = open.clone();
-        let _ = std::thread::Builder::new()
+        if live.fetch_add(1, Ordering::SeqCst) >= TCP_CONNECTIONS {
+            live.fetch_sub(1, Ordering::SeqCst);
+            continue; // (dropped: closed)
+        }
+        let (open, live2) = (open.clone(), live.clone());
+        let spawned = std::thread::Builder::new()
             .name("tcp-conn".into())
-            .spawn(move || tcp_connection(client, to, &open));
+            .spawn(move || {
+                tcp_connection(client, to, &open);
+                live2.fetch_sub(1, Ordering::SeqCst);
+            });
+        if spawned.is_err() {
+            live.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -338,26 +355,32 @@ fn pump(from: &TcpStream, to: &TcpStream) {
 }
 
 /// Datagrams from each client go out on a socket of their own to the
-/// container, so its answers can be told apart and sent back.
+/// container, so its answers can be told apart and sent back. The flows'
+/// threads are waited for before this returns: they use the bound socket,
+/// which must be closed when the proxies stop (a restart binds it again).
 fn udp_relay(
     u: &Arc<UdpSocket>,
     to: SocketAddrV4,
-    stop: &AtomicBool,
+    stop: &Arc<AtomicBool>,
     open: &Arc<Mutex<Vec<Arc<dyn Wake>>>>,
 ) {
-    let flows: Arc<Mutex<HashMap<std::net::SocketAddr, Arc<UdpSocket>>>> = Arc::default();
+    type Flows = Mutex<HashMap<std::net::SocketAddr, Arc<UdpSocket>>>;
+    let flows: Arc<Flows> = Arc::default();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let mut buf = vec![0u8; 65536];
-    loop {
-        let (n, from) = match u.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(_) if stop.load(Ordering::SeqCst) => return,
-            Err(_) => continue,
+    while !stop.load(Ordering::SeqCst) {
+        let Ok((n, from)) = u.recv_from(&mut buf) else {
+            if !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
         };
         if stop.load(Ordering::SeqCst) {
-            return;
+            break;
         }
-        let flow = lock(&flows).get(&from).cloned();
-        let flow = match flow {
+        threads.retain(|t| !t.is_finished());
+        let known = lock(&flows).get(&from).cloned();
+        let flow = match known {
             Some(f) => f,
             None => {
                 if lock(&flows).len() >= UDP_FLOWS {
@@ -372,28 +395,44 @@ fn udp_relay(
                 let s = Arc::new(s);
                 track(open, s.clone());
                 lock(&flows).insert(from, s.clone());
-                let (back, u, table) = (s.clone(), u.clone(), flows.clone());
+                let (back, u, table, stop) = (s.clone(), u.clone(), flows.clone(), stop.clone());
                 let spawned =
                     std::thread::Builder::new()
                         .name("udp-flow".into())
                         .spawn(move || {
-                            let mut buf = vec![0u8; 65536];
-                            while let Ok(n) = back.recv(&mut buf) {
-                                if n == 0 && back.peer_addr().is_err() {
-                                    break;
-                                }
-                                let _ = u.send_to(&buf[..n], from);
-                            }
+                            udp_flow(&back, &u, from, &stop);
                             lock(&table).remove(&from);
                         });
-                if spawned.is_err() {
-                    lock(&flows).remove(&from);
-                    continue;
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(_) => {
+                        lock(&flows).remove(&from);
+                        continue;
+                    }
                 }
                 s
             }
         };
         let _ = flow.send(&buf[..n]);
+    }
+    // (flows made after the proxies woke what they knew of)
+    for f in lock(&flows).values() {
+        f.wake();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// The container's answers to one client, until the flow idles out or
+/// the proxies stop.
+fn udp_flow(back: &UdpSocket, u: &UdpSocket, client: std::net::SocketAddr, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = back.recv(&mut buf) {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = u.send_to(&buf[..n], client);
     }
 }
 
@@ -490,6 +529,8 @@ mod tests {
         let n = u.recv(&mut b).expect("an answer");
         assert_eq!(&b[..n], b"ping");
         drop(proxies);
+        // The flow's thread is gone too: the port can be bound again.
+        UdpSocket::bind(("127.0.0.1", udp)).expect("the UDP port is free again");
         assert!(
             TcpStream::connect(("127.0.0.1", tcp)).is_err(),
             "the port is closed after the proxies stop"

@@ -118,6 +118,10 @@ impl Backend for Stream {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let eth = frame.get(HDR_LEN..).unwrap_or_default();
+        if !(MIN_ETH..=MAX_ETH).contains(&eth.len()) {
+            // No peer takes it: dropped here, not passed on to break it.
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
         let len = (eth.len() as u32).to_be_bytes();
         self.flush()?;
         if !self.pending.is_empty() {
