@@ -107,8 +107,8 @@ fn container_networks() {
     );
     assert_eq!(
         lines(section(&out.stdout, "rootless")),
-        ["hello-rootless", "198.51.100.1", "80/tcp -> 0.0.0.0:8090", "0"],
-        "a user who is not root: published port and egress through passt, which ends with the container\n{out}"
+        ["198.51.100.1", "80/tcp -> 0.0.0.0:8090", "0"],
+        "a user who is not root: egress through passt (NAT to the host's address), the port as published, and passt ends with the container\n{out}"
     );
 
     assert_eq!(

@@ -163,16 +163,16 @@ pub fn add_port(p: &Port) -> Result<(), String> {
     run(&format!(
         "add element ip vm bridges {{ \"{bridge}\" }}\n\
          add element ip vm gateways {{ {gateway} }}\n\
-         add chain netdev vm \"{tap}\" {{ type filter hook ingress device \"{tap}\" priority -500; policy drop; }}\n\
-         flush chain netdev vm \"{tap}\"\n\
-         add rule netdev vm \"{tap}\" ether saddr {mac} ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether {mac} arp saddr ip {ip} accept\n\
-         add rule netdev vm \"{tap}\" ether saddr {mac} ether type ip ip saddr {ip} accept\n"
+         add chain netdev vm {tap} {{ type filter hook ingress device \"{tap}\" priority -500; policy drop; }}\n\
+         flush chain netdev vm {tap}\n\
+         add rule netdev vm {tap} ether saddr {mac} ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether {mac} arp saddr ip {ip} accept\n\
+         add rule netdev vm {tap} ether saddr {mac} ether type ip ip saddr {ip} accept\n"
     ))
 }
 
 /// Takes `tap`'s chain out again (it may be gone with its TAP already).
 pub fn remove_port(tap: &str) {
     let _ = run(&format!(
-        "flush chain netdev vm \"{tap}\"\ndelete chain netdev vm \"{tap}\"\n"
+        "flush chain netdev vm {tap}\ndelete chain netdev vm {tap}\n"
     ));
 }
