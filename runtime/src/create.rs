@@ -82,8 +82,9 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
             "conflicting options: cannot specify both --restart and --rm",
         ));
     }
-    let network = network_request(&opts.network)?;
-    network.resolve(&[]).map_err(Error::invalid)?;
+    check_network_user(&opts.network)?;
+    // The flags are checked before a pull; `-P` needs the image's EXPOSE.
+    opts.network.resolve(&[]).map_err(Error::invalid)?;
     let mut env_lines = Vec::new();
     for f in &opts.env_files {
         env_lines.extend(spec::read_env_file(f).map_err(Error::invalid)?);
@@ -95,7 +96,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
     observer.image_opened().map_err(Error::host)?;
     crate::timing::mark("image-opened");
     let process = process_spec(opts, &image, &env_lines).map_err(Error::invalid)?;
-    let network = network
+    let network = opts
+        .network
         .resolve(&image.config.exposed_ports)
         .map_err(Error::invalid)?;
     let id = container_id();
@@ -145,12 +147,12 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
 /// The network flags, checked for who runs them: a user who is not root
 /// cannot make bridges and TAP devices, and gets passt (user-mode
 /// networking) instead, which must be installed.
-fn network_request(r: &crate::network::Request) -> Result<crate::network::Request> {
+fn check_network_user(r: &crate::network::Request) -> Result<()> {
     let none = r.network.as_deref() == Some("none");
     if !none && !nix::unistd::geteuid().is_root() {
         crate::network::rootless_available().map_err(Error::invalid)?;
     }
-    Ok(r.clone())
+    Ok(())
 }
 
 /// A container name as Docker takes them.

@@ -215,7 +215,7 @@ enum Relay {
     Passt { _running: passt::Passt },
 }
 
-/// An address taken and, once `ported`, the TAP's rules: both let go on
+/// An address taken and the TAP's chain (if it was made): both let go on
 /// drop.
 struct Held {
     state: std::path::PathBuf,
@@ -224,14 +224,12 @@ struct Held {
     ip: Ipv4Addr,
     mac: String,
     tap_name: String,
-    ported: bool,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.ported {
-            firewall::remove_port(&self.tap_name);
-        }
+        // (a chain that was never made is not there to remove)
+        firewall::remove_port(&self.tap_name);
         if let Ok(_lock) = ipam::lock(&self.state) {
             if let Ok(mut l) = ipam::read(&self.state, self.def.name) {
                 if l.leases
@@ -351,17 +349,15 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
         ipam::write(state, def.name, &leases)?;
         (ip, mac)
     };
-    let mut held = Held {
+    let held = Held {
         state: state.to_path_buf(),
         container: id.clone(),
         def: def.clone(),
         ip,
         mac,
         tap_name,
-        ported: false,
     };
     let tap = make_tap(&held.tap_name, def.bridge).map_err(Error::host)?;
-    held.ported = true;
     firewall::add_port(&firewall::Port {
         bridge: def.bridge,
         gateway: def.gateway,
