@@ -320,7 +320,7 @@ pub fn attach(args: AttachArgs, root: Option<PathBuf>) -> ExitCode {
 pub struct PruneArgs {
     /// Do not ask for confirmation.
     #[arg(short = 'f', long)]
-    force: bool,
+    pub force: bool,
 }
 
 /// `vm container prune`: removes every container that is not running.

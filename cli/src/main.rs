@@ -4,6 +4,7 @@ mod containers;
 mod cp;
 mod images;
 mod logs;
+mod network;
 mod ps;
 mod registry;
 mod run;
@@ -113,6 +114,9 @@ enum Command {
     /// Image commands (`vm image inspect|rm|ls|prune`).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Network commands (`vm network create|ls|inspect|rm|prune|connect|disconnect`).
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
 }
 
 #[derive(Subcommand)]
@@ -323,6 +327,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Rm(args)) => images::rmi(args, cli.root),
         Command::Image(ImageCommand::Ls(args)) => images::images(args, cli.root),
         Command::Image(ImageCommand::Prune(args)) => images::prune(args, cli.root),
+        Command::Network(c) => network::main(c, cli.root),
     }
 }
 

@@ -90,7 +90,7 @@ fn ps_value(c: &Container, s: &State, no_trunc: bool) -> Value {
         "Names": c.config.name,
         "Labels": labels.join(","),
         "Mounts": "",
-        "Networks": c.config.network.mode,
+        "Networks": c.config.network.endpoints().iter().map(|e| e.network.as_str()).collect::<Vec<_>>().join(","),
     })
 }
 
@@ -136,7 +136,26 @@ fn network_json(c: &Container, s: &State) -> Value {
         .unwrap_or_default();
     let prefix = n.map_or(0, |n| n.prefix);
     let mac = n.map(|n| n.mac.clone()).unwrap_or_default();
-    let mode = &c.config.network.mode;
+    // Every network the container joins; addresses while it runs.
+    let mut networks = serde_json::Map::new();
+    for e in c.config.network.endpoints() {
+        let j = n.and_then(|n| n.networks.iter().find(|j| j.network == e.network));
+        networks.insert(
+            e.network.clone(),
+            json!({
+                "Aliases": e.aliases,
+                "NetworkID": j.map(|j| j.network_id.clone()).unwrap_or_default(),
+                "IPAddress": j.map(|j| j.ip.to_string()).unwrap_or_default(),
+                "IPPrefixLen": j.map_or(0, |j| j.prefix),
+                "Gateway": j.map(|j| j.gateway.to_string()).unwrap_or_default(),
+                "MacAddress": j.map(|j| j.mac.clone()).unwrap_or_default(),
+                "IPAMConfig": e.ip.map(|ip| json!({ "IPv4Address": ip.to_string() })),
+            }),
+        );
+    }
+    if c.config.network.mode == "none" {
+        networks.insert("none".into(), json!({}));
+    }
     json!({
         "Bridge": n.map(|n| n.bridge.clone()).unwrap_or_default(),
         "IPAddress": ip,
@@ -144,14 +163,7 @@ fn network_json(c: &Container, s: &State) -> Value {
         "Gateway": gateway,
         "MacAddress": mac,
         "Ports": ports,
-        "Networks": {
-            mode.clone(): {
-                "IPAddress": ip,
-                "IPPrefixLen": prefix,
-                "Gateway": gateway,
-                "MacAddress": mac,
-            }
-        },
+        "Networks": networks,
     })
 }
 
@@ -236,7 +248,7 @@ pub struct PsArgs {
     /// Do not truncate output.
     #[arg(long = "no-trunc")]
     no_trunc: bool,
-    /// Filter: status=, name=, id=, label=KEY[=VALUE], ancestor=.
+    /// Filter: status=, name=, id=, label=KEY[=VALUE], ancestor=, network=.
     #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
     filter: Vec<String>,
     /// `table` (default), `json`, or a Go template.
@@ -245,7 +257,12 @@ pub struct PsArgs {
 }
 
 /// Filters: values of one key are alternatives; keys must all match.
-fn matches(filters: &HashMap<String, Vec<String>>, c: &Container, s: &State) -> bool {
+fn matches(
+    state: &std::path::Path,
+    filters: &HashMap<String, Vec<String>>,
+    c: &Container,
+    s: &State,
+) -> bool {
     filters.iter().all(|(key, values)| {
         values.iter().any(|v| match key.as_str() {
             "status" => s.status.as_str() == v,
@@ -255,6 +272,16 @@ fn matches(filters: &HashMap<String, Vec<String>>, c: &Container, s: &State) -> 
                 Some((k, val)) => c.config.labels.get(k).is_some_and(|x| x == val),
                 None => c.config.labels.contains_key(v),
             },
+            "network" => {
+                let wanted = runtime::network::net::find(state, v)
+                    .map(|n| n.name)
+                    .unwrap_or_else(|_| v.clone());
+                c.config
+                    .network
+                    .endpoints()
+                    .iter()
+                    .any(|e| e.network == wanted)
+            }
             "ancestor" => {
                 let bare = |s: &str| {
                     s.trim_start_matches("docker.io/")
@@ -280,9 +307,9 @@ fn parse_filters(raw: &[String]) -> Result<HashMap<String, Vec<String>>, String>
         let (k, v) = f
             .split_once('=')
             .ok_or_else(|| format!("bad format of filter {f:?} (expected name=value)"))?;
-        if !["status", "name", "id", "label", "ancestor"].contains(&k) {
+        if !["status", "name", "id", "label", "ancestor", "network"].contains(&k) {
             return Err(format!(
-                "invalid filter '{k}': use status, name, id, label or ancestor"
+                "invalid filter '{k}': use status, name, id, label, ancestor or network"
             ));
         }
         if k == "status"
@@ -380,7 +407,7 @@ pub fn ps(args: PsArgs, root: Option<PathBuf>) -> ExitCode {
             {
                 continue;
             }
-            if !matches(&filters, &c, &s) {
+            if !matches(&state, &filters, &c, &s) {
                 continue;
             }
             rows.push((c, s));

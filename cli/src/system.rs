@@ -170,7 +170,7 @@ fn prune(state: &Path, args: PruneArgs) -> ExitCode {
         ""
     };
     let warning = format!(
-        "WARNING! This will remove:\n  - all stopped containers\n{volumes_line}{images_line}\n  - all unpacked root file systems no remaining image uses\n"
+        "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n{volumes_line}{images_line}\n  - all unpacked root file systems no remaining image uses\n"
     );
     if !args.force && !crate::images::confirm(&warning) {
         return ExitCode::SUCCESS;
@@ -180,6 +180,14 @@ fn prune(state: &Path, args: PruneArgs) -> ExitCode {
         println!("Deleted Containers:");
         for id in &ids {
             println!("{id}");
+        }
+        println!();
+    }
+    let nets = crate::network::prune_unused(state);
+    if !nets.is_empty() {
+        println!("Deleted Networks:");
+        for n in &nets {
+            println!("{n}");
         }
         println!();
     }

@@ -84,7 +84,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
     }
     check_network_user(&opts.network)?;
     // The flags are checked before a pull; `-P` needs the image's EXPOSE.
-    opts.network.resolve(&[]).map_err(Error::invalid)?;
+    let early = opts.network.resolve(&[]).map_err(Error::invalid)?;
+    crate::network::check(state, &early)?;
     let mut env_lines = Vec::new();
     for f in &opts.env_files {
         env_lines.extend(spec::read_env_file(f).map_err(Error::invalid)?);
@@ -100,7 +101,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         .network
         .resolve(&image.config.exposed_ports)
         .map_err(Error::invalid)?;
-    let id = container_id();
+    let network = crate::network::check(state, &network)?;
+    let id = random_id();
     let config = container::Config {
         name: opts.name.clone().unwrap_or_default(),
         created: container::now_rfc3339(),
@@ -264,8 +266,8 @@ fn open_image(
     }
 }
 
-/// A random 64-hex-digit id, as Docker's container ids.
-fn container_id() -> String {
+/// A random 64-hex-digit id, as Docker's container and network ids.
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 32];
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };

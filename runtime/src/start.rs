@@ -109,7 +109,7 @@ pub fn prepare(
     let mut config = vm_config(c, kernel, initrd, disks, vsock_path, exit);
     config
         .nets
-        .extend(net.map(crate::network::Attachment::net_config));
+        .extend(net.map(|n| n.net_configs()).unwrap_or_default());
     let cgroup = crate::cgroup::Cgroup::create(
         &c.config.id,
         c.config.memory_mib,

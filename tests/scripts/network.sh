@@ -3,8 +3,8 @@
 # default bridge network (address, route, DNS), egress through NAT to a
 # network namespace that stands in for the internet, published ports
 # (TCP on 127.0.0.1 and the host's other addresses, UDP), a taken port,
-# spoofed addresses, the host's own services, ten containers at once, and
-# nothing left after stop and rm or after a killed monitor.
+# spoofed addresses, the host's own services, ten containers at once,
+# user-defined networks (names, walls, internal, connect), and nothing left after stop and rm or after a killed monitor.
 # Needs: $VM, $IMAGES, $DEBIAN_IMAGE (an OCI layout), $VM_ROOT, $W.
 set -u
 # shellcheck source=lib.sh
@@ -154,6 +154,72 @@ $R --network none $I true
 vm rm -f victim > /dev/null
 echo swept
 
+echo "== user-networks"
+GET=$(cat "$here/get.pl")
+ip netns exec inet python3 "$here/dns-server.py" 198.51.100.2 &
+inet_dns=$!
+vm network create front > /dev/null
+vm network create --subnet 10.77.0.0/24 --label tier=back back > /dev/null
+vm network create --internal sealed > /dev/null
+vm network ls --format '{{.Name}} {{.Driver}}' | tr '\n' ' '; echo
+vm network inspect back | python3 -c '
+import json, sys
+n = json.load(sys.stdin)[0]
+c = n["IPAM"]["Config"][0]
+print(c["Subnet"], c["Gateway"], n["Labels"]["tier"], n["Internal"])'
+vm network create front 2> /dev/null; echo "again rc=$?"
+vm network create --subnet 10.77.0.128/25 other 2>&1 > /dev/null | grep -c "overlaps network back"
+webserver() {
+    vm run -d --name "$1" -m 64m "${@:2}" $I sh -c "mkdir /w; echo $1 > /w/index.html; exec httpd -f -p 80 -h /w" > /dev/null
+}
+webserver api --network front --network-alias backend-api
+webserver db --network back --ip 10.77.0.50
+webserver plain
+vm create --name both -m 64m --network front $I sh -c "mkdir /w; echo both > /w/index.html; exec httpd -f -p 80 -h /w" > /dev/null
+vm network connect --alias store back both
+vm start both > /dev/null
+for c in api db plain both; do await $c '{{.State.Status}}' running; done
+vm network connect back api 2>&1 | grep -c "no hot-plug"
+plain_ip=$(vm inspect -f '{{.NetworkSettings.IPAddress}}' plain)
+# From front: names and aliases there, the outside's names through the
+# network's DNS; nothing on back or the default network.
+$R --network front --dns 198.51.100.2 "$D" sh -c "
+getent hosts api | grep -c '^10\.214\.'
+perl -e '$GET' api
+perl -e '$GET' backend-api
+perl -e '$GET' both
+getent hosts db | grep -q '^10\.77\.' || echo db-unknown
+perl -e '$GET' 10.77.0.50
+perl -e '$GET' $plain_ip
+getent hosts www.example.test | awk '{print \$1, \$2}'" | sed "s/^$plain_ip /plain /"
+echo "-- back"
+$R --network back "$D" sh -c "
+perl -e '$GET' db
+perl -e '$GET' store
+getent hosts both | cut -d' ' -f1 | grep -c '^10\.77\.0\.'
+getent hosts api > /dev/null || echo api-unknown"
+echo "-- sealed"
+$R --network sealed --dns 198.51.100.2 "$D" sh -c "
+perl -e '$GET' 198.51.100.2
+getent hosts www.example.test > /dev/null || echo no-names-out"
+$R --network sealed -p 8082:80 $I true 2>&1 | grep -c "internal"
+echo "-- views"
+vm inspect both | python3 -c '
+import json, sys
+n = json.load(sys.stdin)[0]["NetworkSettings"]["Networks"]
+for k, v in n.items():
+    print(k, v["IPAddress"].rsplit(".", 1)[0], ",".join(v["Aliases"]))'
+vm inspect -f '{{.NetworkSettings.IPAddress}}' db
+vm ps --filter network=back --format '{{.Names}} {{.Networks}}' | sort
+vm network inspect -f '{{len .Containers}}' back
+vm network rm back 2>&1 | grep -c "running containers"
+vm rm -f api db both plain > /dev/null
+vm network rm front back sealed
+ip -o link show | grep -c ' vmbr-'
+nft list set ip vm bridges | grep -c vmbr-
+ls "$VM_ROOT/networks" | grep -c -e front -e back -e sealed
+kill $inet_dns
+
 echo "== rootless"
 # A user who is not root gets passt. passt wants an interface with a
 # default route: the veth to the "internet".
@@ -186,8 +252,8 @@ as_user rm -f rl > /dev/null
 pgrep -c -x passt
 
 echo "== leftovers"
-ip -o link show | grep -c ' vm-'
-nft list table netdev vm | grep -c 'chain vm-'
+ip -o link show | grep -c ' vm[0-9]*-'
+nft list table netdev vm | grep -c 'chain vm[0-9]*-'
 grep -c '10\.213\.' "$VM_ROOT/networks/bridge.leases.json"
 ip -o link show vm0 | grep -c vm0
 echo "== end"

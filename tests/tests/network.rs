@@ -83,7 +83,11 @@ fn container_networks() {
 
     assert_eq!(
         lines(section(&out.stdout, "udp")),
-        ["5353/udp -> 0.0.0.0:5353", "pong hi-over-udp", "hi-over-udp"],
+        [
+            "5353/udp -> 0.0.0.0:5353",
+            "pong hi-over-udp",
+            "hi-over-udp"
+        ],
         "UDP publishing, both ways\n{out}"
     );
 
@@ -105,6 +109,50 @@ fn container_networks() {
         ["swept"],
         "{out}"
     );
+    assert_eq!(
+        lines(section(&out.stdout, "user-networks")),
+        [
+            "bridge bridge back bridge front bridge sealed bridge ",
+            "10.77.0.0/24 10.77.0.1 back False",
+            "again rc=125",
+            "1",
+            "1",
+            // from front
+            "1",
+            "api",
+            "api",
+            "both",
+            "db-unknown",
+            "10.77.0.50 unreachable",
+            "plain unreachable",
+            "198.51.100.7 www.example.test",
+            "-- back",
+            "db",
+            "both",
+            "1",
+            "api-unknown",
+            "-- sealed",
+            "198.51.100.2 unreachable",
+            "no-names-out",
+            "1",
+            "-- views",
+            "back 10.77.0 store",
+            "front 10.214.0 ",
+            "10.77.0.50",
+            "both front,back",
+            "db back",
+            "2",
+            "1",
+            "front",
+            "back",
+            "sealed",
+            "0",
+            "0",
+            "0",
+        ],
+        "user-defined networks: ls, inspect, a taken name and subnet refused; containers find each other by name and alias on their network and not across networks; other names are forwarded to --dns; an internal network has no way out and publishes nothing; connect (stopped only), two networks at once; rm removes the bridge, its firewall elements and its files\n{out}"
+    );
+
     assert_eq!(
         lines(section(&out.stdout, "rootless")),
         ["198.51.100.1", "80/tcp -> 0.0.0.0:8090", "0"],

@@ -8,8 +8,10 @@
 //!   nothing from elsewhere is routed into one, but answers to what the
 //!   containers started (the host's own proxies need no routing).
 //! - The host: a container reaches the host only with answers to
-//!   connections the host made (the port proxies) and pings to its
-//!   gateway; none of the host's own services.
+//!   connections the host made (the port proxies), pings to its gateway
+//!   and, on a user-defined network, DNS to its own network's gateway;
+//!   none of the host's own services.
+//! - Internal networks: nothing is routed into or out of them.
 //! - No spoofing: each container's TAP has an ingress chain (which sees
 //!   every frame before the bridge does, link-local multicast included)
 //!   that passes only IPv4 and ARP from the container's own MAC and
@@ -29,12 +31,16 @@ const BASE: &str = r#"
 table ip vm {
     set bridges { type ifname; }
     set gateways { type ipv4_addr; }
+    set internal { type ifname; }
+    set resolvers { type ifname . ipv4_addr; }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
         iifname @bridges oifname != @bridges masquerade
     }
     chain forward {
         type filter hook forward priority filter; policy accept;
+        iifname @internal drop
+        oifname @internal drop
         iifname @bridges oifname @bridges drop
         oifname @bridges ct state established,related accept
         oifname @bridges drop
@@ -43,6 +49,7 @@ table ip vm {
         type filter hook input priority filter; policy accept;
         iifname @bridges ct state established,related accept
         iifname @bridges ip daddr @gateways icmp type echo-request accept
+        iifname . ip daddr @resolvers udp dport 53 accept
         iifname @bridges drop
     }
 }
@@ -91,25 +98,56 @@ fn run(script: &str) -> Result<(), String> {
     }
 }
 
-/// Whether both of our tables are there.
+/// Whether both of our tables are there, as this version makes them
+/// (older ones lack the resolvers' set).
 fn tables_exist() -> Result<bool, String> {
-    let out = Command::new(nft()?)
-        .args(["list", "tables"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| format!("running nft: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let has = |t: &str| text.lines().any(|l| l.trim() == t);
-    Ok(out.status.success() && has("table ip vm") && has("table netdev vm"))
+    let nft = nft()?;
+    for what in [
+        ["set", "ip", "vm", "resolvers"],
+        ["table", "netdev", "vm", ""],
+    ] {
+        let ok = Command::new(&nft)
+            .arg("list")
+            .args(what.iter().filter(|w| !w.is_empty()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("running nft: {e}"))?
+            .success();
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A network's bridge as the rules know it.
+#[derive(Debug, Clone)]
+pub struct Bridge {
+    pub name: String,
+    pub gateway: Ipv4Addr,
+    pub internal: bool,
+    /// Whether the gateway answers DNS.
+    pub dns: bool,
+}
+
+impl Bridge {
+    pub fn of(n: &super::net::Net) -> Self {
+        Self {
+            name: n.bridge.clone(),
+            gateway: n.gateway,
+            internal: n.internal,
+            dns: !n.is_default(),
+        }
+    }
 }
 
 /// A container's TAP as the rules know it.
-pub struct Port<'a> {
-    pub bridge: &'a str,
-    pub gateway: Ipv4Addr,
-    pub tap: &'a str,
-    pub mac: &'a str,
+pub struct Port {
+    pub bridge: Bridge,
+    pub tap: String,
+    pub mac: String,
     pub ip: Ipv4Addr,
 }
 
@@ -119,7 +157,7 @@ pub struct Port<'a> {
 /// off before we first turned it on (kept in `state_dir`), forwarding
 /// between interfaces that are not ours stays refused, so the host routes
 /// nothing it did not before.
-pub fn ensure_tables(state_dir: &Path, live: &[Port]) -> Result<(), String> {
+pub fn ensure_tables(state_dir: &Path, live: impl FnOnce() -> Vec<Port>) -> Result<(), String> {
     if tables_exist()? {
         return Ok(());
     }
@@ -142,9 +180,9 @@ pub fn ensure_tables(state_dir: &Path, live: &[Port]) -> Result<(), String> {
     let _ = run("delete table netdev vm\n");
     run(&script)?;
     std::fs::write(forward, "1").map_err(|e| format!("turning on {forward}: {e}"))?;
-    for p in live {
+    for p in live() {
         // (a TAP that is gone has no chain to get back)
-        let _ = add_port(p);
+        let _ = add_port(&p);
     }
     Ok(())
 }
@@ -155,19 +193,50 @@ pub fn ensure_tables(state_dir: &Path, live: &[Port]) -> Result<(), String> {
 pub fn add_port(p: &Port) -> Result<(), String> {
     let Port {
         bridge,
-        gateway,
         tap,
         mac,
         ip,
     } = p;
-    run(&format!(
-        "add element ip vm bridges {{ \"{bridge}\" }}\n\
-         add element ip vm gateways {{ {gateway} }}\n\
+    let Bridge {
+        name,
+        gateway,
+        internal,
+        dns,
+    } = bridge;
+    let mut script = format!(
+        "add element ip vm bridges {{ \"{name}\" }}\n\
+         add element ip vm gateways {{ {gateway} }}\n"
+    );
+    if *internal {
+        script.push_str(&format!("add element ip vm internal {{ \"{name}\" }}\n"));
+    }
+    if *dns {
+        script.push_str(&format!(
+            "add element ip vm resolvers {{ \"{name}\" . {gateway} }}\n"
+        ));
+    }
+    script.push_str(&format!(
+        "\
          add chain netdev vm {tap} {{ type filter hook ingress device \"{tap}\" priority -500; policy drop; }}\n\
          flush chain netdev vm {tap}\n\
          add rule netdev vm {tap} ether saddr {mac} ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp saddr ether {mac} arp saddr ip {ip} accept\n\
          add rule netdev vm {tap} ether saddr {mac} ether type ip ip saddr {ip} accept\n"
-    ))
+    ));
+    run(&script)
+}
+
+/// Takes a removed network's bridge out of the sets (each on its own:
+/// one that is not there is no failure).
+pub fn forget_network(b: &Bridge) {
+    let Bridge { name, gateway, .. } = b;
+    for e in [
+        format!("bridges {{ \"{name}\" }}"),
+        format!("internal {{ \"{name}\" }}"),
+        format!("gateways {{ {gateway} }}"),
+        format!("resolvers {{ \"{name}\" . {gateway} }}"),
+    ] {
+        let _ = run(&format!("delete element ip vm {e}\n"));
+    }
 }
 
 /// Takes `tap`'s chain out again (it may be gone with its TAP already).

@@ -1,15 +1,21 @@
 //! Container networks, Docker's way: the default network `bridge` is a
 //! Linux bridge (`vm0`, 10.213.0.0/16, its gateway on the bridge) with
-//! NAT to the outside; each running container gets an address from the
+//! NAT to the outside, and `vm network create` makes more (see `net`),
+//! whose containers find each other by name (see `dns`). Each running
+//! container gets, on each of its networks, an address from the
 //! network's IPAM, a TAP device on the bridge (opened by the monitor and
-//! handed to the VMM; it goes away with the last descriptor), walls in
-//! nftables (see `firewall`), and a proxy per published port (see
-//! `ports`). `--network none` gives the guest `lo` alone.
+//! handed to the VMM; it goes away with the last descriptor) and walls in
+//! nftables (see `firewall`); its published ports are proxied to its
+//! first network (see `ports`). `--network none` gives the guest `lo`
+//! alone.
 //!
-//! The subnet is not Docker's 172.17.0.0/16, so both can run on one host.
+//! The subnets are not Docker's 172.17.0.0/16 and up, so both can run on
+//! one host.
 
+pub mod dns;
 pub mod firewall;
 pub mod ipam;
+pub mod net;
 mod passt;
 pub mod ports;
 
@@ -22,35 +28,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::Container;
 use crate::error::{Error, Result};
+use net::Net;
 use ports::{PortSpec, Proxies, Published};
 
 /// The default network's name, as Docker's.
 pub const DEFAULT: &str = "bridge";
 
-/// A network's shape on the host.
-#[derive(Debug, Clone)]
-struct Def {
-    name: &'static str,
-    bridge: &'static str,
-    subnet: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
-    mtu: u32,
-}
+/// How many networks one container may join (each is a network card,
+/// and the VM's interrupts are few).
+pub const MAX_NETWORKS: usize = 4;
 
-const BRIDGE: Def = Def {
-    name: DEFAULT,
-    bridge: "vm0",
-    subnet: Ipv4Addr::new(10, 213, 0, 0),
-    prefix: 16,
-    gateway: Ipv4Addr::new(10, 213, 0, 1),
-    mtu: 1500,
-};
-
-/// The container's network as created (`--network`, `-p`, `--dns`...).
+/// The container's network as created (`--network`, `-p`, `--dns`...)
+/// and connected since.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Options {
-    /// `bridge` or `none`.
+    /// The first network's name, or `none`.
     pub mode: String,
     pub ports: Vec<PortSpec>,
     pub mac: Option<String>,
@@ -59,6 +51,39 @@ pub struct Options {
     pub dns_options: Vec<String>,
     /// `--add-host NAME:ADDRESS` (`host-gateway` is the network's gateway).
     pub add_hosts: Vec<(String, String)>,
+    /// `--ip` on the first network.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// `--network-alias` on the first network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Networks joined with `vm network connect`.
+    #[serde(default)]
+    pub connected: Vec<Endpoint>,
+}
+
+/// A network a container joins, with its address and aliases there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub network: String,
+    pub ip: Option<Ipv4Addr>,
+    pub aliases: Vec<String>,
+}
+
+impl Options {
+    /// Every network the container joins, the first first.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let mut out = Vec::new();
+        if self.mode != "none" && !self.mode.is_empty() {
+            out.push(Endpoint {
+                network: self.mode.clone(),
+                ip: self.ip,
+                aliases: self.aliases.clone(),
+            });
+        }
+        out.extend(self.connected.iter().cloned());
+        out
+    }
 }
 
 /// What `--network` and the publishing flags may be; `exposed` is the
@@ -96,7 +121,7 @@ impl Request {
                     "--network {n}: containers run in separate VMs and cannot share a network stack"
                 ))
             }
-            Some(n) => return Err(format!("network {n} not found")),
+            Some(n) => n,
         };
         let mut ports = self
             .publish
@@ -120,13 +145,26 @@ impl Request {
         if mode == "none" {
             ports.clear();
         }
-        if self.ip.is_some() {
-            return Err("--ip: a chosen address is supported on user-defined networks only".into());
-        }
-        if !self.aliases.is_empty() {
+        let user_defined = mode != DEFAULT && mode != "none";
+        let ip = match &self.ip {
+            None => None,
+            Some(_) if !user_defined => {
+                return Err(
+                    "--ip: a chosen address is supported on user-defined networks only".into(),
+                )
+            }
+            Some(a) => Some(
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("--ip {a:?} is not an IPv4 address"))?,
+            ),
+        };
+        if !self.aliases.is_empty() && !user_defined {
             return Err(
                 "--network-alias: aliases are supported on user-defined networks only".into(),
             );
+        }
+        for a in &self.aliases {
+            check_alias(a)?;
         }
         let mac = match &self.mac {
             None => None,
@@ -178,12 +216,69 @@ impl Request {
             dns_search: self.dns_search.clone(),
             dns_options: self.dns_options.clone(),
             add_hosts,
+            ip,
+            aliases: self.aliases.clone(),
+            connected: Vec::new(),
         })
     }
 }
 
+/// A network alias: a host name (letters, digits, '-', '_', '.').
+pub fn check_alias(a: &str) -> std::result::Result<(), String> {
+    let ok = !a.is_empty()
+        && a.len() <= 253
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !a.starts_with(['.', '-'])
+        && !a.ends_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "--network-alias {a:?} is not a host name: use letters, digits, '-', '_' and '.'"
+        ))
+    }
+}
+
+/// Checks `o`'s networks against those there are: each must exist (its
+/// name is the one kept), a user who is not root has the default one
+/// alone, an internal network takes no published ports, and a chosen
+/// address must be the network's.
+pub fn check(state: &Path, o: &Options) -> Result<Options> {
+    let mut o = o.clone();
+    let root = nix::unistd::geteuid().is_root();
+    if o.mode != "none" {
+        let n = net::find(state, &o.mode)?;
+        if !root && !n.is_default() {
+            return Err(Error::invalid(format!(
+                "network {}: user-defined networks need root (they are Linux bridges); \
+                 users other than root have the default network, through passt",
+                n.name
+            )));
+        }
+        if n.internal && !o.ports.is_empty() {
+            return Err(Error::invalid(format!(
+                "network {} is internal: nothing goes in or out of it, so no port can be published",
+                n.name
+            )));
+        }
+        if let Some(ip) = o.ip {
+            ipam::pick(
+                &ipam::Leases::default(),
+                n.subnet,
+                n.prefix,
+                n.gateway,
+                Some(ip),
+            )
+            .map_err(|e| Error::invalid(format!("--ip: {e}")))?;
+        }
+        o.mode = n.name;
+    }
+    Ok(o)
+}
+
 /// The network as a running container has it, in its state (for `vm
-/// port`, `vm ps`, `vm inspect`).
+/// port`, `vm ps`, `vm inspect`): its first network's, and every one's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub network: String,
@@ -193,18 +288,41 @@ pub struct Settings {
     pub gateway: Option<Ipv4Addr>,
     pub mac: String,
     pub ports: Vec<Published>,
+    #[serde(default)]
+    pub networks: Vec<Joined>,
 }
 
-/// One start's network: released (proxies, TAP, rules, address) when
-/// dropped, after the VMM has been reaped.
+/// One network of a running container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    pub network: String,
+    pub network_id: String,
+    pub bridge: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mac: String,
+    pub aliases: Vec<String>,
+}
+
+/// One start's network: released (proxies, DNS, TAPs, rules, addresses)
+/// when dropped, after the VMM has been reaped.
 pub struct Attachment {
     // (dropped in this order)
     _relay: Relay,
+    _dns: Vec<dns::Responder>,
+    nics: Vec<Nic>,
+    guest: agent_protocol::Network,
+    settings: Settings,
+}
+
+/// One network card's host side.
+struct Nic {
     /// The TAP, or the VMM's end of passt's stream.
     fd: Arc<OwnedFd>,
     name: String,
-    guest: agent_protocol::Network,
-    settings: Settings,
+    mac: String,
+    stream: bool,
     _held: Option<Held>,
 }
 
@@ -220,9 +338,8 @@ enum Relay {
 struct Held {
     state: std::path::PathBuf,
     container: String,
-    def: Def,
+    network: String,
     ip: Ipv4Addr,
-    mac: String,
     tap_name: String,
 }
 
@@ -231,13 +348,13 @@ impl Drop for Held {
         // (a chain that was never made is not there to remove)
         firewall::remove_port(&self.tap_name);
         if let Ok(_lock) = ipam::lock(&self.state) {
-            if let Ok(mut l) = ipam::read(&self.state, self.def.name) {
+            if let Ok(mut l) = ipam::read(&self.state, &self.network) {
                 if l.leases
                     .get(&self.ip)
                     .is_some_and(|x| x.container == self.container)
                 {
                     l.leases.remove(&self.ip);
-                    let _ = ipam::write(&self.state, self.def.name, &l);
+                    let _ = ipam::write(&self.state, &self.network, &l);
                 }
             }
         }
@@ -254,16 +371,19 @@ impl Attachment {
         self.settings.clone()
     }
 
-    pub fn net_config(&self) -> devices::virtio::net::NetConfig {
-        let passt = matches!(self._relay, Relay::Passt { .. });
-        devices::virtio::net::NetConfig {
-            tap: self.name.clone(),
-            tap_fd: (!passt).then(|| self.fd.clone()),
-            stream_fd: passt.then(|| self.fd.clone()),
-            mac: netconf::parse_mac(&self.settings.mac).unwrap_or_default(),
-            rx_rate_limit: Default::default(),
-            tx_rate_limit: Default::default(),
-        }
+    /// The VMM's network cards, one per network.
+    pub fn net_configs(&self) -> Vec<devices::virtio::net::NetConfig> {
+        self.nics
+            .iter()
+            .map(|n| devices::virtio::net::NetConfig {
+                tap: n.name.clone(),
+                tap_fd: (!n.stream).then(|| n.fd.clone()),
+                stream_fd: n.stream.then(|| n.fd.clone()),
+                mac: netconf::parse_mac(&n.mac).unwrap_or_default(),
+                rx_rate_limit: Default::default(),
+                tx_rate_limit: Default::default(),
+            })
+            .collect()
     }
 }
 
@@ -291,50 +411,119 @@ fn extra_hosts(o: &Options, gateway: Option<Ipv4Addr>) -> Vec<agent_protocol::Ho
         .collect()
 }
 
-/// Attaches `c` to its network for one start: binds its published ports
-/// (a taken one fails here, before anything else is made), takes an
-/// address, makes its TAP on the bridge and its rules. None for
-/// `--network none`.
+/// Attaches `c` to its networks for one start: binds its published ports
+/// (a taken one fails here, before anything else is made), and on each
+/// network takes an address and makes its TAP on the bridge and its
+/// rules. None for `--network none`.
 pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
     let o = &c.config.network;
-    if o.mode == "none" {
+    let endpoints = o.endpoints();
+    if endpoints.is_empty() {
         return Ok(None);
     }
+    let mut nets = Vec::new();
+    for e in &endpoints {
+        nets.push(net::find(state, &e.network).map_err(|_| {
+            Error::not_found(format!(
+                "network {} not found: it was removed after the container joined it; \
+                 `vm network disconnect {} {}` and connect it to another",
+                e.network, e.network, c.config.name
+            ))
+        })?);
+    }
+    if nets[0].internal && !o.ports.is_empty() {
+        return Err(Error::invalid(format!(
+            "network {} is internal: nothing goes in or out of it, so no port can be published",
+            nets[0].name
+        )));
+    }
     if !nix::unistd::geteuid().is_root() {
+        if nets.len() > 1 || !nets[0].is_default() {
+            return Err(Error::invalid(
+                "user-defined networks need root (they are Linux bridges); \
+                 users other than root have the default network, through passt",
+            ));
+        }
         return attach_passt(c);
     }
-    let def = BRIDGE;
     let bound = ports::bind(&o.ports).map_err(Error::in_use)?;
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut nics = Vec::new();
+    let mut joined = Vec::new();
+    let mut responders = Vec::new();
+    for (i, (n, e)) in nets.iter().zip(&endpoints).enumerate() {
+        let mac = if i == 0 { o.mac.as_deref() } else { None };
+        let (nic, j) = join(state, c, i, n, e, mac)?;
+        nics.push(nic);
+        joined.push(j);
+        if !n.is_default() {
+            responders.push(dns::start(state, n, &host_resolv).map_err(Error::host)?);
+        }
+    }
+    let first = &joined[0];
+    let published = bound.iter().map(ports::Bound::published).collect();
+    let proxies = Proxies::start(bound, first.ip).map_err(Error::host)?;
+    let settings = Settings {
+        network: first.network.clone(),
+        bridge: first.bridge.clone(),
+        ip: Some(first.ip),
+        prefix: first.prefix,
+        gateway: Some(first.gateway),
+        mac: first.mac.clone(),
+        ports: published,
+        networks: joined.clone(),
+    };
+    // On a user-defined network the guest asks the network's DNS, which
+    // forwards what is not a container's name to the flags' servers or
+    // the host's.
+    let mut resolv = dns(o, &host_resolv);
+    if !nets[0].is_default() {
+        resolv.dns = vec![first.gateway.to_string()];
+    }
+    Ok(Some(Attachment {
+        _relay: Relay::Proxies { _running: proxies },
+        _dns: responders,
+        nics,
+        guest: guest_network(o, &joined, nets[0].mtu(), resolv),
+        settings,
+    }))
+}
+
+/// Joins `c` to network `n` as its `index`th card: an address (under the
+/// networks' lock), the bridge if it is not there yet, a TAP and its
+/// chain.
+fn join(
+    state: &Path,
+    c: &Container,
+    index: usize,
+    n: &Net,
+    e: &Endpoint,
+    mac: Option<&str>,
+) -> Result<(Nic, Joined)> {
     let id = &c.config.id;
-    let tap_name = format!("vm-{}", &id[..id.len().min(12)]);
+    let tap_name = if index == 0 {
+        format!("vm-{}", &id[..id.len().min(12)])
+    } else {
+        format!("vm{index}-{}", &id[..id.len().min(11)])
+    };
+    let bridge = firewall::Bridge::of(n);
     let (ip, mac) = {
         let _lock = ipam::lock(state)?;
-        ensure_bridge(&def).map_err(Error::host)?;
-        let mut leases = ipam::read(state, def.name)?;
+        ensure_bridge(n).map_err(Error::host)?;
+        let mut leases = ipam::read(state, &n.name)?;
         // A lease this container left (a start that did not finish): its
         // TAP's chain, if any is left, goes with it.
         if leases.leases.values().any(|l| l.container == *id) {
             firewall::remove_port(&tap_name);
             leases.leases.retain(|_, l| l.container != *id);
         }
-        let live: Vec<firewall::Port> = leases
-            .leases
-            .iter()
-            .map(|(ip, l)| firewall::Port {
-                bridge: def.bridge,
-                gateway: def.gateway,
-                tap: &l.tap,
-                mac: &l.mac,
-                ip: *ip,
-            })
-            .collect();
-        firewall::ensure_tables(&ipam::dir(state), &live).map_err(Error::host)?;
-        let ip = ipam::pick(&leases, def.subnet, def.prefix, def.gateway, None)
-            .map_err(|e| Error::host(format!("network {}: {e}", def.name)))?;
-        let mac = match &o.mac {
+        firewall::ensure_tables(&ipam::dir(state), || live_ports(state)).map_err(Error::host)?;
+        let ip = ipam::pick(&leases, n.subnet, n.prefix, n.gateway, e.ip)
+            .map_err(|e| Error::in_use(format!("network {}: {e}", n.name)))?;
+        let mac = match mac {
             Some(m) => {
                 check_mac(m, &leases)?;
-                m.clone()
+                m.to_string()
             }
             None => mac_for(ip),
         };
@@ -346,68 +535,88 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
                 tap: tap_name.clone(),
             },
         );
-        ipam::write(state, def.name, &leases)?;
+        ipam::write(state, &n.name, &leases)?;
         (ip, mac)
     };
     let held = Held {
         state: state.to_path_buf(),
         container: id.clone(),
-        def: def.clone(),
+        network: n.name.clone(),
         ip,
-        mac,
-        tap_name,
+        tap_name: tap_name.clone(),
     };
-    let tap = make_tap(&held.tap_name, def.bridge).map_err(Error::host)?;
+    let tap = make_tap(&tap_name, &n.bridge).map_err(Error::host)?;
     firewall::add_port(&firewall::Port {
-        bridge: def.bridge,
-        gateway: def.gateway,
-        tap: &held.tap_name,
-        mac: &held.mac,
+        bridge,
+        tap: tap_name.clone(),
+        mac: mac.clone(),
         ip,
     })
     .map_err(Error::host)?;
-    let published = bound.iter().map(ports::Bound::published).collect();
-    let proxies = Proxies::start(bound, ip).map_err(Error::host)?;
-    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let settings = Settings {
-        network: def.name.into(),
-        bridge: def.bridge.into(),
-        ip: Some(ip),
-        prefix: def.prefix,
-        gateway: Some(def.gateway),
-        mac: held.mac.clone(),
-        ports: published,
+    let joined = Joined {
+        network: n.name.clone(),
+        network_id: n.id.clone(),
+        bridge: n.bridge.clone(),
+        ip,
+        prefix: n.prefix,
+        gateway: n.gateway,
+        mac: mac.clone(),
+        aliases: e.aliases.clone(),
     };
-    Ok(Some(Attachment {
-        _relay: Relay::Proxies { _running: proxies },
-        fd: Arc::new(tap),
-        name: held.tap_name.clone(),
-        guest: guest_network(o, &settings, def.mtu, dns(o, &host_resolv)),
-        settings,
-        _held: Some(held),
-    }))
+    Ok((
+        Nic {
+            fd: Arc::new(tap),
+            name: tap_name,
+            mac,
+            stream: false,
+            _held: Some(held),
+        },
+        joined,
+    ))
 }
 
-/// The guest's side of `s`, with `dns`'s servers, search list and options.
+/// The TAPs of every container with an address, on every network, as
+/// the firewall knows them.
+fn live_ports(state: &Path) -> Vec<firewall::Port> {
+    let mut out = Vec::new();
+    for n in net::list(state) {
+        let Ok(leases) = ipam::read(state, &n.name) else {
+            continue;
+        };
+        let bridge = firewall::Bridge::of(&n);
+        for (ip, l) in leases.leases {
+            out.push(firewall::Port {
+                bridge: bridge.clone(),
+                tap: l.tap,
+                mac: l.mac,
+                ip,
+            });
+        }
+    }
+    out
+}
+
+/// The guest's side of its networks, with `dns`'s servers, search list
+/// and options; the first network has the default route.
 fn guest_network(
     o: &Options,
-    s: &Settings,
+    joined: &[Joined],
     mtu: u32,
     dns: agent_protocol::Network,
 ) -> agent_protocol::Network {
     agent_protocol::Network {
-        interfaces: s
-            .ip
-            .map(|address| agent_protocol::Interface {
-                mac: s.mac.clone(),
-                address,
-                prefix: s.prefix,
-                gateway: s.gateway,
+        interfaces: joined
+            .iter()
+            .enumerate()
+            .map(|(i, j)| agent_protocol::Interface {
+                mac: j.mac.clone(),
+                address: j.ip,
+                prefix: j.prefix,
+                gateway: (i == 0).then_some(j.gateway),
                 mtu,
             })
-            .into_iter()
             .collect(),
-        hosts: extra_hosts(o, s.gateway),
+        hosts: extra_hosts(o, joined.first().map(|j| j.gateway)),
         ..dns
     }
 }
@@ -434,14 +643,26 @@ fn attach_passt(c: &Container) -> Result<Option<Attachment>> {
         };
     }
     let relay = passt::start(theirs.into(), &published).map_err(Error::host)?;
-    let settings = Settings {
-        network: DEFAULT.into(),
+    let default = Net::default_bridge();
+    let joined = Joined {
+        network: default.name,
+        network_id: default.id,
         bridge: String::new(),
-        ip: Some(passt::ADDRESS),
+        ip: passt::ADDRESS,
         prefix: passt::PREFIX,
-        gateway: Some(passt::GATEWAY),
+        gateway: passt::GATEWAY,
         mac: o.mac.clone().unwrap_or_else(|| mac_for(passt::ADDRESS)),
+        aliases: Vec::new(),
+    };
+    let settings = Settings {
+        network: joined.network.clone(),
+        bridge: String::new(),
+        ip: Some(joined.ip),
+        prefix: joined.prefix,
+        gateway: Some(joined.gateway),
+        mac: joined.mac.clone(),
         ports: published,
+        networks: vec![joined.clone()],
     };
     // Names go to passt's forwarder unless the flags say otherwise; the
     // host's search list and options stay.
@@ -456,11 +677,16 @@ fn attach_passt(c: &Container) -> Result<Option<Attachment>> {
     }
     Ok(Some(Attachment {
         _relay: Relay::Passt { _running: relay },
-        fd: Arc::new(ours.into()),
-        name: "passt".into(),
-        guest: guest_network(o, &settings, 65520, dns(o, &resolv)),
+        _dns: Vec::new(),
+        nics: vec![Nic {
+            fd: Arc::new(ours.into()),
+            name: "passt".into(),
+            mac: joined.mac.clone(),
+            stream: true,
+            _held: None,
+        }],
+        guest: guest_network(o, &[joined], 65520, dns(o, &resolv)),
         settings,
-        _held: None,
     }))
 }
 
@@ -475,14 +701,14 @@ fn mac_for(ip: Ipv4Addr) -> String {
     netconf::format_mac(&[0x02, 0x42, o[0], o[1], o[2], o[3]])
 }
 
-/// The bridge, its gateway address and the firewall's sets for it.
-fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
+/// `n`'s bridge, up, with its gateway address.
+fn ensure_bridge(n: &Net) -> std::result::Result<(), String> {
     let mut nl = netconf::Netlink::open().map_err(|e| e.to_string())?;
-    if nl.link(def.bridge).map_err(|e| e.to_string())?.is_none() {
+    if nl.link(&n.bridge).map_err(|e| e.to_string())?.is_none() {
         // A fixed MAC: a bridge without one takes its lowest port's,
         // which changes as containers come and go.
-        let mac = netconf::parse_mac(&mac_for(def.gateway)).unwrap_or_default();
-        nl.add_bridge(def.bridge, mac).map_err(|e| {
+        let mac = netconf::parse_mac(&mac_for(n.gateway)).unwrap_or_default();
+        nl.add_bridge(&n.bridge, mac).map_err(|e| {
             if e.errno() == Some(libc::EPERM) {
                 format!("{e}: the bridge network needs root; run as root or with --network none")
             } else {
@@ -491,27 +717,27 @@ fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
         })?;
     }
     let link = nl
-        .link(def.bridge)
+        .link(&n.bridge)
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("bridge {} vanished", def.bridge))?;
+        .ok_or_else(|| format!("bridge {} vanished", n.bridge))?;
     if !Path::new("/sys/class/net")
-        .join(def.bridge)
+        .join(&n.bridge)
         .join("bridge")
         .exists()
     {
         return Err(format!(
-            "the host has an interface {} that is not a bridge; the default network needs that name",
-            def.bridge
+            "the host has an interface {} that is not a bridge; network {} needs that name",
+            n.bridge, n.name
         ));
     }
     let addrs = nl.addresses(link.index).map_err(|e| e.to_string())?;
-    if !addrs.contains(&(def.gateway, def.prefix)) {
-        nl.add_address(def.bridge, def.gateway, def.prefix)
+    if !addrs.contains(&(n.gateway, n.prefix)) {
+        nl.add_address(&n.bridge, n.gateway, n.prefix)
             .map_err(|e| e.to_string())?;
     }
     if !link.up {
         nl.set_link(
-            def.bridge,
+            &n.bridge,
             &netconf::LinkChange {
                 up: Some(true),
                 ..Default::default()
@@ -523,18 +749,16 @@ fn ensure_bridge(def: &Def) -> std::result::Result<(), String> {
 }
 
 /// A `--mac-address` must not be another container's, nor one of those
-/// made from addresses (`02:42:` and an address of ours).
+/// the networks make from addresses (`02:42:` and the address).
 fn check_mac(mac: &str, leases: &ipam::Leases) -> Result<()> {
     if leases.leases.values().any(|l| l.mac == mac) {
         return Err(Error::in_use(format!(
             "--mac-address {mac}: another container on the network has it"
         )));
     }
-    let reserved = mac_for(BRIDGE.subnet);
-    if mac[..11] == reserved[..11] {
+    if mac.starts_with("02:42:") {
         return Err(Error::invalid(format!(
-            "--mac-address {mac}: addresses {}:xx:xx are kept for the containers the network numbers itself",
-            &reserved[..11]
+            "--mac-address {mac}: addresses 02:42:xx:xx:xx:xx are kept for the containers the networks number themselves; choose another"
         )));
     }
     Ok(())
@@ -598,33 +822,40 @@ fn dns(o: &Options, host_resolv: &str) -> agent_protocol::Network {
 }
 
 /// Leases whose container's monitor is gone (killed before it could let
-/// go), and their rules.
+/// go), and their rules, on every network.
 pub fn sweep(state: &Path) {
-    if !ipam::dir(state)
-        .join(format!("{DEFAULT}.leases.json"))
-        .exists()
-    {
+    let nets: Vec<Net> = net::list(state)
+        .into_iter()
+        .filter(|n| {
+            ipam::dir(state)
+                .join(format!("{}.leases.json", n.name))
+                .exists()
+        })
+        .collect();
+    if nets.is_empty() {
         return;
     }
     let Ok(_lock) = ipam::lock(state) else {
         return;
     };
-    let Ok(mut leases) = ipam::read(state, DEFAULT) else {
-        return;
-    };
     let all = crate::container::list(state);
-    let before = leases.leases.len();
-    leases.leases.retain(|_, l| {
-        let live = all
-            .iter()
-            .any(|c| c.config.id == l.container && c.monitor_alive());
-        if !live {
-            firewall::remove_port(&l.tap);
+    for n in nets {
+        let Ok(mut leases) = ipam::read(state, &n.name) else {
+            continue;
+        };
+        let before = leases.leases.len();
+        leases.leases.retain(|_, l| {
+            let live = all
+                .iter()
+                .any(|c| c.config.id == l.container && c.monitor_alive());
+            if !live {
+                firewall::remove_port(&l.tap);
+            }
+            live
+        });
+        if leases.leases.len() != before {
+            let _ = ipam::write(state, &n.name, &leases);
         }
-        live
-    });
-    if leases.leases.len() != before {
-        let _ = ipam::write(state, DEFAULT, &leases);
     }
 }
 
@@ -649,11 +880,20 @@ mod tests {
             ..req()
         };
         assert!(host.resolve(&[]).expect_err("host").contains("own kernel"));
-        let other = Request {
-            network: Some("nosuch".into()),
+        let named = Request {
+            network: Some("backend".into()),
+            ip: Some("10.214.0.9".into()),
+            aliases: vec!["db".into()],
             ..req()
         };
-        assert!(other.resolve(&[]).expect_err("other").contains("not found"));
+        let o = named.resolve(&[]).expect("named");
+        assert_eq!(o.endpoints()[0].aliases, vec!["db".to_string()]);
+        let ip_on_default = Request {
+            ip: Some("10.213.0.9".into()),
+            ..req()
+        };
+        assert!(ip_on_default.resolve(&[]).is_err());
+        assert!(check_alias("-x").is_err() && check_alias("db.local").is_ok());
         let conflict = Request {
             network: Some("none".into()),
             publish: vec!["80".into()],
