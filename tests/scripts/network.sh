@@ -169,6 +169,10 @@ c = n["IPAM"]["Config"][0]
 print(c["Subnet"], c["Gateway"], n["Labels"]["tier"], n["Internal"])'
 vm network create front 2> /dev/null; echo "again rc=$?"
 vm network create --subnet 10.77.0.128/25 other 2>&1 > /dev/null | grep -c "overlaps network back"
+vm network create --subnet 169.254.169.0/24 meta 2>&1 > /dev/null | grep -c "link-local"
+ip route add 203.0.113.0/24 dev vmh0
+vm network create --subnet 203.0.113.0/24 routed 2>&1 > /dev/null | grep -c "the host's route to 203.0.113.0/24"
+ip route del 203.0.113.0/24 dev vmh0
 webserver() {
     vm run -d --name "$1" -m 64m "${@:2}" $I sh -c "mkdir /w; echo $1 > /w/index.html; exec httpd -f -p 80 -h /w" > /dev/null
 }
@@ -180,6 +184,10 @@ vm network connect --alias store back both
 vm start both > /dev/null
 for c in api db plain both; do await $c '{{.State.Status}}' running; done
 vm network connect back api 2>&1 | grep -c "no hot-plug"
+# Root on the host reaches a container; other users only through ports.
+api_ip=$(vm inspect -f '{{.NetworkSettings.IPAddress}}' api)
+curl -s -m 5 "http://$api_ip/"
+setpriv --reuid=65534 --regid=65534 --clear-groups curl -s -m 3 "http://$api_ip/" || echo user-refused
 plain_ip=$(vm inspect -f '{{.NetworkSettings.IPAddress}}' plain)
 # From front: names and aliases there, the outside's names through the
 # network's DNS; nothing on back or the default network.

@@ -117,6 +117,10 @@ fn container_networks() {
             "again rc=125",
             "1",
             "1",
+            "1",
+            "1",
+            "api",
+            "user-refused",
             // from front
             "1",
             "api",
@@ -150,7 +154,7 @@ fn container_networks() {
             "0",
             "0",
         ],
-        "user-defined networks: ls, inspect, a taken name and subnet refused; containers find each other by name and alias on their network and not across networks; other names are forwarded to --dns; an internal network has no way out and publishes nothing; connect (stopped only), two networks at once; rm removes the bridge, its firewall elements and its files\n{out}"
+        "user-defined networks: ls, inspect, a taken name, a taken subnet, link-local and a subnet the host routes refused; connect refused while running; root on the host reaches a container, other users do not; containers find each other by name and alias on their network and not across networks; other names are forwarded to --dns; an internal network has no way out and publishes nothing; connect (stopped only), two networks at once; rm removes the bridge, its firewall elements and its files\n{out}"
     );
 
     assert_eq!(

@@ -36,9 +36,13 @@ const TTL: u32 = 60;
 const MAX_FORWARDS: usize = 64;
 /// How long one upstream server has to answer.
 const UPSTREAM_WAIT: Duration = Duration::from_secs(2);
-/// Questions one responder takes in a second; more are dropped, so a
-/// guest that floods its DNS costs the host little.
+/// Questions one responder takes in a second, from all and from one
+/// asker; more are dropped, so a guest that floods its DNS costs the
+/// host little and leaves its neighbours theirs.
 const MAX_PER_SECOND: u32 = 500;
+const MAX_PER_ASKER: u32 = 100;
+/// Upstream servers tried per question (resolv.conf's own limit).
+const MAX_UPSTREAM: usize = 3;
 
 /// A running responder; stopped when dropped.
 pub struct Responder {
@@ -127,6 +131,7 @@ fn serve(sock: &UdpSocket, ctx: &Context, stop: &AtomicBool) {
     let mut buf = [0u8; 1500];
     let mut second = std::time::Instant::now();
     let mut taken = 0u32;
+    let mut per_asker = std::collections::HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
@@ -148,6 +153,7 @@ fn serve(sock: &UdpSocket, ctx: &Context, stop: &AtomicBool) {
         if second.elapsed() >= Duration::from_secs(1) {
             second = std::time::Instant::now();
             taken = 0;
+            per_asker.clear();
         }
         taken += 1;
         if taken > MAX_PER_SECOND {
@@ -156,6 +162,11 @@ fn serve(sock: &UdpSocket, ctx: &Context, stop: &AtomicBool) {
         let SocketAddr::V4(from) = from else {
             continue;
         };
+        let mine = per_asker.entry(*from.ip()).or_insert(0u32);
+        *mine += 1;
+        if *mine > MAX_PER_ASKER {
+            continue;
+        }
         if let Some(reply) = answer(ctx, &buf[..n], *from.ip(), sock, from) {
             let _ = sock.send_to(&reply, from);
         }
@@ -181,16 +192,25 @@ fn answer(
     let name = question.qname.to_string().to_ascii_lowercase();
     let name = name.trim_end_matches('.');
     let containers = crate::container::list(&ctx.state);
-    let found: Vec<Ipv4Addr> = leases
-        .leases
-        .iter()
-        .filter(|(_, l)| {
-            containers.iter().any(|c| {
-                c.config.id == l.container && names(c, &ctx.net.name).iter().any(|n| n == name)
+    // A container's own name (unique on the host) or short ID comes
+    // before anyone's alias: no alias can shadow a name.
+    let matching = |by_alias: bool| -> Vec<Ipv4Addr> {
+        leases
+            .leases
+            .iter()
+            .filter(|(_, l)| {
+                containers.iter().any(|c| {
+                    c.config.id == l.container
+                        && names(c, &ctx.net.name, by_alias).iter().any(|n| n == name)
+                })
             })
-        })
-        .map(|(a, _)| *a)
-        .collect();
+            .map(|(a, _)| *a)
+            .collect()
+    };
+    let mut found = matching(false);
+    if found.is_empty() {
+        found = matching(true);
+    }
     if !found.is_empty() {
         return reply(&q, |r| {
             if question.qtype == QTYPE::TYPE(TYPE::A) {
@@ -208,33 +228,54 @@ fn answer(
     if ctx.net.internal {
         return reply(&q, |r| *r.rcode_mut() = RCODE::Refused);
     }
-    let upstream: Vec<Ipv4Addr> = containers
-        .iter()
-        .find(|c| c.config.id == asker)
-        .map(|c| {
-            c.config
-                .network
-                .dns
-                .iter()
-                .filter_map(|d| d.parse().ok())
-                .collect::<Vec<_>>()
-        })
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| ctx.host_servers.clone());
+    // The asker's --dns (what is left of it: an empty list answers
+    // SERVFAIL), else the host's.
+    let upstream: Vec<Ipv4Addr> = match containers.iter().find(|c| c.config.id == asker) {
+        Some(c) if !c.config.network.dns.is_empty() => {
+            upstream_of(&ctx.state, &c.config.network.dns)
+        }
+        _ => ctx
+            .host_servers
+            .iter()
+            .copied()
+            .take(MAX_UPSTREAM)
+            .collect(),
+    };
     forward(ctx, query.to_vec(), upstream, sock, from);
     None
 }
 
-/// The names a container answers to on `network`: its name, its short
-/// ID, and its aliases there.
-fn names(c: &crate::container::Container, network: &str) -> Vec<String> {
-    let mut out = vec![c.config.name.to_ascii_lowercase(), c.short_id().to_string()];
-    for e in c.config.network.endpoints() {
-        if e.network == network {
-            out.extend(e.aliases.iter().map(|a| a.to_ascii_lowercase()));
-        }
+/// The names a container answers to on `network`: its name and short
+/// ID, or its aliases there.
+fn names(c: &crate::container::Container, network: &str, aliases: bool) -> Vec<String> {
+    if !aliases {
+        return vec![c.config.name.to_ascii_lowercase(), c.short_id().to_string()];
     }
-    out
+    c.config
+        .network
+        .endpoints()
+        .iter()
+        .filter(|e| e.network == network)
+        .flat_map(|e| e.aliases.iter().map(|a| a.to_ascii_lowercase()))
+        .collect()
+}
+
+/// The servers a container's `--dns` may have its questions forwarded
+/// to: none of the host's own (loopback), none on any of our networks
+/// (whose walls the host's socket would pass), at most three.
+fn upstream_of(state: &Path, dns: &[String]) -> Vec<Ipv4Addr> {
+    let ours = super::net::list(state);
+    dns.iter()
+        .filter_map(|d| d.parse::<Ipv4Addr>().ok())
+        .filter(|a| {
+            !a.is_loopback()
+                && !a.is_unspecified()
+                && !a.is_multicast()
+                && !a.is_broadcast()
+                && !ours.iter().any(|n| n.contains(*a))
+        })
+        .take(MAX_UPSTREAM)
+        .collect()
 }
 
 /// `q`'s reply, made by `fill`.

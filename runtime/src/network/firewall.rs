@@ -8,9 +8,12 @@
 //!   nothing from elsewhere is routed into one, but answers to what the
 //!   containers started (the host's own proxies need no routing).
 //! - The host: a container reaches the host only with answers to
-//!   connections the host made (the port proxies), pings to its gateway
-//!   and, on a user-defined network, DNS to its own network's gateway;
-//!   none of the host's own services.
+//!   connections the host made (the port proxies), pings to its own
+//!   network's gateway and, on a user-defined network, DNS to it; none of
+//!   the host's own services. Users of the host other than root open no
+//!   connections to containers (a rootless tenant's VM, whose passt
+//!   connects with the user's sockets, included): they use published
+//!   ports.
 //! - Internal networks: nothing is routed into or out of them.
 //! - No spoofing: each container's TAP has an ingress chain (which sees
 //!   every frame before the bridge does, link-local multicast included)
@@ -30,7 +33,7 @@ use std::process::{Command, Stdio};
 const BASE: &str = r#"
 table ip vm {
     set bridges { type ifname; }
-    set gateways { type ipv4_addr; }
+    set pings { type ifname . ipv4_addr; }
     set internal { type ifname; }
     set resolvers { type ifname . ipv4_addr; }
     chain postrouting {
@@ -48,9 +51,13 @@ table ip vm {
     chain input {
         type filter hook input priority filter; policy accept;
         iifname @bridges ct state established,related accept
-        iifname @bridges ip daddr @gateways icmp type echo-request accept
+        iifname . ip daddr @pings icmp type echo-request accept
         iifname . ip daddr @resolvers udp dport 53 accept
         iifname @bridges drop
+    }
+    chain output {
+        type filter hook output priority filter; policy accept;
+        oifname @bridges ct state new meta skuid != 0 drop
     }
 }
 table netdev vm {
@@ -99,7 +106,7 @@ fn run(script: &str) -> Result<(), String> {
 }
 
 /// Whether both of our tables are there, as this version makes them
-/// (older ones lack the resolvers' set).
+/// (older ones lack the pings' set).
 fn tables_exist() -> Result<bool, String> {
     let nft = nft()?;
     for what in [
@@ -205,7 +212,7 @@ pub fn add_port(p: &Port) -> Result<(), String> {
     } = bridge;
     let mut script = format!(
         "add element ip vm bridges {{ \"{name}\" }}\n\
-         add element ip vm gateways {{ {gateway} }}\n"
+         add element ip vm pings {{ \"{name}\" . {gateway} }}\n"
     );
     if *internal {
         script.push_str(&format!("add element ip vm internal {{ \"{name}\" }}\n"));
@@ -232,7 +239,7 @@ pub fn forget_network(b: &Bridge) {
     for e in [
         format!("bridges {{ \"{name}\" }}"),
         format!("internal {{ \"{name}\" }}"),
-        format!("gateways {{ {gateway} }}"),
+        format!("pings {{ \"{name}\" . {gateway} }}"),
         format!("resolvers {{ \"{name}\" . {gateway} }}"),
     ] {
         let _ = run(&format!("delete element ip vm {e}\n"));

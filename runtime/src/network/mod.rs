@@ -51,6 +51,9 @@ pub struct Options {
     pub dns_options: Vec<String>,
     /// `--add-host NAME:ADDRESS` (`host-gateway` is the network's gateway).
     pub add_hosts: Vec<(String, String)>,
+    /// The first network's ID (see [`Endpoint::network_id`]).
+    #[serde(default)]
+    pub network_id: Option<String>,
     /// `--ip` on the first network.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
@@ -66,6 +69,10 @@ pub struct Options {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub network: String,
+    /// The network's ID when joined: a network removed and made again
+    /// under the same name is another network, which is not joined.
+    #[serde(default)]
+    pub network_id: Option<String>,
     pub ip: Option<Ipv4Addr>,
     pub aliases: Vec<String>,
 }
@@ -77,6 +84,7 @@ impl Options {
         if self.mode != "none" && !self.mode.is_empty() {
             out.push(Endpoint {
                 network: self.mode.clone(),
+                network_id: self.network_id.clone(),
                 ip: self.ip,
                 aliases: self.aliases.clone(),
             });
@@ -216,6 +224,7 @@ impl Request {
             dns_search: self.dns_search.clone(),
             dns_options: self.dns_options.clone(),
             add_hosts,
+            network_id: None,
             ip,
             aliases: self.aliases.clone(),
             connected: Vec::new(),
@@ -273,6 +282,7 @@ pub fn check(state: &Path, o: &Options) -> Result<Options> {
             .map_err(|e| Error::invalid(format!("--ip: {e}")))?;
         }
         o.mode = n.name;
+        o.network_id = Some(n.id);
     }
     Ok(o)
 }
@@ -423,13 +433,18 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
     }
     let mut nets = Vec::new();
     for e in &endpoints {
-        nets.push(net::find(state, &e.network).map_err(|_| {
+        let gone = || {
             Error::not_found(format!(
                 "network {} not found: it was removed after the container joined it; \
                  `vm network disconnect {} {}` and connect it to another",
                 e.network, e.network, c.config.name
             ))
-        })?);
+        };
+        let n = net::find(state, &e.network).map_err(|_| gone())?;
+        if e.network_id.as_ref().is_some_and(|id| *id != n.id) {
+            return Err(gone());
+        }
+        nets.push(n);
     }
     if nets[0].internal && !o.ports.is_empty() {
         return Err(Error::invalid(format!(
@@ -509,6 +524,13 @@ fn join(
     let bridge = firewall::Bridge::of(n);
     let (ip, mac) = {
         let _lock = ipam::lock(state)?;
+        // (`vm network rm` may have come between finding it and here)
+        if !net::list(state).iter().any(|x| x.id == n.id) {
+            return Err(Error::not_found(format!(
+                "network {} was removed while the container started",
+                n.name
+            )));
+        }
         ensure_bridge(n).map_err(Error::host)?;
         let mut leases = ipam::read(state, &n.name)?;
         // A lease this container left (a start that did not finish): its
@@ -839,6 +861,7 @@ pub fn sweep(state: &Path) {
         return;
     };
     let all = crate::container::list(state);
+    let mut live_left = false;
     for n in nets {
         let Ok(mut leases) = ipam::read(state, &n.name) else {
             continue;
@@ -856,6 +879,12 @@ pub fn sweep(state: &Path) {
         if leases.leases.len() != before {
             let _ = ipam::write(state, &n.name, &leases);
         }
+        live_left |= !leases.leases.is_empty();
+    }
+    // Someone flushed the host's ruleset (nftables.service does on a
+    // reload): the walls of the containers still running come back.
+    if live_left {
+        let _ = firewall::ensure_tables(&ipam::dir(state), || live_ports(state));
     }
 }
 

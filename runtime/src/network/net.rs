@@ -67,6 +67,11 @@ impl Net {
         format!("{}/{}", self.subnet, self.prefix)
     }
 
+    /// Whether `a` is in the subnet.
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        self.overlaps(a, 32)
+    }
+
     fn overlaps(&self, subnet: Ipv4Addr, prefix: u8) -> bool {
         overlap((self.subnet, self.prefix), (subnet, prefix))
     }
@@ -100,7 +105,12 @@ pub fn list(state: &Path) -> Vec<Net> {
 /// A network by name, full ID or unique ID prefix, as Docker finds them.
 pub fn find(state: &Path, key: &str) -> Result<Net> {
     let all = list(state);
-    if let Some(n) = all.iter().find(|n| n.name == key || n.id == key) {
+    // A full ID first, then a name, then an ID's start, as Docker.
+    if let Some(n) = all
+        .iter()
+        .find(|n| n.id == key)
+        .or_else(|| all.iter().find(|n| n.name == key))
+    {
         return Ok(n.clone());
     }
     let hex = !key.is_empty() && key.chars().all(|c| c.is_ascii_hexdigit());
@@ -171,13 +181,21 @@ pub fn create(state: &Path, o: &CreateOptions) -> Result<Net> {
         ));
     }
     let host = host_addresses();
+    let routes = host_routes();
     let taken = |s: Ipv4Addr, p: u8| -> Option<String> {
         if let Some(n) = all.iter().find(|n| n.overlaps(s, p)) {
             return Some(format!("network {} ({})", n.name, n.cidr()));
         }
-        host.iter()
-            .find(|(a, ap)| overlap((*a, *ap), (s, p)))
-            .map(|(a, ap)| format!("the host's address {a}/{ap}"))
+        if let Some((a, ap, what)) = SPECIAL.iter().find(|(a, ap, _)| overlap((*a, *ap), (s, p))) {
+            return Some(format!("{a}/{ap} ({what})"));
+        }
+        if let Some((a, ap)) = host.iter().find(|(a, ap)| overlap((*a, *ap), (s, p))) {
+            return Some(format!("the host's address {a}/{ap}"));
+        }
+        routes
+            .iter()
+            .find(|(a, ap, _)| overlap((*a, *ap), (s, p)))
+            .map(|(a, ap, dev)| format!("the host's route to {a}/{ap} (via {dev})"))
     };
     let (subnet, prefix) = match requested {
         Some((s, p)) => {
@@ -256,6 +274,41 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
         )));
     }
     Ok((a, p))
+}
+
+/// Ranges no network may have: the host's own, link-local (cloud
+/// metadata services live there), multicast and the rest.
+const SPECIAL: [(Ipv4Addr, u8, &str); 5] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\""),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
+];
+
+/// The host's IPv4 routes but default routes and those of our own
+/// bridges, from /proc/net/route: a network over one of them would take
+/// the host's traffic (its resolver's, say) for itself.
+fn host_routes() -> Vec<(Ipv4Addr, u8, String)> {
+    parse_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
+}
+
+fn parse_routes(table: &str) -> Vec<(Ipv4Addr, u8, String)> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dev = *f.first()?;
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
+            // (the kernel prints them in the host's byte order)
+            let dest = Ipv4Addr::from(dest.to_le_bytes());
+            let prefix = mask.count_ones() as u8;
+            let ours = dev == "vm0" || dev.starts_with("vmbr-");
+            (prefix > 0 && !ours).then(|| (dest, prefix, dev.to_string()))
+        })
+        .collect()
 }
 
 /// The host's IPv4 addresses but those of our own bridges.
@@ -392,6 +445,7 @@ pub fn connect(
     }
     o.connected.push(super::Endpoint {
         network: n.name.clone(),
+        network_id: Some(n.id.clone()),
         ip,
         aliases: aliases.to_vec(),
     });
@@ -421,6 +475,7 @@ pub fn disconnect(state: &Path, c: &crate::container::Container, key: &str) -> R
     if o.mode == name {
         if o.connected.is_empty() {
             o.mode = "none".into();
+            o.network_id = None;
             o.ip = None;
             o.aliases.clear();
             o.ports.clear();
@@ -435,6 +490,7 @@ pub fn disconnect(state: &Path, c: &crate::container::Container, key: &str) -> R
                 )));
             }
             o.mode = next.network;
+            o.network_id = next.network_id;
             o.ip = next.ip;
             o.aliases = next.aliases;
         }
@@ -466,6 +522,23 @@ mod tests {
         assert!(parse_cidr("10.50.0.0/31").is_err());
         assert!(parse_cidr("10.50.0.0").is_err());
         assert!(parse_cidr("fe80::/64").is_err());
+    }
+
+    #[test]
+    fn routes_but_defaults_and_ours() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            vm0\t0000D50A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+            tun0\t0064640A\t0101A8C0\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_routes(table),
+            vec![
+                (Ipv4Addr::new(192, 168, 1, 0), 24, "eth0".to_string()),
+                (Ipv4Addr::new(10, 100, 100, 0), 24, "tun0".to_string()),
+            ]
+        );
     }
 
     #[test]
