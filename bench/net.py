@@ -19,6 +19,7 @@ SECONDS = 3
 REQUESTS = 200
 
 GUEST_SCRIPT = f"""
+mkdir -p /tmp
 ip link set eth0 up
 ip addr add {GUEST_IP}/24 dev eth0
 for i in $(seq 1 50); do ping -c 1 -W 1 {HOST_IP} > /dev/null && break; done
