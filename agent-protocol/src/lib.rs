@@ -33,6 +33,9 @@ pub mod port {
     pub const STDERR: u32 = 1027;
     /// Exec `id` uses the three ports from `EXEC_BASE + 3 * id` on.
     pub const EXEC_BASE: u32 = 2048;
+    /// Forwarded connections (see `HostMessage::Forward`) take ports from
+    /// here on, one each.
+    pub const FORWARD_BASE: u32 = 1 << 30;
 }
 
 /// The kernel command-line parameter that tells the agent to connect to

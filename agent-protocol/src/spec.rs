@@ -22,6 +22,10 @@ pub enum HostMessage {
     ExecSignal { id: u32, signal: i32 },
     /// An exec'd process's terminal has a new size.
     ExecResize { id: u32, rows: u16, cols: u16 },
+    /// A connection to a published port: connect to the host's vsock
+    /// `port`, write `token` and a newline, connect to TCP `target` on
+    /// the guest's loopback, and carry bytes both ways.
+    Forward { port: u32, target: u16, token: String },
 }
 
 /// Agent to host.

@@ -59,6 +59,11 @@ fn frames_round_trip() {
             cols: 132,
         },
         HostMessage::Continue,
+        HostMessage::Forward {
+            port: 1 << 30,
+            target: 80,
+            token: "ab".into(),
+        },
     ];
     for m in &msgs {
         write_frame(&mut buf, m).expect("write");

@@ -14,6 +14,7 @@ mod builtin;
 mod container;
 mod disks;
 mod exec;
+mod forward;
 mod host_link;
 mod init_spec;
 mod network;

@@ -489,6 +489,11 @@ fn control_loop(
             Ok(Some(HostMessage::Exec(spec))) => execs.start(*spec, init, reports),
             Ok(Some(HostMessage::ExecSignal { id, signal })) => execs.signal(id, signal),
             Ok(Some(HostMessage::ExecResize { id, rows, cols })) => execs.resize(id, rows, cols),
+            Ok(Some(HostMessage::Forward {
+                port,
+                target,
+                token,
+            })) => crate::forward::start(port, target, token),
             Ok(Some(HostMessage::Run(_) | HostMessage::Continue)) => {}
             Ok(None) | Err(_) => return,
         }

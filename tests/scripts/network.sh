@@ -252,11 +252,15 @@ as_user() {
 as_user run -d --name rl -m 96m -p 8090:80 "oci:$U/oci:busybox" sh -c '
 mkdir -p /w && echo hello-rootless > /w/index.html
 exec httpd -f -p 80 -h /w' > /dev/null
-# (what passt forwards from a published port does not reach the guest
-# yet: see the issue's notes; egress is checked here)
 as_user exec rl wget -q -O - http://198.51.100.2/cgi-bin/ip
 as_user port rl
+# The published port, on 127.0.0.1 and from the "internet".
+for _ in $(seq 1 100); do curl -s -m 2 http://127.0.0.1:8090/ > /dev/null && break; sleep 0.2; done
+curl -s -m 5 http://127.0.0.1:8090/
+ip netns exec inet curl -s -m 5 http://198.51.100.1:8090/
 as_user rm -f rl > /dev/null
+as_user run --rm -p 5353/udp "oci:$U/oci:busybox" true 2> "$U/udp.err"; echo "udp rc=$?"
+grep -c "cannot publish UDP ports" "$U/udp.err"
 pgrep -c -x passt
 
 echo "== leftovers"

@@ -159,8 +159,16 @@ fn container_networks() {
 
     assert_eq!(
         lines(section(&out.stdout, "rootless")),
-        ["198.51.100.1", "80/tcp -> 0.0.0.0:8090", "0"],
-        "a user who is not root: egress through passt (NAT to the host's address), the port as published, and passt ends with the container\n{out}"
+        [
+            "198.51.100.1",
+            "80/tcp -> 0.0.0.0:8090",
+            "hello-rootless",
+            "hello-rootless",
+            "udp rc=125",
+            "1",
+            "0"
+        ],
+        "a user who is not root: egress through passt (NAT to the host's address), the port as published and answering on 127.0.0.1 and to another host (over vsock), UDP publishing refused, and passt ends with the container\n{out}"
     );
 
     assert_eq!(

@@ -372,7 +372,7 @@ fn spawn_input(
 }
 
 /// A random token (128 bits, hex) for one exec's streams.
-fn token() -> Option<String> {
+pub(super) fn token() -> Option<String> {
     let mut b = [0u8; 16];
     // SAFETY: getrandom writes at most b.len() bytes into b.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
@@ -382,7 +382,7 @@ fn token() -> Option<String> {
 /// Whether a connection to an exec's port is the agent's: it starts with
 /// the exec's token and a newline. Others (a container's own processes
 /// connecting to the same port) are dropped by the caller.
-fn has_token(s: &mut UnixStream, token: &str) -> bool {
+pub(super) fn has_token(s: &mut UnixStream, token: &str) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut got = vec![0u8; token.len() + 1];
     let ok = std::io::Read::read_exact(s, &mut got).is_ok()

@@ -19,6 +19,7 @@ use nix::unistd::ForkResult;
 use serde::{Deserialize, Serialize};
 
 mod exec;
+mod forward;
 
 pub use exec::ExecOptions;
 
@@ -567,6 +568,9 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         Ok(n) => n,
         Err(e) => return RunEnd::failed(&e),
     };
+    if let Some(n) = &net {
+        n.set_dialer(forward::dialer(shared.clone()));
+    }
     let settings = net.as_ref().map(crate::network::Attachment::settings);
     shared.set_state(|s| s.network = settings);
     let Prepared {

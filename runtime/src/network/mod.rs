@@ -265,6 +265,11 @@ pub fn check(state: &Path, o: &Options) -> Result<Options> {
                 n.name
             )));
         }
+        if !root {
+            if let Some(p) = o.ports.iter().find(|p| p.proto == ports::Proto::Udp) {
+                return Err(Error::invalid(udp_rootless(p.container_port)));
+            }
+        }
         if n.internal && !o.ports.is_empty() {
             return Err(Error::invalid(format!(
                 "network {} is internal: nothing goes in or out of it, so no port can be published",
@@ -324,6 +329,8 @@ pub struct Attachment {
     nics: Vec<Nic>,
     guest: agent_protocol::Network,
     settings: Settings,
+    /// Where the proxies of a passt network get their dialer.
+    dial: Option<Arc<std::sync::OnceLock<ports::Dial>>>,
 }
 
 /// One network card's host side.
@@ -339,8 +346,13 @@ struct Nic {
 /// What carries published ports: the monitor's proxies (bridge), or
 /// passt, which also carries everything else.
 enum Relay {
-    Proxies { _running: Proxies },
-    Passt { _running: passt::Passt },
+    Proxies {
+        _running: Proxies,
+    },
+    Passt {
+        _proxies: Proxies,
+        _running: passt::Passt,
+    },
 }
 
 /// An address taken and the TAP's chain (if it was made): both let go on
@@ -379,6 +391,14 @@ impl Attachment {
 
     pub fn settings(&self) -> Settings {
         self.settings.clone()
+    }
+
+    /// Gives the published ports' proxies a way into the guest through
+    /// its agent, where they cannot reach its address (passt).
+    pub fn set_dialer(&self, d: ports::Dial) {
+        if let Some(slot) = &self.dial {
+            let _ = slot.set(d);
+        }
     }
 
     /// The VMM's network cards, one per network.
@@ -477,7 +497,7 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
     }
     let first = &joined[0];
     let published = bound.iter().map(ports::Bound::published).collect();
-    let proxies = Proxies::start(bound, first.ip).map_err(Error::host)?;
+    let proxies = Proxies::start(bound, ports::Target::Address(first.ip)).map_err(Error::host)?;
     let settings = Settings {
         network: first.network.clone(),
         bridge: first.bridge.clone(),
@@ -501,6 +521,7 @@ pub fn attach(state: &Path, c: &Container) -> Result<Option<Attachment>> {
         nics,
         guest: guest_network(o, &joined, nets[0].mtu(), resolv),
         settings,
+        dial: None,
     }))
 }
 
@@ -647,7 +668,15 @@ fn guest_network(
 fn attach_passt(c: &Container) -> Result<Option<Attachment>> {
     let o = &c.config.network;
     passt::available().map_err(Error::host)?;
-    let published = passt::settle_ports(&o.ports).map_err(Error::in_use)?;
+    // Published ports: our proxies, into the guest through its agent
+    // (passt's own forwarding fails in Debian bookworm's passt).
+    if let Some(p) = o.ports.iter().find(|p| p.proto == ports::Proto::Udp) {
+        return Err(Error::invalid(udp_rootless(p.container_port)));
+    }
+    let bound = ports::bind(&o.ports).map_err(Error::in_use)?;
+    let published: Vec<Published> = bound.iter().map(ports::Bound::published).collect();
+    let dial = Arc::new(std::sync::OnceLock::new());
+    let proxies = Proxies::start(bound, ports::Target::Agent(dial.clone())).map_err(Error::host)?;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| Error::host(format!("a socket pair for passt: {e}")))?;
     // Room for bursts either way (the kernel caps it at its maximum).
@@ -664,7 +693,7 @@ fn attach_passt(c: &Container) -> Result<Option<Attachment>> {
             )
         };
     }
-    let relay = passt::start(theirs.into(), &published).map_err(Error::host)?;
+    let relay = passt::start(theirs.into()).map_err(Error::host)?;
     let default = Net::default_bridge();
     let joined = Joined {
         network: default.name,
@@ -698,7 +727,10 @@ fn attach_passt(c: &Container) -> Result<Option<Attachment>> {
         resolv.push('\n');
     }
     Ok(Some(Attachment {
-        _relay: Relay::Passt { _running: relay },
+        _relay: Relay::Passt {
+            _proxies: proxies,
+            _running: relay,
+        },
         _dns: Vec::new(),
         nics: vec![Nic {
             fd: Arc::new(ours.into()),
@@ -709,7 +741,17 @@ fn attach_passt(c: &Container) -> Result<Option<Attachment>> {
         }],
         guest: guest_network(o, &[joined], 65520, dns(o, &resolv)),
         settings,
+        dial: Some(dial),
     }))
+}
+
+/// Why a user who is not root cannot publish UDP port `port`.
+fn udp_rootless(port: u16) -> String {
+    format!(
+        "-p {port}/udp: a user other than root cannot publish UDP ports (passt, which carries \
+         such a user's network, does not deliver them in this Debian release); publish TCP, \
+         or run as root"
+    )
 }
 
 /// Whether a user who is not root can have a network (passt is there).

@@ -2,8 +2,11 @@
 //! devices: Debian's `passt`, started by the monitor for each start, on
 //! one end of a stream socket whose other end is the VMM's network device
 //! (frames after their lengths). passt connects out with ordinary
-//! sockets of the user's, and forwards the published host ports to the
-//! guest, the way rootless Podman does.
+//! sockets of the user's. It forwards no ports: published TCP ports go
+//! through the monitor's proxies and the guest's agent (see `ports` and
+//! the monitor's `forward`), because Debian bookworm's passt takes
+//! inbound connections and then spins (or, logging, crashes) before the
+//! guest sees them, and its UDP forwards deliver nothing.
 //!
 //! The guest gets 10.0.2.15/24, gateway 10.0.2.2, and DNS at 10.0.2.3,
 //! which passt forwards to the host's resolver. The gateway is not mapped
@@ -14,8 +17,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-
-use super::ports::{PortSpec, Proto, Published};
 
 pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 pub const PREFIX: u8 = 24;
@@ -54,17 +55,9 @@ impl Drop for Passt {
     }
 }
 
-/// Settles each port (a free host port where none was given: found by
-/// binding, then let go for passt to bind) and checks that each can be
-/// had, so a taken one fails the start here, naming it.
-pub fn settle_ports(specs: &[PortSpec]) -> Result<Vec<Published>, String> {
-    let bound = super::ports::bind(specs)?;
-    Ok(bound.iter().map(super::ports::Bound::published).collect())
-}
-
-/// Starts passt on `sock` (its end of the VMM's stream), forwarding
-/// `ports`.
-pub fn start(sock: OwnedFd, ports: &[Published]) -> Result<Passt, String> {
+/// Starts passt on `sock` (its end of the VMM's stream), forwarding no
+/// ports.
+pub fn start(sock: OwnedFd) -> Result<Passt, String> {
     let mut cmd = Command::new(binary()?);
     cmd.args(["--foreground", "--quiet", "--one-off", "--ipv4-only"])
         .args(["--fd", &PASST_FD.to_string()])
@@ -79,18 +72,6 @@ pub fn start(sock: OwnedFd, ports: &[Published]) -> Result<Passt, String> {
             "--no-dhcpv6",
             "--no-ra",
         ]);
-    for p in ports {
-        let flag = match p.proto {
-            Proto::Tcp => "--tcp-ports",
-            Proto::Udp => "--udp-ports",
-        };
-        let spec = if p.host_ip.is_unspecified() {
-            format!("{}:{}", p.host_port, p.container_port)
-        } else {
-            format!("{}/{}:{}", p.host_ip, p.host_port, p.container_port)
-        };
-        cmd.args([flag, &spec]);
-    }
     let fd = sock.as_raw_fd();
     // SAFETY: between fork and exec the child only moves one descriptor
     // with dup2 and fcntl, which are async-signal-safe.

@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -187,6 +188,18 @@ const UDP_FLOWS: usize = 256;
 /// threads each); more are closed as they come.
 const TCP_CONNECTIONS: usize = 256;
 
+/// Opens a stream to a container port through the guest's agent (see
+/// the monitor's `forward`).
+pub type Dial = Arc<dyn Fn(u16) -> io::Result<UnixStream> + Send + Sync>;
+
+/// Where the proxies take connections: the container's address, or the
+/// agent (its dialer set once the agent is there).
+#[derive(Clone)]
+pub enum Target {
+    Address(Ipv4Addr),
+    Agent(Arc<OnceLock<Dial>>),
+}
+
 /// The relays of one container's published ports; dropping it stops them
 /// and closes their connections.
 pub struct Proxies {
@@ -215,6 +228,29 @@ impl Wake for TcpStream {
     }
 }
 
+impl Wake for UnixStream {
+    fn wake(&self) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+/// A stream whose writing half can be closed on its own.
+trait HalfClose {
+    fn close_write(&self);
+}
+
+impl HalfClose for TcpStream {
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl HalfClose for UnixStream {
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
 impl Wake for UdpSocket {
     fn wake(&self) {
         // SAFETY: as for TcpListener: it wakes a thread blocked in recv.
@@ -223,8 +259,8 @@ impl Wake for UdpSocket {
 }
 
 impl Proxies {
-    /// Relays each of `bound` to `target` (the container's address).
-    pub fn start(bound: Vec<Bound>, target: Ipv4Addr) -> Result<Proxies, String> {
+    /// Relays each of `bound` to `target`; UDP needs an address.
+    pub fn start(bound: Vec<Bound>, target: Target) -> Result<Proxies, String> {
         let mut p = Proxies {
             stop: Arc::new(AtomicBool::new(false)),
             open: Arc::new(Mutex::new(Vec::new())),
@@ -237,16 +273,19 @@ impl Proxies {
                 Bound::Tcp(s, l) => {
                     let l = Arc::new(l);
                     track(&open, l.clone());
-                    let to = SocketAddrV4::new(target, s.container_port);
+                    let to = (target.clone(), s.container_port);
                     (
                         format!("tcp-proxy-{}", s.container_port),
                         Box::new(move || tcp_accept(&l, to, &stop, &open)),
                     )
                 }
                 Bound::Udp(s, u) => {
+                    let Target::Address(ip) = target else {
+                        return Err("UDP ports are relayed to an address only".into());
+                    };
                     let u = Arc::new(u);
                     track(&open, u.clone());
-                    let to = SocketAddrV4::new(target, s.container_port);
+                    let to = SocketAddrV4::new(ip, s.container_port);
                     (
                         format!("udp-proxy-{}", s.container_port),
                         Box::new(move || udp_relay(&u, to, &stop, &open)),
@@ -289,7 +328,7 @@ fn track(open: &Mutex<Vec<Arc<dyn Wake>>>, w: Arc<dyn Wake>) {
 
 fn tcp_accept(
     l: &TcpListener,
-    to: SocketAddrV4,
+    to: (Target, u16),
     stop: &AtomicBool,
     open: &Arc<Mutex<Vec<Arc<dyn Wake>>>>,
 ) {
@@ -313,11 +352,11 @@ fn tcp_accept(
             live.fetch_sub(1, Ordering::SeqCst);
             continue; // (dropped: closed)
         }
-        let (open, live2) = (open.clone(), live.clone());
+        let (open, live2, to) = (open.clone(), live.clone(), to.clone());
         let spawned = std::thread::Builder::new()
             .name("tcp-conn".into())
             .spawn(move || {
-                tcp_connection(client, to, &open);
+                tcp_connection(client, &to, &open);
                 live2.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -327,31 +366,56 @@ fn tcp_accept(
 }
 
 /// One connection: to the container, then bytes both ways until each
-/// side has said all it will.
-fn tcp_connection(client: TcpStream, to: SocketAddrV4, open: &Mutex<Vec<Arc<dyn Wake>>>) {
-    let Ok(upstream) = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10)) else {
-        return; // nothing listens there (yet): the client sees its connection close
-    };
+/// side has said all it will. Nothing listening there (yet) closes the
+/// client's connection.
+fn tcp_connection(client: TcpStream, to: &(Target, u16), open: &Mutex<Vec<Arc<dyn Wake>>>) {
     let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
+    match to {
+        (Target::Address(ip), port) => {
+            let to = SocketAddrV4::new(*ip, *port);
+            let Ok(upstream) = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))
+            else {
+                return;
+            };
+            let _ = upstream.set_nodelay(true);
+            relay(client, upstream, open);
+        }
+        (Target::Agent(dial), port) => {
+            let Some(Ok(upstream)) = dial.get().map(|d| d(*port)) else {
+                return;
+            };
+            relay(client, upstream, open);
+        }
+    }
+}
+
+fn relay<U>(client: TcpStream, upstream: U, open: &Mutex<Vec<Arc<dyn Wake>>>)
+where
+    U: Wake + HalfClose + Send + Sync + 'static,
+    for<'a> &'a U: io::Read + io::Write,
+{
     let (client, upstream) = (Arc::new(client), Arc::new(upstream));
     track(open, client.clone());
     track(open, upstream.clone());
     let (c2, u2) = (client.clone(), upstream.clone());
     let back = std::thread::Builder::new()
         .name("tcp-conn-back".into())
-        .spawn(move || pump(&u2, &c2));
-    pump(&client, &upstream);
+        .spawn(move || pump::<U, TcpStream>(&u2, &c2));
+    pump::<TcpStream, U>(&client, &upstream);
     if let Ok(t) = back {
         let _ = t.join();
     }
 }
 
-fn pump(from: &TcpStream, to: &TcpStream) {
+fn pump<A, B: HalfClose>(from: &A, to: &B)
+where
+    for<'a> &'a A: io::Read,
+    for<'a> &'a B: io::Write,
+{
     let mut r = from;
     let mut w = to;
     let _ = io::copy(&mut r, &mut w);
-    let _ = to.shutdown(Shutdown::Write);
+    to.close_write();
 }
 
 /// Datagrams from each client go out on a socket of their own to the
@@ -514,7 +578,7 @@ mod tests {
         .expect("bind");
         let tcp = bound[0].published().host_port;
         let udp = bound[1].published().host_port;
-        let proxies = Proxies::start(bound, Ipv4Addr::LOCALHOST).expect("start");
+        let proxies = Proxies::start(bound, Target::Address(Ipv4Addr::LOCALHOST)).expect("start");
         let mut c = TcpStream::connect(("127.0.0.1", tcp)).expect("connect");
         c.write_all(b"hello").expect("write");
         c.shutdown(Shutdown::Write).expect("shutdown");
