@@ -14,7 +14,9 @@
 //! `Failed`; then the agent syncs and powers the VM off. While the
 //! process runs, the host may send `Exec` (another process, with its own
 //! stdio ports); the agent answers `ExecStarted`, then `ExecExited` or
-//! `ExecFailed`.
+//! `ExecFailed`. For a published port it cannot reach otherwise, the
+//! host sends `Forward`: the agent connects to the given port with the
+//! given token and joins that stream to a TCP connection in the guest.
 
 mod frame;
 mod spec;
@@ -23,7 +25,7 @@ pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use spec::*;
 
 /// Bumped on any change that an older peer would misread.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// vsock ports on the host (CID 2) that the agent connects to.
 pub mod port {

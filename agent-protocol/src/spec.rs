@@ -23,9 +23,15 @@ pub enum HostMessage {
     /// An exec'd process's terminal has a new size.
     ExecResize { id: u32, rows: u16, cols: u16 },
     /// A connection to a published port: connect to the host's vsock
-    /// `port`, write `token` and a newline, connect to TCP `target` on
-    /// the guest's loopback, and carry bytes both ways.
-    Forward { port: u32, target: u16, token: String },
+    /// `port`, write `token` and a newline, connect to TCP
+    /// `address:target` (the guest's own address), and carry bytes both
+    /// ways.
+    Forward {
+        port: u32,
+        address: std::net::Ipv4Addr,
+        target: u16,
+        token: String,
+    },
 }
 
 /// Agent to host.

@@ -61,6 +61,7 @@ fn frames_round_trip() {
         HostMessage::Continue,
         HostMessage::Forward {
             port: 1 << 30,
+            address: std::net::Ipv4Addr::new(10, 0, 2, 15),
             target: 80,
             token: "ab".into(),
         },

@@ -290,27 +290,7 @@ fn inspect(a: InspectArgs, state: &Path) -> ExitCode {
             }
         }
     }
-    let printed = match &a.format {
-        None => serde_json::to_string_pretty(&values)
-            .map(|t| println!("{t}"))
-            .map_err(|e| e.to_string()),
-        Some(f) => crate::template::Template::parse(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| {
-                for v in &values {
-                    println!("{}", t.render(v).map_err(|e| e.to_string())?);
-                }
-                Ok(())
-            }),
-    };
-    if let Err(e) = printed {
-        return crate::fail(&e);
-    }
-    if failed {
-        ExitCode::from(crate::EXIT_VM_FAILED)
-    } else {
-        ExitCode::SUCCESS
-    }
+    crate::ps::print_inspected(&values, a.format.as_deref(), failed)
 }
 
 fn rm(a: RmArgs, state: &Path) -> ExitCode {

@@ -603,12 +603,18 @@ pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
             }
         }
     }
-    let printed = match &args.format {
-        None => serde_json::to_string_pretty(&values)
+    print_inspected(&values, args.format.as_deref(), failed)
+}
+
+/// What `inspect` found, as a JSON array or through a template each;
+/// status 125 if some were not found (`failed`).
+pub fn print_inspected(values: &[Value], format: Option<&str>, failed: bool) -> ExitCode {
+    let printed = match format {
+        None => serde_json::to_string_pretty(values)
             .map(|t| println!("{t}"))
             .map_err(|e| e.to_string()),
         Some(f) => Template::parse(f).map_err(|e| e.to_string()).and_then(|t| {
-            for v in &values {
+            for v in values {
                 println!("{}", t.render(v).map_err(|e| e.to_string())?);
             }
             Ok(())

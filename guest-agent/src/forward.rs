@@ -1,12 +1,13 @@
 //! Published ports for a container whose host side cannot reach its
 //! address (a user other than root, behind passt): the host asks for each
 //! connection, and the agent joins a vsock stream to the host with a TCP
-//! connection to the port on the guest's loopback, which the container
-//! shares.
+//! connection to the port on the guest's own address (not loopback: a
+//! service that trusts local clients must not take the world for one),
+//! in the network the container shares.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -14,18 +15,17 @@ use crate::host_link;
 
 /// Carries one connection on threads of its own; a failure closes it,
 /// which the host's client sees as its connection closing.
-pub fn start(port: u32, target: u16, token: String) {
+pub fn start(port: u32, to: SocketAddr, token: String) {
     let _ = std::thread::Builder::new()
         .name("forward".into())
         .spawn(move || {
-            let _ = carry(port, target, &token);
+            let _ = carry(port, to, &token);
         });
 }
 
-fn carry(port: u32, target: u16, token: &str) -> io::Result<()> {
+fn carry(port: u32, to: SocketAddr, token: &str) -> io::Result<()> {
     let mut host = host_link::connect_host(port)?;
     host.write_all(format!("{token}\n").as_bytes())?;
-    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, target));
     let guest = TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
     let _ = guest.set_nodelay(true);
     let (host2, guest2) = (host.try_clone()?, guest.try_clone()?);

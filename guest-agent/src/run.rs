@@ -4,6 +4,7 @@
 //! how it ended.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -491,9 +492,10 @@ fn control_loop(
             Ok(Some(HostMessage::ExecResize { id, rows, cols })) => execs.resize(id, rows, cols),
             Ok(Some(HostMessage::Forward {
                 port,
+                address,
                 target,
                 token,
-            })) => crate::forward::start(port, target, token),
+            })) => crate::forward::start(port, SocketAddr::from((address, target)), token),
             Ok(Some(HostMessage::Run(_) | HostMessage::Continue)) => {}
             Ok(None) | Err(_) => return,
         }

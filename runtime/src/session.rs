@@ -76,6 +76,10 @@ impl PortListener {
         verify: &dyn Fn(&mut UnixStream) -> bool,
     ) -> Result<UnixStream, Error> {
         loop {
+            // (the deadline holds however many strangers connect first)
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(what));
+            }
             let mut s = accept(&self.listener, what, deadline, gone)?;
             if verify(&mut s) {
                 return Ok(s);
@@ -327,6 +331,22 @@ impl Sender {
     pub fn send(&self, msg: &HostMessage) {
         let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let _ = write_frame(&mut *w, msg);
+    }
+
+    /// Whether both send to the same agent (one run's).
+    pub fn same(&self, other: &Sender) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Sends `msg` only if no other send is under way (one that waits on
+    /// a guest that does not read is not queued behind); whether it went.
+    pub fn try_send(&self, msg: &HostMessage) -> bool {
+        let mut w = match self.0.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        write_frame(&mut *w, msg).is_ok()
     }
 }
 

@@ -4,6 +4,7 @@
 //! joins it to the port on the guest's loopback.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -20,10 +21,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Forwarded streams take ports from FORWARD_BASE on, this many apart
 /// before they come round again.
 const PORTS: u32 = 1 << 29;
+/// The next port's offset, for the monitor's life: a dial left from one
+/// run never takes the port of one in the next.
+static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// The dialer the proxies use while the agent is there.
-pub fn dialer(shared: Arc<Shared>) -> Dial {
-    let next = Arc::new(AtomicU32::new(0));
+/// The dialer the proxies use while the agent is there; the agent
+/// connects to `address` (the guest's) in the guest.
+pub fn dialer(shared: Arc<Shared>, address: Ipv4Addr) -> Dial {
     Arc::new(move |target: u16| -> io::Result<UnixStream> {
         let (agent, vsock) = {
             let g = shared.lock();
@@ -32,16 +36,23 @@ pub fn dialer(shared: Arc<Shared>) -> Dial {
                 _ => return Err(io::ErrorKind::NotConnected.into()),
             }
         };
-        let port = port::FORWARD_BASE + next.fetch_add(1, Ordering::Relaxed) % PORTS;
+        let port = port::FORWARD_BASE + NEXT.fetch_add(1, Ordering::Relaxed) % PORTS;
         let token = super::exec::token()
             .ok_or_else(|| io::Error::other("no random numbers for a token"))?;
         let listener = session::bind_port(&vsock, port)?;
-        agent.send(&HostMessage::Forward {
+        // A guest that does not read its control stream holds up one send
+        // at most; connections meanwhile are closed, not queued.
+        let sent = agent.try_send(&HostMessage::Forward {
             port,
+            address,
             target,
             token: token.clone(),
         });
-        let gone = || shared.lock().agent.is_none();
+        if !sent {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        // (gone with its run: no agent, or the next run's)
+        let gone = || !shared.lock().agent.as_ref().is_some_and(|a| a.same(&agent));
         listener
             .accept_verified(
                 "forwarded port",

@@ -569,7 +569,8 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         Err(e) => return RunEnd::failed(&e),
     };
     if let Some(n) = &net {
-        n.set_dialer(forward::dialer(shared.clone()));
+        let address = n.settings().ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        n.set_dialer(forward::dialer(shared.clone(), address));
     }
     let settings = net.as_ref().map(crate::network::Attachment::settings);
     shared.set_state(|s| s.network = settings);
