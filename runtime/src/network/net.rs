@@ -40,7 +40,7 @@ impl Net {
     pub fn default_bridge() -> Self {
         Self {
             // (a fixed ID: the default network is the same one everywhere)
-            id: format!("{:0>64}", "b71d9e"),
+            id: format!("{:0<64}", "b71d9e"),
             name: super::DEFAULT.into(),
             bridge: "vm0".into(),
             subnet: Ipv4Addr::new(10, 213, 0, 0),
