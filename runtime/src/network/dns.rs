@@ -132,6 +132,7 @@ fn serve(sock: &UdpSocket, ctx: &Context, stop: &AtomicBool) {
     let mut second = std::time::Instant::now();
     let mut taken = 0u32;
     let mut per_asker = std::collections::HashMap::new();
+    let mut records = Records::default();
     while !stop.load(Ordering::Relaxed) {
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
@@ -167,16 +168,41 @@ fn serve(sock: &UdpSocket, ctx: &Context, stop: &AtomicBool) {
         if *mine > MAX_PER_ASKER {
             continue;
         }
-        if let Some(reply) = answer(ctx, &buf[..n], *from.ip(), sock, from) {
+        if let Some(reply) = answer(ctx, &mut records, &buf[..n], *from.ip(), sock, from) {
             let _ = sock.send_to(&reply, from);
         }
     }
 }
 
+/// The containers' records, read again only when they are old: a flood
+/// of questions costs a few reads of them a second, not one each.
+#[derive(Default)]
+struct Records {
+    read_at: Option<std::time::Instant>,
+    list: Vec<crate::container::Container>,
+}
+
+impl Records {
+    /// The records, read again if older than `age`.
+    fn newer_than(&mut self, state: &Path, age: Duration) -> &[crate::container::Container] {
+        if self.read_at.is_none_or(|t| t.elapsed() >= age) {
+            self.list = crate::container::list(state);
+            self.read_at = Some(std::time::Instant::now());
+        }
+        &self.list
+    }
+}
+
+/// Records at most a second old; a tenth of a second when they lack
+/// what is asked (a container that has just started).
+const RECORDS_AGE: Duration = Duration::from_secs(1);
+const RECORDS_AGE_MISSING: Duration = Duration::from_millis(100);
+
 /// The reply to one question from `ip`, or None when there is none to
 /// give now (not ours, not a question, or forwarded).
 fn answer(
     ctx: &Context,
+    records: &mut Records,
     query: &[u8],
     ip: Ipv4Addr,
     sock: &UdpSocket,
@@ -191,25 +217,32 @@ fn answer(
     let question = &q.questions[0];
     let name = question.qname.to_string().to_ascii_lowercase();
     let name = name.trim_end_matches('.');
-    let containers = crate::container::list(&ctx.state);
     // A container's own name (unique on the host) or short ID comes
     // before anyone's alias: no alias can shadow a name.
-    let matching = |by_alias: bool| -> Vec<Ipv4Addr> {
-        leases
-            .leases
-            .iter()
-            .filter(|(_, l)| {
-                containers.iter().any(|c| {
-                    c.config.id == l.container
-                        && names(c, &ctx.net.name, by_alias).iter().any(|n| n == name)
+    let lookup = |containers: &[crate::container::Container]| -> Vec<Ipv4Addr> {
+        let matching = |by_alias: bool| -> Vec<Ipv4Addr> {
+            leases
+                .leases
+                .iter()
+                .filter(|(_, l)| {
+                    containers.iter().any(|c| {
+                        c.config.id == l.container
+                            && names(c, &ctx.net.name, by_alias).iter().any(|n| n == name)
+                    })
                 })
-            })
-            .map(|(a, _)| *a)
-            .collect()
+                .map(|(a, _)| *a)
+                .collect()
+        };
+        let by_name = matching(false);
+        if by_name.is_empty() {
+            matching(true)
+        } else {
+            by_name
+        }
     };
-    let mut found = matching(false);
+    let mut found = lookup(records.newer_than(&ctx.state, RECORDS_AGE));
     if found.is_empty() {
-        found = matching(true);
+        found = lookup(records.newer_than(&ctx.state, RECORDS_AGE_MISSING));
     }
     if !found.is_empty() {
         return reply(&q, |r| {
@@ -230,6 +263,16 @@ fn answer(
     }
     // The asker's --dns (what is left of it: an empty list answers
     // SERVFAIL), else the host's.
+    let known = records
+        .newer_than(&ctx.state, RECORDS_AGE)
+        .iter()
+        .any(|c| c.config.id == asker);
+    let age = if known {
+        RECORDS_AGE
+    } else {
+        RECORDS_AGE_MISSING
+    };
+    let containers = records.newer_than(&ctx.state, age);
     let upstream: Vec<Ipv4Addr> = match containers.iter().find(|c| c.config.id == asker) {
         Some(c) if !c.config.network.dns.is_empty() => {
             upstream_of(&ctx.state, &c.config.network.dns)
