@@ -49,7 +49,7 @@ ip -4 -o addr show eth0 | awk "{print \$4}" | sed "s/\.[0-9]*\/16$/.X\/16/"
 ip route | grep ^default
 grep -c ^nameserver /etc/resolv.conf
 grep ^search /etc/resolv.conf
-grep db /etc/hosts'
+grep -w db /etc/hosts'
 
 echo "== egress"
 $R $I wget -q -O - http://198.51.100.2/cgi-bin/ip; echo "rc=$?"
