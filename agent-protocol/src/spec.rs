@@ -195,6 +195,34 @@ pub struct RunSpec {
     /// Interfaces, DNS and hosts entries; `lo` alone when empty.
     #[serde(default)]
     pub network: Network,
+    /// Volumes, bind mounts and tmpfs mounts, in the order to mount them.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// One mount in the container, made after its root is in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute, in the container.
+    pub target: String,
+    pub read_only: bool,
+    pub source: MountSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MountSource {
+    /// A virtio-fs device, by its tag. With `copy_up`, the directory is a
+    /// new, empty volume: the image's files at the target are copied in
+    /// first (owners, modes and times kept), as Docker does.
+    Virtiofs { tag: String, copy_up: bool },
+    /// A tmpfs of `size` bytes (0: the kernel's default) and `mode`;
+    /// nosuid and nodev, and noexec unless `exec`.
+    Tmpfs {
+        size: u64,
+        mode: Option<u32>,
+        exec: bool,
+    },
 }
 
 /// The container's network as the guest sets it up: `lo` always, then

@@ -45,6 +45,25 @@ fn spec() -> RunSpec {
                 names: vec!["db".into()],
             }],
         },
+        mounts: vec![
+            Mount {
+                target: "/data".into(),
+                read_only: true,
+                source: MountSource::Virtiofs {
+                    tag: "vmfs0".into(),
+                    copy_up: false,
+                },
+            },
+            Mount {
+                target: "/run".into(),
+                read_only: false,
+                source: MountSource::Tmpfs {
+                    size: 1 << 20,
+                    mode: Some(0o1777),
+                    exec: false,
+                },
+            },
+        ],
     }
 }
 

@@ -195,6 +195,25 @@ struct BootArgs {
     /// Repeat for more (eth0, eth1, ...).
     #[arg(long = "net", value_name = "TAP[,mac=XX:XX:XX:XX:XX:XX]", value_parser = parse_net)]
     nets: Vec<devices::virtio::net::NetConfig>,
+    /// Attach virtio-fs served by a vhost-user daemon (virtiofsd) that
+    /// listens on SOCKET; the guest mounts it with `mount -t virtiofs TAG
+    /// DIR`. Repeat for more.
+    #[arg(long = "fs", value_name = "TAG,SOCKET", value_parser = parse_fs)]
+    filesystems: Vec<(String, PathBuf)>,
+}
+
+fn parse_fs(spec: &str) -> Result<(String, PathBuf), String> {
+    let (tag, path) = spec.split_once(',').ok_or("expected TAG,SOCKET")?;
+    if tag.is_empty() || tag.len() > devices::virtio::fs::TAG_LEN {
+        return Err(format!(
+            "tag {tag:?} must be 1 to {} bytes",
+            devices::virtio::fs::TAG_LEN
+        ));
+    }
+    if path.is_empty() {
+        return Err("missing socket path".into());
+    }
+    Ok((tag.to_string(), PathBuf::from(path)))
 }
 
 fn parse_net(spec: &str) -> Result<devices::virtio::net::NetConfig, String> {
@@ -359,6 +378,23 @@ fn container_command(c: ContainerCommand, root: Option<PathBuf>) -> ExitCode {
 }
 
 fn boot(args: BootArgs) -> ExitCode {
+    let mut filesystems = Vec::new();
+    for (tag, path) in &args.filesystems {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(socket) => filesystems.push(devices::virtio::fs::FsConfig {
+                tag: tag.clone(),
+                socket,
+            }),
+            Err(e) => {
+                eprintln!(
+                    "vm: cannot connect to the virtio-fs daemon at {}: {e}; start virtiofsd with --socket-path={} first",
+                    path.display(),
+                    path.display()
+                );
+                return ExitCode::from(125);
+            }
+        }
+    }
     let cfg = vmm::VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
@@ -376,6 +412,7 @@ fn boot(args: BootArgs) -> ExitCode {
         disks: args.disks,
         vsock: args.vsock,
         nets: args.nets,
+        filesystems,
         console: Box::new(std::io::stdout()),
         console_input: true,
         vcpu_confine: None,

@@ -129,6 +129,22 @@ pub struct RunArgs {
     /// Add a line to /etc/hosts: NAME:ADDRESS (host-gateway: the gateway).
     #[arg(long = "add-host", value_name = "NAME:ADDRESS")]
     add_host: Vec<String>,
+    /// Bind mount or volume: [SOURCE:]TARGET[:ro|rw|nocopy]. SOURCE is a
+    /// host directory (absolute; made if missing) or a volume name;
+    /// without it, an anonymous volume.
+    #[arg(short = 'v', long = "volume", value_name = "[SOURCE:]TARGET[:OPTIONS]", value_parser = runtime::volume::mounts::parse_volume_flag)]
+    volume: Vec<runtime::volume::Mount>,
+    /// A mount: type=bind|volume|tmpfs,source=,target=,readonly,
+    /// volume-nocopy,volume-label=,tmpfs-size=,tmpfs-mode=.
+    #[arg(long = "mount", value_name = "OPTIONS", value_parser = runtime::volume::mounts::parse_mount_flag)]
+    mount: Vec<runtime::volume::Mount>,
+    /// A tmpfs: TARGET[:size=SIZE,mode=MODE,ro,exec].
+    #[arg(long = "tmpfs", value_name = "TARGET[:OPTIONS]", value_parser = runtime::volume::mounts::parse_tmpfs_flag)]
+    tmpfs: Vec<runtime::volume::Mount>,
+    /// Mount the volumes and bind mounts of another container:
+    /// CONTAINER[:ro|rw].
+    #[arg(long = "volumes-from", value_name = "CONTAINER[:ro|rw]")]
+    volumes_from: Vec<String>,
     /// Show the guest kernel's console on stderr.
     #[arg(long)]
     debug: bool,
@@ -291,6 +307,13 @@ impl RunArgs {
                 dns_options: self.dns_option,
                 add_hosts: self.add_host,
             },
+            mounts: self
+                .volume
+                .into_iter()
+                .chain(self.mount)
+                .chain(self.tmpfs)
+                .collect(),
+            volumes_from: self.volumes_from,
         })
     }
 }

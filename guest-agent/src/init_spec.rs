@@ -14,6 +14,9 @@ pub struct InitSpec {
     pub hostname: String,
     pub read_only: bool,
     pub process: Process,
+    /// Volumes, bind mounts and tmpfs mounts.
+    #[serde(default)]
+    pub mounts: Vec<agent_protocol::Mount>,
 }
 
 /// What the agent tells `/init --container-exec`.

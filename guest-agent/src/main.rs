@@ -26,6 +26,7 @@ mod run;
 mod sysinfo;
 mod system;
 mod users;
+mod volumes;
 
 use std::io::Write;
 

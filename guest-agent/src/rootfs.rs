@@ -130,6 +130,7 @@ pub fn prepare(spec: &InitSpec) -> R {
     }
 
     switch_root(root)?;
+    crate::volumes::mount_all(&spec.mounts)?;
     if spec.read_only {
         mount(
             none,

@@ -208,6 +208,7 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
         hostname: spec.hostname.clone(),
         read_only: spec.read_only,
         process: spec.process.clone(),
+        mounts: spec.mounts.clone(),
     })
 }
 

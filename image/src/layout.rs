@@ -267,5 +267,6 @@ pub fn run_config(c: &ImageConfiguration) -> RunConfig {
         working_dir: cfg.working_dir().clone().unwrap_or_default(),
         user: cfg.user().clone().unwrap_or_default(),
         exposed_ports: cfg.exposed_ports().clone().unwrap_or_default(),
+        volumes: cfg.volumes().clone().unwrap_or_default(),
     }
 }

@@ -58,6 +58,8 @@ pub struct RunConfig {
     pub user: String,
     /// `EXPOSE`: `80/tcp`, `53/udp`.
     pub exposed_ports: Vec<String>,
+    /// `VOLUME`: paths that get an anonymous volume unless mounted.
+    pub volumes: Vec<String>,
 }
 
 /// An image: manifest and config verified, layers bottom first.

@@ -55,7 +55,7 @@ fn find(
 }
 
 /// The same directory as `vm_cache_dir` in resources/lib.sh.
-fn home_cache() -> Option<PathBuf> {
+pub(crate) fn home_cache() -> Option<PathBuf> {
     if let Some(x) = std::env::var_os("VM_CACHE_DIR").filter(|x| !x.is_empty()) {
         return Some(PathBuf::from(x));
     }

@@ -59,6 +59,10 @@ pub struct RunOptions {
     pub labels: Vec<(String, String)>,
     /// `--network`, `-p`, `-P`, `--dns`...
     pub network: crate::network::Request,
+    /// `-v`, `--mount`, `--tmpfs`, parsed (see `volume::mounts`).
+    pub mounts: Vec<crate::volume::Mount>,
+    /// `--volumes-from CONTAINER[:ro|rw]`.
+    pub volumes_from: Vec<String>,
 }
 
 /// Hears how creating goes.
@@ -102,6 +106,7 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         .resolve(&image.config.exposed_ports)
         .map_err(Error::invalid)?;
     let network = crate::network::check(state, &network)?;
+    let mut mounts = container_mounts(state, opts, &image.config.volumes)?;
     let id = random_id();
     let config = container::Config {
         name: opts.name.clone().unwrap_or_default(),
@@ -139,11 +144,82 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         process,
         id,
         network,
+        mounts: Vec::new(),
     };
     vmm::vm::check_size(config.cpus, config.memory_mib)?;
     // What runs killed before they could clean up left behind goes now.
     container::sweep(state);
-    container::create(state, config)
+    let made = crate::volume::prepare(state, &mut mounts);
+    let created = made.and_then(|()| {
+        container::create(
+            state,
+            container::Config {
+                mounts: mounts.clone(),
+                ..config
+            },
+        )
+    });
+    if created.is_err() {
+        // The anonymous volumes made for it are nobody's.
+        for m in mounts.iter().filter(|m| m.anonymous && !m.source.is_empty()) {
+            let _ = crate::volume::remove(state, &m.source);
+        }
+    }
+    created
+}
+
+/// The container's mounts: its flags, those of `--volumes-from`
+/// containers that the flags do not cover, and an anonymous volume for
+/// each of the image's `VOLUME`s that nothing covers. Nothing is made yet.
+fn container_mounts(
+    state: &Path,
+    opts: &RunOptions,
+    image_volumes: &[String],
+) -> Result<Vec<crate::volume::Mount>> {
+    use crate::volume::{mounts, Kind};
+    let mut all = opts.mounts.clone();
+    mounts::check_duplicates(&all).map_err(Error::invalid)?;
+    for from in &opts.volumes_from {
+        let (key, read_only) = match from.rsplit_once(':') {
+            Some((k, "ro")) => (k, Some(true)),
+            Some((k, "rw")) => (k, Some(false)),
+            Some((_, m)) => {
+                return Err(Error::invalid(format!(
+                    "invalid mode {m:?} in --volumes-from {from}: use ro or rw"
+                )))
+            }
+            None => (from.as_str(), None),
+        };
+        let other = container::find(state, key)?;
+        for m in &other.config.mounts {
+            if m.kind == Kind::Tmpfs || all.iter().any(|x| x.target == m.target) {
+                continue;
+            }
+            let mut m = m.clone();
+            m.anonymous = false;
+            m.create_source = false;
+            if let Some(ro) = read_only {
+                m.read_only = ro;
+            }
+            all.push(m);
+        }
+    }
+    for v in image_volumes {
+        let Ok(target) = mounts::check_target(v) else {
+            continue; // "/" or a relative path: Docker ignores them too
+        };
+        if !all.iter().any(|m| m.target == target) {
+            all.extend(mounts::parse_volume_flag(&target).ok());
+        }
+    }
+    let shares = all.iter().filter(|m| m.kind != Kind::Tmpfs).count();
+    let max = crate::volume::share::MAX_SHARES;
+    if shares > max {
+        return Err(Error::invalid(format!(
+            "{shares} volumes and bind mounts (with the image's VOLUMEs and --volumes-from): a container can have at most {max}; mount a common parent directory instead"
+        )));
+    }
+    Ok(all)
 }
 
 /// The network flags, checked for who runs them: a user who is not root

@@ -30,6 +30,7 @@ pub mod spec;
 mod start;
 pub mod timing;
 mod vm_process;
+pub mod volume;
 
 /// The guest's reports that callers read (`vm top`, `vm stats`).
 pub mod agent {

@@ -436,6 +436,7 @@ mod tests {
             max_layer_bytes: 1,
             max_layer_entries: 1,
             network: Default::default(),
+            mounts: Vec::new(),
         }
     }
 

@@ -100,6 +100,7 @@ pub fn prepare(
             || crate::network::loopback_only(&c.config.network),
             crate::network::Attachment::guest,
         ),
+        mounts: Vec::new(),
     };
     let seal = match &cache {
         rootfs_cache::Entry::Miss(p) => Some(p.seal.clone()),
@@ -230,6 +231,7 @@ fn vm_config(
             rate_limit: c.config.limits.vsock(),
         }),
         nets: Vec::new(),
+        filesystems: Vec::new(),
         console,
         console_input: false,
         exit,

@@ -123,9 +123,9 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
         // SAFETY: _exit ends the process without running anything else.
         unsafe { libc::_exit(1) };
     }
-    // Keep stdio, the channel and the TAPs the monitor opened; close
-    // everything else the monitor had open (its sockets, its lock,
-    // clients).
+    // Keep stdio, the channel, the TAPs and the file system daemons'
+    // connections the monitor opened; close everything else the monitor
+    // had open (its sockets, its lock, clients).
     let fd = channel.into_raw_fd();
     let mut keep: Vec<RawFd> = plan
         .config
@@ -133,6 +133,7 @@ fn child(plan: Plan, channel: UnixStream, monitor: Pid) -> ! {
         .iter()
         .flat_map(|n| [&n.tap_fd, &n.stream_fd])
         .filter_map(|f| f.as_ref().map(|f| f.as_raw_fd()))
+        .chain(plan.config.filesystems.iter().map(|f| f.socket.as_raw_fd()))
         .chain([fd])
         .collect();
     keep.sort_unstable();

@@ -25,6 +25,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::loader::{self, BootSpec};
 use crate::{device_manager, host, memory, vcpu};
 use devices::virtio::block::{Block, BlockConfig};
+use devices::virtio::fs::{Fs, FsConfig};
 use devices::virtio::rng::Rng;
 use devices::virtio::net::{Net, NetConfig};
 use devices::virtio::vsock::{Vsock, VsockConfig};
@@ -51,6 +52,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-net devices (eth0, eth1, ...), each on a TAP device.
     pub nets: Vec<NetConfig>,
+    /// virtio-fs devices, each served by a vhost-user daemon. With any,
+    /// guest memory is a shared memfd the daemons map.
+    pub filesystems: Vec<FsConfig>,
     /// Where the guest's serial console goes (its last lines are kept for
     /// diagnostics either way).
     pub console: Box<dyn Write + Send>,
@@ -107,6 +111,8 @@ pub enum Error {
     Disk(#[from] devices::virtio::block::Error),
     #[error("vsock: {0}")]
     Vsock(#[from] devices::virtio::vsock::Error),
+    #[error(transparent)]
+    Fs(#[from] devices::virtio::fs::Error),
     #[error("network device: {0}")]
     Net(#[from] devices::virtio::net::Error),
     #[error("event loop: {0}")]
@@ -196,7 +202,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
 
     let mem_bytes = cfg.memory_mib << 20;
     // Declared before everything that uses guest memory, so dropped after.
-    let (mem, mappings) = memory::create(mem_bytes)?;
+    let (mem, mappings) = memory::create(mem_bytes, !cfg.filesystems.is_empty())?;
     memory::register(&vm, &mem)?;
 
     // virtio devices.
@@ -209,6 +215,11 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     for n in &cfg.nets {
         dm.add_virtio(&vm, &mem, |irq| {
             Net::new(n, mem.clone(), irq).map_err(Error::Net)
+        })?;
+    }
+    for fs in std::mem::take(&mut cfg.filesystems) {
+        dm.add_virtio(&vm, &mem, |irq| {
+            Fs::new(fs, mem.clone(), irq).map_err(Error::Fs)
         })?;
     }
     if let Some(v) = &cfg.vsock {
@@ -470,6 +481,7 @@ mod tests {
             disks: Vec::new(),
             vsock: None,
             nets: Vec::new(),
+            filesystems: Vec::new(),
             console: Box::new(io::sink()),
             console_input: false,
             exit: Arc::new(ExitSignal::new().expect("eventfd")),

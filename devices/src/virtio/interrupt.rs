@@ -11,6 +11,9 @@ pub const INT_CONFIG: u32 = 2;
 pub struct Interrupt {
     status: AtomicU32,
     needs_reset: AtomicBool,
+    /// The status register always reports a used ring (see
+    /// [`Interrupt::set_vring_always`]).
+    vring_always: AtomicBool,
     irqfd: EventFd,
 }
 
@@ -19,6 +22,7 @@ impl Interrupt {
         Self {
             status: AtomicU32::new(0),
             needs_reset: AtomicBool::new(false),
+            vring_always: AtomicBool::new(false),
             irqfd,
         }
     }
@@ -52,7 +56,19 @@ impl Interrupt {
     }
 
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        let s = self.status.load(Ordering::SeqCst);
+        if self.vring_always.load(Ordering::SeqCst) {
+            s | INT_VRING
+        } else {
+            s
+        }
+    }
+
+    /// For a device whose backend signals the irqfd from another process
+    /// (vhost-user): the driver cannot be told which event it was, so it
+    /// always looks at its used rings (a spurious look costs nothing).
+    pub fn set_vring_always(&self) {
+        self.vring_always.store(true, Ordering::SeqCst);
     }
 
     pub fn ack(&self, bits: u32) {

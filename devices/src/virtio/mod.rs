@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod core;
+pub mod fs;
 mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -29,6 +30,7 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// A virtio device behind the MMIO transport. The transport calls these
 /// from vCPU threads; the device's own queue processing runs in the VMM's

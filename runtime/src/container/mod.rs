@@ -69,6 +69,10 @@ pub struct Config {
     /// `--network`, `-p`, `--dns`...
     #[serde(default)]
     pub network: crate::network::Options,
+    /// `-v`, `--mount`, `--tmpfs`, `--volumes-from` and the image's
+    /// `VOLUME`s, volumes named.
+    #[serde(default)]
+    pub mounts: Vec<crate::volume::Mount>,
 }
 
 /// `--restart`: what the monitor does when the container's process ends.
@@ -592,6 +596,7 @@ mod tests {
             entrypoint: Vec::new(),
             cmd: Vec::new(),
             network: Default::default(),
+            mounts: Vec::new(),
         }
     }
 

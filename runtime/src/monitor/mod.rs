@@ -575,13 +575,22 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     let settings = net.as_ref().map(crate::network::Attachment::settings);
     shared.set_state(|s| s.network = settings);
     let Prepared {
-        vm: plan,
-        spec,
+        vm: mut plan,
+        mut spec,
         mut cache,
         blobs,
         cgroup,
     } = match start::prepare(state, c, jail, net.as_ref()) {
         Ok(p) => p,
+        Err(e) => return RunEnd::failed(&e),
+    };
+    // Volumes and bind mounts: a file system daemon for each.
+    let shares = match crate::volume::share::serve(state, c, &run_dir) {
+        Ok(served) => {
+            plan.config.filesystems = served.devices;
+            spec.mounts = served.mounts;
+            served.shares
+        }
         Err(e) => return RunEnd::failed(&e),
     };
     timing::mark("vm-starting");
@@ -648,6 +657,7 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
     }
     timing::mark("vm-stopping");
     let end = vm.finish(grace);
+    drop(shares);
     // Empty now: the VMM has been reaped.
     drop(cgroup);
     drop(net);
