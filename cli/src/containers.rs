@@ -188,13 +188,16 @@ pub struct RmArgs {
     /// Kill and remove a running container.
     #[arg(short = 'f', long)]
     force: bool,
+    /// Remove the container's anonymous volumes too.
+    #[arg(short = 'v', long)]
+    volumes: bool,
     #[arg(required = true)]
     containers: Vec<String>,
 }
 
 /// Removes a container that has no monitor (killing it first with
 /// `force`).
-fn remove(state: &Path, c: &Container, force: bool) -> runtime::Result<()> {
+fn remove(state: &Path, c: &Container, force: bool, volumes: bool) -> runtime::Result<()> {
     let lock = c.command_lock()?;
     if c.monitor_alive() {
         if !force {
@@ -214,6 +217,9 @@ fn remove(state: &Path, c: &Container, force: bool) -> runtime::Result<()> {
     }
     let _lock = c.command_lock();
     if c.dir.exists() {
+        if volumes {
+            runtime::volume::remove_anonymous(state, c);
+        }
         container::remove_files(state, c)?;
     }
     Ok(())
@@ -221,7 +227,7 @@ fn remove(state: &Path, c: &Container, force: bool) -> runtime::Result<()> {
 
 pub fn rm(args: RmArgs, root: Option<PathBuf>) -> ExitCode {
     each(root, &args.containers, |state, c| {
-        remove(state, c, args.force).map(|()| None)
+        remove(state, c, args.force, args.volumes).map(|()| None)
     })
 }
 

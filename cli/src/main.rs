@@ -12,6 +12,7 @@ mod system;
 mod template;
 mod top;
 mod tty;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,6 +118,9 @@ enum Command {
     /// Network commands (`vm network create|ls|inspect|rm|prune|connect|disconnect`).
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Volume commands (`vm volume create|ls|inspect|rm|prune`).
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 #[derive(Subcommand)]
@@ -347,6 +351,7 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Ls(args)) => images::images(args, cli.root),
         Command::Image(ImageCommand::Prune(args)) => images::prune(args, cli.root),
         Command::Network(c) => network::main(c, cli.root),
+        Command::Volume(c) => volume::main(c, cli.root),
     }
 }
 

@@ -437,6 +437,51 @@ pub fn ps(args: PsArgs, root: Option<PathBuf>) -> ExitCode {
     crate::images::finish(run())
 }
 
+/// `inspect`'s `Mounts`: volumes and bind mounts (tmpfs mounts are in
+/// `HostConfig.Tmpfs`, as Docker shows them).
+fn mounts_json(state: &std::path::Path, cfg: &runtime::container::Config) -> Vec<Value> {
+    use runtime::volume::Kind;
+    cfg.mounts
+        .iter()
+        .filter(|m| m.kind != Kind::Tmpfs)
+        .map(|m| {
+            let mut v = json!({
+                "Type": m.kind.name(),
+                "Source": match m.kind {
+                    Kind::Volume => runtime::volume::root(state).join(&m.source).join("_data").display().to_string(),
+                    _ => m.source.clone(),
+                },
+                "Destination": m.target,
+                "Mode": m.mode(),
+                "RW": !m.read_only,
+                "Propagation": if m.kind == Kind::Bind { "rprivate" } else { "" },
+            });
+            if m.kind == Kind::Volume {
+                v["Name"] = json!(m.source);
+                v["Driver"] = json!("local");
+            }
+            v
+        })
+        .collect()
+}
+
+/// Docker's options string for a tmpfs mount.
+fn tmpfs_options(m: &runtime::volume::Mount) -> Value {
+    let mut o = vec![if m.read_only { "ro" } else { "rw" }.to_string()];
+    if !m.tmpfs_exec {
+        o.push("noexec".into());
+    }
+    o.push("nosuid".into());
+    o.push("nodev".into());
+    if m.tmpfs_size > 0 {
+        o.push(format!("size={}", m.tmpfs_size));
+    }
+    if let Some(mode) = m.tmpfs_mode {
+        o.push(format!("mode={mode:o}"));
+    }
+    json!(o.join(","))
+}
+
 /// A container as `vm inspect` shows it: Docker's shape, for the fields
 /// that apply.
 pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
@@ -464,6 +509,7 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
         },
         "Image": cfg.image_id,
         "NetworkSettings": network_json(c, &s),
+        "Mounts": mounts_json(state, cfg),
         "ResolvConfPath": "",
         "HostnamePath": "",
         "HostsPath": "",
@@ -502,6 +548,11 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
             "DnsSearch": cfg.network.dns_search,
             "DnsOptions": cfg.network.dns_options,
             "ExtraHosts": cfg.network.add_hosts.iter().map(|(n, a)| format!("{n}:{a}")).collect::<Vec<_>>(),
+            "Binds": cfg.mounts.iter().filter(|m| m.kind != runtime::volume::Kind::Tmpfs && !m.anonymous).map(|m| {
+                let mode = m.mode();
+                if mode.is_empty() { format!("{}:{}", m.source, m.target) } else { format!("{}:{}:{mode}", m.source, m.target) }
+            }).collect::<Vec<_>>(),
+            "Tmpfs": cfg.mounts.iter().filter(|m| m.kind == runtime::volume::Kind::Tmpfs).map(|m| (m.target.clone(), tmpfs_options(m))).collect::<serde_json::Map<String, Value>>(),
             "Memory": cfg.memory_mib << 20,
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
             "Runtime": "vm",

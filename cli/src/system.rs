@@ -31,7 +31,7 @@ pub struct PruneArgs {
     /// Remove every image no container uses, not only untagged ones.
     #[arg(short = 'a', long)]
     all: bool,
-    /// Remove unused volumes too (there are none yet: volumes come later).
+    /// Remove unused anonymous volumes too.
     #[arg(long)]
     volumes: bool,
     /// Do not ask for confirmation.
@@ -191,11 +191,27 @@ fn prune(state: &Path, args: PruneArgs) -> ExitCode {
         }
         println!();
     }
+    let mut v_bytes = 0;
+    if args.volumes {
+        match runtime::volume::prune(state, false, &|_| false) {
+            Ok((gone, bytes)) => {
+                v_bytes = bytes;
+                if !gone.is_empty() {
+                    println!("Deleted Volumes:");
+                    for v in &gone {
+                        println!("{v}");
+                    }
+                    println!();
+                }
+            }
+            Err(e) => return crate::runtime_error(&e),
+        }
+    }
     let p = match crate::images::prune_images(state, args.all) {
         Ok(p) => p,
         Err(e) => return crate::fail(&e),
     };
     crate::images::print_pruned_images(&p);
-    println!("Total reclaimed space: {}", human(c_bytes + p.bytes));
+    println!("Total reclaimed space: {}", human(c_bytes + v_bytes + p.bytes));
     ExitCode::SUCCESS
 }

@@ -17,6 +17,8 @@ pub struct Env {
     pub bzimage: PathBuf,
     pub agent_initrd: PathBuf,
     pub test_initrd: PathBuf,
+    /// virtiofsd (resources/virtiofsd/build).
+    pub virtiofsd: PathBuf,
     /// The static vsock test peer (also inside the test initramfs).
     pub vsock_tool: PathBuf,
     /// Test images (tests/fixtures/build-images): `$IMAGES/oci` is an OCI
@@ -89,6 +91,7 @@ pub fn env() -> &'static Env {
         let bzimage = vmlinux.with_file_name("bzImage");
         let agent_initrd = script_output_path(&repo, "resources/initramfs/build");
         let test_initrd = script_output_path(&repo, "tests/fixtures/build-initramfs");
+        let virtiofsd = script_output_path(&repo, "resources/virtiofsd/build");
         let vsock_tool = target_dir(&repo).join("x86_64-unknown-linux-gnu/release/vsock-tool");
         let images = target_dir(&repo).join("test-images");
         let status = Command::new(repo.join("tests/fixtures/build-images"))
@@ -99,6 +102,7 @@ pub fn env() -> &'static Env {
         Env {
             vm: build_vm(&repo),
             test_initrd,
+            virtiofsd,
             vsock_tool,
             images,
             vmlinux,
@@ -166,6 +170,7 @@ impl Env {
             .env("BZIMAGE", &self.bzimage)
             .env("AGENT_INITRD", &self.agent_initrd)
             .env("TEST_INITRD", &self.test_initrd)
+            .env("VIRTIOFSD", &self.virtiofsd)
             .env("VSOCK_TOOL", &self.vsock_tool)
             .env("IMAGES", &self.images)
             // `vm run` finds these without help on a checkout; say them
@@ -180,7 +185,7 @@ impl Env {
     }
 
     /// Run a bash script where guests can boot: here, or in the nested KVM
-    /// host. $VM, $VMLINUX, $BZIMAGE, $AGENT_INITRD, $TEST_INITRD are set.
+    /// host. $VM, $VMLINUX, $BZIMAGE, $AGENT_INITRD, $TEST_INITRD, $VIRTIOFSD are set.
     pub fn run_with_kvm(&self, script: &str) -> ScriptOutput {
         self.run_with_kvm_for(script, DEFAULT_LIMIT)
     }
