@@ -453,6 +453,8 @@ fn serve(state: &Path, c: &Container, launch: Launch) -> Result<()> {
     let _ = std::fs::remove_file(&control_path);
     if c.config.auto_remove {
         let _lock = c.command_lock();
+        // As Docker's --rm: anonymous volumes go with the container.
+        crate::volume::remove_anonymous(state, c);
         if let Err(e) = container::remove_files(state, c) {
             note(&e.to_string());
         }
