@@ -123,14 +123,7 @@ fn copy_up(src: &OwnedFd, dst: &OwnedFd, depth: usize) -> Result<(), String> {
     }
     if depth == 0 {
         let st = fstat(src).map_err(|e| e.to_string())?;
-        fchown(
-            dst,
-            Some(Uid::from_raw(st.st_uid)),
-            Some(Gid::from_raw(st.st_gid)),
-        )
-        .map_err(|e| format!("chown: {e}"))?;
-        nix::sys::stat::fchmod(dst, Mode::from_bits_truncate(st.st_mode & 0o7777))
-            .map_err(|e| format!("chmod: {e}"))?;
+        set_owner_mode(dst, &st, Mode::from_bits_truncate(st.st_mode & 0o7777))?;
     }
     Ok(())
 }
@@ -169,14 +162,7 @@ fn copy_entry(src: &OwnedFd, dst: &OwnedFd, name: &CStr, depth: usize) -> Result
         SFlag::S_IFLNK => {
             let target = nix::fcntl::readlinkat(src, name).map_err(|e| format!("readlink: {e}"))?;
             symlinkat(target.as_os_str(), dst, name).map_err(|e| format!("symlink: {e}"))?;
-            fchownat(
-                dst,
-                name,
-                Some(Uid::from_raw(st.st_uid)),
-                Some(Gid::from_raw(st.st_gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| format!("chown: {e}"))?;
+            chown_at(dst, name, &st)?;
             times(dst, name, &st)
         }
         _ => {
@@ -190,14 +176,7 @@ fn copy_entry(src: &OwnedFd, dst: &OwnedFd, name: &CStr, depth: usize) -> Result
                 }
                 Err(e) => return Err(format!("mknod: {e}")),
             }
-            fchownat(
-                dst,
-                name,
-                Some(Uid::from_raw(st.st_uid)),
-                Some(Gid::from_raw(st.st_gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| format!("chown: {e}"))?;
+            chown_at(dst, name, &st)?;
             times(dst, name, &st)
         }
     }
@@ -209,8 +188,32 @@ fn set_owner_mode(fd: &impl AsFd, st: &FileStat, perm: Mode) -> R {
         Some(Uid::from_raw(st.st_uid)),
         Some(Gid::from_raw(st.st_gid)),
     )
+    .or_else(unmapped_owner)
     .map_err(|e| format!("chown: {e}"))?;
     nix::sys::stat::fchmod(fd, perm).map_err(|e| format!("chmod: {e}"))
+}
+
+/// Gives `name` in `dir` (not following a symlink) the owner in `st`.
+fn chown_at(dir: &OwnedFd, name: &CStr, st: &FileStat) -> R {
+    fchownat(
+        dir,
+        name,
+        Some(Uid::from_raw(st.st_uid)),
+        Some(Gid::from_raw(st.st_gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .or_else(unmapped_owner)
+    .map_err(|e| format!("chown: {e}"))
+}
+
+/// A chown that the host's daemon cannot do because it maps no such
+/// owner (the daemon of a user who is not root maps only that user):
+/// the file stays the volume owner's, and the copy goes on.
+fn unmapped_owner(e: nix::errno::Errno) -> nix::Result<()> {
+    match e {
+        nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM => Ok(()),
+        e => Err(e),
+    }
 }
 
 fn times(dir: &OwnedFd, name: &CStr, st: &FileStat) -> R {

@@ -138,6 +138,34 @@ vm volume rm labelled "$(cat "$W/anon-name")" | sed 's/^[0-9a-f]\{64\}$/ANON/'
 vm volume prune -f -a > /dev/null
 vm volume ls -q | wc -l
 
+echo "== rootless"
+# A user who is not root: the daemon runs in a user namespace of its own
+# that maps only that user.
+chmod 666 /dev/kvm
+sysctl -qw kernel.unprivileged_userns_clone=1 2>/dev/null
+sysctl -qw user.max_user_namespaces=10000
+U=/tmp/rootless-volumes
+mkdir -p "$U/state" "$U/data"
+cp "$VM_KERNEL" "$U/vmlinux"
+cp "$VM_INITRD" "$U/agent.cpio"
+cp "$VIRTIOFSD" "$U/virtiofsd"
+cp -r "$IMAGES/oci" "$U/oci"
+echo from-user > "$U/data/f"
+chown -R 65534:65534 "$U/state" "$U/data"
+chmod -R a+rX "$U"
+as_user() {
+    setpriv --reuid=65534 --regid=65534 --clear-groups \
+        env HOME="$U" VM_ROOT="$U/state" VM_KERNEL="$U/vmlinux" VM_INITRD="$U/agent.cpio" \
+        VM_VIRTIOFSD="$U/virtiofsd" timeout 120 "$VM" "$@"
+}
+as_user run --rm --network none -m 96m -v "$U/data:/d" "oci:$U/oci:busybox" sh -c '
+cat /d/f; echo w > /d/w; chown 1234 /d/w 2>/dev/null || echo chown-refused'
+stat -c %u "$U/data/w"
+# Copy-up keeps the files; owners it cannot give stay the user's.
+as_user run --rm --network none -m 96m -v nv:/srv/data "oci:$U/oci:volume" sh -c '
+cat /srv/data/seed; ls /srv/data | tr "\n" " "; echo'
+stat -c %u "$U/state/volumes/nv/_data/seed"
+
 echo "== leftovers"
 vm run -d --name killed -m 96m -v v1:/v "$I" sleep 60 > /dev/null
 await killed '{{.State.Status}}' running

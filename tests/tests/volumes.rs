@@ -155,6 +155,19 @@ fn volumes_and_bind_mounts() {
     );
 
     assert_eq!(
+        lines(section(&out.stdout, "rootless")),
+        [
+            "from-user",
+            "chown-refused",
+            "65534",
+            "seeded",
+            "link seed sub ",
+            "65534"
+        ],
+        "a user who is not root shares directories as that user; copy-up works, other owners are not given\n{out}"
+    );
+
+    assert_eq!(
         lines(section(&out.stdout, "leftovers")),
         ["daemons after a killed monitor: 0", "daemons: 0", "0", "0"],
         "no daemon, socket or mount is left, also after the monitor is killed\n{out}"
