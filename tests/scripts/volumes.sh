@@ -131,6 +131,7 @@ vm volume create > "$W/anon-name"; grep -c '^[0-9a-f]\{64\}$' "$W/anon-name"
 vm volume ls --filter label=team=a -q
 vm create --name holder -v labelled:/x "$I" true > /dev/null
 vm volume ls --filter dangling=false -q
+vm system df --format '{{.Type}} {{.Active}}' | grep Volumes
 vm volume inspect -f '{{.Labels}}' labelled
 vm volume rm labelled > /dev/null 2>&1; echo "rm used by a stopped container: rc=$?"
 vm rm holder > /dev/null

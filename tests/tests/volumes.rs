@@ -145,13 +145,14 @@ fn volumes_and_bind_mounts() {
             "1",
             "labelled",
             "labelled",
+            "Local Volumes 1",
             "map[team:a]",
             "rm used by a stopped container: rc=125",
             "labelled",
             "ANON",
             "0",
         ],
-        "vm volume create, ls with filters, inspect, rm (refused while used), prune\n{out}"
+        "vm volume create, ls with filters, system df, inspect, rm (refused while used), prune\n{out}"
     );
 
     assert_eq!(
