@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
 /// What the VMM may use beyond guest RAM: its own heap and threads, the
-/// vsock buffers (at most 32 MiB), page tables.
+/// vsock buffers (at most 32 MiB), page tables; and the file system
+/// daemons of the container's volumes (a few MiB each).
 const MARGIN_MIB: u64 = 128;
 /// Tasks beyond one per vCPU: the event loop, the command and log
-/// threads, with room to spare.
-const EXTRA_TASKS: u64 = 32;
+/// threads, with room to spare; and up to 8 for each file system daemon
+/// (virtiofsd is two processes, with a thread per queue).
+const EXTRA_TASKS: u64 = 32 + 8 * crate::volume::share::MAX_SHARES as u64;
 
 pub struct Cgroup {
     path: PathBuf,

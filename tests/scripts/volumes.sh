@@ -59,7 +59,11 @@ vm run -d --name ro -m 96m -v "$B:/b:ro" "$I" sleep 60 > /dev/null
 vm exec ro sh -c 'echo x > /b/x' 2>&1 | sed 's/.*: //'
 vm exec ro sh -c 'cat /b/host-file'
 # The daemon of a read-only mount refuses writes itself.
-mine=$(pgrep -a -x virtiofsd | grep -- "--shared-dir=$B --sandbox")
+# (The daemon's working directory is the directory it shares.)
+mine=$(for p in $(pgrep -x virtiofsd); do
+    [ "$(stat -L -c %d:%i "/proc/$p/cwd")" = "$(stat -c %d:%i "$B")" ] &&
+        tr '\0' ' ' < "/proc/$p/cmdline" && echo
+done)
 [ -n "$mine" ] && ! grep -qv -- --readonly <<<"$mine" && echo "daemon --readonly"
 vm rm -f ro > /dev/null
 ls "$B" | tr '\n' ' '; echo
@@ -84,6 +88,17 @@ ln -s /etc "$B/etc-link"
 echo host-secret > "$W/outside"
 ln -s "$W/outside" "$B/outside-link"
 $R -h container-host -v "$B:/b" "$I" sh -c 'cat /b/etc-link/hostname; cat /b/outside-link 2>&1 | sed "s/.*: //"; ls /b/.. | grep -c host-file'
+
+echo "== swap"
+# A container that can write the parent of another's bind source swaps
+# it for a symlink to /: the other's next start refuses it.
+O=$W/outer; mkdir -p "$O/inner"; echo inner > "$O/inner/file"
+vm create --name victim -m 96m -v "$O/inner:/x" "$I" cat /x/file > /dev/null
+vm start -a victim
+$R -v "$O:/o" "$I" sh -c 'rm -rf /o/inner && ln -s / /o/inner && echo swapped'
+vm start -a victim 2>&1 | grep -o "goes through a symbolic link"; echo "rc=${PIPESTATUS[0]}"
+vm run --rm -v "$O/inner:/x" "$I" true 2>&1 | grep -o "goes through a symbolic link"
+vm rm victim > /dev/null
 
 echo "== image-volume"
 vm run --name withvol -m 96m "$V" sh -c 'cat /srv/data/seed; echo added > /srv/data/new' 

@@ -85,6 +85,18 @@ fn volumes_and_bind_mounts() {
         "symlinks in a bind mount resolve in the container's view, never to the host's files\n{out}"
     );
 
+    assert_eq!(
+        lines(section(&out.stdout, "swap")),
+        [
+            "inner",
+            "swapped",
+            "goes through a symbolic link",
+            "rc=125",
+            "goes through a symbolic link",
+        ],
+        "a bind source that a container swapped for a symlink is refused at the next start and at create\n{out}"
+    );
+
     let image_volume = lines(section(&out.stdout, "image-volume"));
     assert_eq!(
         image_volume,

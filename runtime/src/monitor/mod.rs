@@ -587,7 +587,8 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         Err(e) => return RunEnd::failed(&e),
     };
     // Volumes and bind mounts: a file system daemon for each.
-    let shares = match crate::volume::share::serve(state, c, &run_dir) {
+    let procs = cgroup.as_ref().map(crate::cgroup::Cgroup::procs);
+    let shares = match crate::volume::share::serve(state, c, &run_dir, procs.as_deref()) {
         Ok(served) => {
             plan.config.filesystems = served.devices;
             spec.mounts = served.mounts;

@@ -7,6 +7,7 @@
 //! A volume in use by any container, running or not, cannot be removed.
 
 pub mod mounts;
+mod path;
 pub mod share;
 
 use std::collections::BTreeMap;
@@ -223,20 +224,12 @@ pub fn prepare(state: &Path, mounts: &mut [Mount]) -> Result<()> {
                 let v = create(state, name, &labels, m.anonymous)?;
                 m.source = v.name;
             }
-            Kind::Bind => match std::fs::metadata(&m.source) {
-                Ok(md) if md.is_dir() => {}
-                Ok(_) => {
-                    return Err(Error::invalid(format!(
-                        "bind source {} is not a directory: only directories can be shared with a VM; put the file in a directory of its own and mount that",
-                        m.source
-                    )))
-                }
+            Kind::Bind => match path::open_dir(Path::new(&m.source)) {
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && m.create_source => {
-                    std::fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o755)
-                        .create(&m.source)
-                        .map_err(|e| Error::host(format!("creating bind source {}: {e}", m.source)))?;
+                    path::make_dirs(Path::new(&m.source)).map_err(|e| {
+                        Error::invalid(format!("creating bind source: {e}"))
+                    })?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(Error::invalid(format!(
@@ -244,7 +237,7 @@ pub fn prepare(state: &Path, mounts: &mut [Mount]) -> Result<()> {
                         m.source
                     )))
                 }
-                Err(e) => return Err(Error::host(format!("bind source {}: {e}", m.source))),
+                Err(e) => return Err(Error::invalid(format!("bind source {e}"))),
             },
             Kind::Tmpfs => {}
         }
@@ -256,7 +249,7 @@ pub fn prepare(state: &Path, mounts: &mut [Mount]) -> Result<()> {
 /// other container uses.
 pub fn remove_anonymous(state: &Path, c: &Container) {
     for m in &c.config.mounts {
-        if m.kind != Kind::Volume || !m.anonymous {
+        if m.kind != Kind::Volume || !m.anonymous || mounts::check_volume_name(&m.source).is_err() {
             continue;
         }
         let Ok(_lock) = lock(state) else { return };

@@ -361,9 +361,11 @@ pub fn parse_tmpfs_flag(spec: &str) -> R<Mount> {
                 "strictatime",
             ]
             .contains(&o) => {}
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "invalid tmpfs option {o:?} in {spec:?}: use size=, mode=, ro, rw, exec or noexec"
-            )),
+            ))
+            }
         }
     }
     Ok(m)

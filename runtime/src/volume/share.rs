@@ -19,7 +19,10 @@
 //! the connected end. A daemon ends when its VMM's connection closes,
 //! when the monitor ends (parent-death signal), or when this is dropped.
 
-use std::os::fd::AsRawFd;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -108,8 +111,19 @@ pub fn virtiofsd() -> std::result::Result<PathBuf, String> {
         })
 }
 
-/// Starts a daemon for each volume and bind mount of `c`, in `run_dir`.
-pub fn serve(state: &Path, c: &Container, run_dir: &Path) -> Result<Served> {
+/// Starts a daemon for each volume and bind mount of `c`, in `run_dir`;
+/// each joins the container's cgroup (`cgroup_procs`), so what a guest
+/// makes it do counts against the container's limits.
+pub fn serve(
+    state: &Path,
+    c: &Container,
+    run_dir: &Path,
+    cgroup_procs: Option<&Path>,
+) -> Result<Served> {
+    let procs = cgroup_procs
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|_| Error::host("a cgroup path with a NUL byte"))?;
     let mut served = Served {
         shares: Shares::default(),
         devices: Vec::new(),
@@ -124,7 +138,7 @@ pub fn serve(state: &Path, c: &Container, run_dir: &Path) -> Result<Served> {
         None
     };
     for m in mounts {
-        let source = match m.kind {
+        let (source, dir) = match m.kind {
             Kind::Tmpfs => {
                 served.mounts.push(agent_protocol::Mount {
                     target: m.target.clone(),
@@ -137,32 +151,26 @@ pub fn serve(state: &Path, c: &Container, run_dir: &Path) -> Result<Served> {
                 });
                 continue;
             }
-            Kind::Bind => PathBuf::from(&m.source),
-            Kind::Volume => super::get(state, &m.source)?.mountpoint,
+            Kind::Bind => {
+                let source = PathBuf::from(&m.source);
+                let dir = super::path::open_dir(&source);
+                (source, dir)
+            }
+            Kind::Volume => {
+                let source = super::get(state, &m.source)?.mountpoint;
+                let rel = Path::new("volumes").join(&m.source).join("_data");
+                (source, super::path::open_beneath(state, &rel))
+            }
         };
-        match std::fs::metadata(&source) {
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                return Err(Error::invalid(format!(
-                    "mount source {} is not a directory",
-                    source.display()
-                )))
-            }
-            Err(e) => {
-                return Err(Error::invalid(format!(
-                    "mount source {} for {}: {e}",
-                    source.display(),
-                    m.target
-                )))
-            }
-        }
+        let dir = dir.map_err(|e| Error::invalid(format!("mount source for {}: {e}", m.target)))?;
         let copy_up = m.kind == Kind::Volume && !m.no_copy && !m.read_only && is_empty(&source);
         let tag = format!("vmfs{}", served.devices.len());
         let (child, socket) = spawn(
             binary.as_deref().unwrap_or(Path::new("virtiofsd")),
-            &source,
+            &dir,
             m.read_only,
             &run_dir.join(format!("{tag}.sock")),
+            procs.as_ref(),
         )
         .map_err(|e| Error::host(format!("sharing {} with the VM: {e}", source.display())))?;
         served.shares.daemons.push(child);
@@ -183,46 +191,69 @@ fn is_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
-/// Starts virtiofsd on `dir` with a listening socket bound at `path`,
-/// connects to it and removes the name.
+/// The most of a daemon's error output kept in the monitor's log; the
+/// rest is read and dropped (a guest can make a daemon log an error for
+/// every request).
+const MAX_LOG: u64 = 64 << 10;
+
+/// Starts virtiofsd on the directory `dir` (its working directory, shared
+/// as `.`: the daemon resolves no path of ours) with a listening socket
+/// bound at `path`, connects to it and removes the name.
 fn spawn(
     binary: &Path,
-    dir: &Path,
+    dir: &OwnedFd,
     read_only: bool,
     path: &Path,
+    cgroup_procs: Option<&CString>,
 ) -> std::io::Result<(Child, UnixStream)> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     let fd = listener.as_raw_fd();
+    let dir_fd = dir.as_raw_fd();
     let mut cmd = Command::new(binary);
-    cmd.arg("--fd=3")
-        .arg(format!("--shared-dir={}", dir.display()))
-        .args([
-            "--sandbox=namespace",
-            "--seccomp=kill",
-            "--inode-file-handles=never",
-            "--cache=auto",
-            "--announce-submounts",
-            "--log-level=error",
-        ])
-        .stdin(Stdio::null());
+    cmd.args([
+        "--fd=3",
+        "--shared-dir=.",
+        "--sandbox=namespace",
+        "--seccomp=kill",
+        "--inode-file-handles=never",
+        "--cache=auto",
+        "--announce-submounts",
+        "--log-level=error",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     if read_only {
         cmd.arg("--readonly");
     }
     if nix::unistd::geteuid().is_root() {
-        cmd.arg("--modcaps=-mknod");
+        cmd.arg("--modcaps=-mknod:-setfcap");
     }
+    let procs = cgroup_procs.cloned();
     // SAFETY: the closure runs between fork and exec and makes only
-    // async-signal-safe system calls (dup2, fcntl, prctl, getppid).
+    // async-signal-safe system calls (fchdir, open, write, close, dup2,
+    // fcntl, prctl, getppid) on memory prepared before the fork.
     unsafe {
         let parent = libc::getpid();
         cmd.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
+            if libc::fchdir(dir_fd) < 0 {
+                return fail();
+            }
+            if let Some(procs) = &procs {
+                let f = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if f < 0 || libc::write(f, b"0".as_ptr().cast(), 1) != 1 {
+                    return fail();
+                }
+                libc::close(f);
+            }
             if fd == 3 {
                 if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                    return fail();
                 }
             } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+                return fail();
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if libc::getppid() != parent {
@@ -231,11 +262,27 @@ fn spawn(
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| {
+    let mut child = cmd.spawn().map_err(|e| {
         std::io::Error::new(e.kind(), format!("starting {}: {e}", binary.display()))
     })?;
+    if let Some(err) = child.stderr.take() {
+        let _ = std::thread::Builder::new()
+            .name("virtiofsd-log".into())
+            .spawn(move || {
+                let mut err = err;
+                let _ = std::io::copy(&mut (&mut err).take(MAX_LOG), &mut std::io::stderr());
+                let _ = std::io::copy(&mut err, &mut std::io::sink());
+            });
+    }
     let stream = UnixStream::connect(path);
     let _ = std::fs::remove_file(path);
     drop(listener);
-    Ok((child, stream?))
+    match stream {
+        Ok(s) => Ok((child, s)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
 }

@@ -36,6 +36,10 @@ pub struct Fs {
     /// activation it was started for.
     activation: u64,
     started: Option<u64>,
+    /// The session failed (an error or a daemon that did not answer in
+    /// time): its messages may be out of step, so nothing more is sent
+    /// and the device stays failed.
+    broken: bool,
 }
 
 impl Fs {
@@ -58,6 +62,7 @@ impl Fs {
             sizes: [QUEUE_SIZE; QUEUES],
             activation: 0,
             started: None,
+            broken: false,
         })
     }
 
@@ -65,11 +70,20 @@ impl Fs {
     /// activation that is over, starts those of the current one.
     fn sync_backend(&mut self) {
         let _ = self.core.activate_evt.read();
+        if self.broken {
+            if self.core.active {
+                self.core
+                    .fail("virtio-fs: the file system daemon's session is broken");
+            }
+            return;
+        }
         let current = self.core.active.then_some(self.activation);
         if self.started.is_some() && self.started != current {
             self.started = None;
             if let Err(e) = self.session.stop() {
+                self.broken = true;
                 crate::guest_log!("{e}");
+                return;
             }
         }
         if let (Some(activation), None) = (current, self.started) {
@@ -83,7 +97,10 @@ impl Fs {
             );
             match started {
                 Ok(()) => self.started = Some(activation),
-                Err(e) => self.core.fail(&e.to_string()),
+                Err(e) => {
+                    self.broken = true;
+                    self.core.fail(&e.to_string());
+                }
             }
         }
     }
