@@ -182,6 +182,17 @@ as_user run --rm --network none -m 96m -v nv:/srv/data "oci:$U/oci:volume" sh -c
 cat /srv/data/seed; ls /srv/data | tr "\n" " "; echo'
 stat -c %u "$U/state/volumes/nv/_data/seed"
 
+echo "== daemon-killed"
+# The daemons die under a running container: its requests wait, and the
+# container still stops and goes.
+vm run -d --name orphan -m 96m -v v1:/v "$I" sh -c 'while :; do ls /v > /dev/null; sleep 0.2; done' > /dev/null
+await orphan '{{.State.Status}}' running
+sleep 1
+pkill -9 -x virtiofsd
+vm stop -t 2 orphan > /dev/null; echo "stop rc=$?"
+vm inspect -f '{{.State.Status}}' orphan
+vm rm orphan > /dev/null; echo "rm rc=$?"
+
 echo "== leftovers"
 vm run -d --name killed -m 96m -v v1:/v "$I" sleep 60 > /dev/null
 await killed '{{.State.Status}}' running

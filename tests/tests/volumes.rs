@@ -181,6 +181,12 @@ fn volumes_and_bind_mounts() {
     );
 
     assert_eq!(
+        lines(section(&out.stdout, "daemon-killed")),
+        ["stop rc=0", "exited", "rm rc=0"],
+        "a container whose file system daemons died still stops\n{out}"
+    );
+
+    assert_eq!(
         lines(section(&out.stdout, "leftovers")),
         ["daemons after a killed monitor: 0", "daemons: 0", "0", "0"],
         "no daemon, socket or mount is left, also after the monitor is killed\n{out}"
