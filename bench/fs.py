@@ -132,10 +132,10 @@ def main():
                 print(f"round {i + 1}/{a.rounds} {name}: " +
                       ", ".join(f"{k} {v:.0f}" for k, v in r.items()), file=sys.stderr)
     print(f"file system benchmark: {a.rounds} rounds, medians, 1 vCPU, {MEM_MIB} MiB guest; "
-          f"virtio-fs (virtiofsd, cache=auto, a tmpfs-or-disk directory in {tempfile.gettempdir()}) "
+          f"virtio-fs (virtiofsd, cache=auto, a directory in {tempfile.gettempdir()}) "
           f"and ext4 on virtio-blk; {SEQ_MIB} MiB sequential in 1 MiB requests, 4 KiB random "
           f"for 4 s, {FILES} small files created, stat'ed, deleted")
-    print(f"{'':<30} {'vm':>10} {'qemu':>10} {'vm/qemu':>8}")
+    print(f"{'':<40} {'vm':>10} {'qemu':>10} {'vm/qemu':>8}")
     keys = []
     for target in ("fs", "blk"):
         for k in ("seq-write", "seq-read", "rand-write-4k IOPS", "rand-read-4k IOPS",
@@ -150,7 +150,7 @@ def main():
         target, what = k.split(" ", 1)
         unit = " MiB/s" if what.startswith("seq") else ("" if "IOPS" in what else " files/s")
         o, t = statistics.median(ours), statistics.median(theirs)
-        print(f"{label[target] + ' ' + what + unit:<30} {o:>10.0f} {t:>10.0f} {o / t:>8.2f}")
+        print(f"{label[target] + ' ' + what + unit:<40} {o:>10.0f} {t:>10.0f} {o / t:>8.2f}")
     fs = {k: statistics.median(r[k] for r in results["vm"]) for k in keys if k in results["vm"][0]}
     print("virtio-fs against our own ext4 on virtio-blk (vm only): " + ", ".join(
         f"{w} {fs['fs ' + w] / fs['blk ' + w]:.2f}x"

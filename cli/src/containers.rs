@@ -51,9 +51,18 @@ fn each(
         Ok(s) => s,
         Err(code) => return code,
     };
+    each_name(names, |n| container::find(&state, n).and_then(|c| f(&state, &c)))
+}
+
+/// Runs `f` on each name; prints what it returns (or the name as given)
+/// or the error; status 125 when any failed.
+pub fn each_name(
+    names: &[String],
+    mut f: impl FnMut(&str) -> runtime::Result<Option<String>>,
+) -> ExitCode {
     let mut failed = false;
     for n in names {
-        match container::find(&state, n).and_then(|c| f(&state, &c)) {
+        match f(n) {
             Ok(Some(line)) => println!("{line}"),
             Ok(None) => println!("{n}"),
             Err(e) => {

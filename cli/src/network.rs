@@ -294,21 +294,7 @@ fn inspect(a: InspectArgs, state: &Path) -> ExitCode {
 }
 
 fn rm(a: RmArgs, state: &Path) -> ExitCode {
-    let mut failed = false;
-    for name in &a.names {
-        match net::remove(state, name) {
-            Ok(_) => println!("{name}"),
-            Err(e) => {
-                eprintln!("vm: error: {}", e.message);
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        ExitCode::from(crate::EXIT_VM_FAILED)
-    } else {
-        ExitCode::SUCCESS
-    }
+    crate::containers::each_name(&a.names, |name| net::remove(state, name).map(|_| None))
 }
 
 /// Removes the user-defined networks no container (running or not)

@@ -246,22 +246,12 @@ fn inspect(a: InspectArgs, state: &Path) -> ExitCode {
 }
 
 fn rm(a: RmArgs, state: &Path) -> ExitCode {
-    let mut failed = false;
-    for name in &a.names {
-        match volume::remove(state, name) {
-            Ok(()) => println!("{name}"),
-            Err(e) if a.force && e.kind == runtime::Kind::NotFound => {}
-            Err(e) => {
-                eprintln!("vm: error: {}", e.message);
-                failed = true;
-            }
-        }
-    }
-    if failed {
-        ExitCode::from(crate::EXIT_VM_FAILED)
-    } else {
-        ExitCode::SUCCESS
-    }
+    crate::containers::each_name(&a.names, |name| match volume::remove(state, name) {
+        // -f: a volume that is not there is no error (and echoed, as
+        // Docker does).
+        Err(e) if a.force && e.kind == runtime::Kind::NotFound => Ok(None),
+        r => r.map(|()| None),
+    })
 }
 
 /// Removes unused volumes (anonymous ones unless `all`) that the

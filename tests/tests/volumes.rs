@@ -145,6 +145,7 @@ fn volumes_and_bind_mounts() {
             "not a directory",
             "vm: error: no such volume: no-such-volume",
             "rc=125",
+            "no-such-volume",
             "rc=0",
         ],
         "bad mounts are refused with 125 and a reason; -v makes a missing bind source, --mount does not\n{out}"
