@@ -27,6 +27,13 @@ $R -v v1:/v "$I" sh -c 'cat /v/f; stat -c "%u:%g" /v/f'
 vm volume ls -q
 vm volume inspect -f '{{.Name}} {{.Driver}} {{.Mountpoint}}' v1
 
+echo "== volumes-from"
+vm create --name source -m 96m -v v1:/v -v "$W/from-bind:/b" --tmpfs /t "$I" true > /dev/null
+$R --volumes-from source "$I" sh -c 'cat /v/f; echo b > /b/x && echo bind-rw; ls -d /t 2>&1 | sed "s/.*: //"'
+$R --volumes-from source:ro "$I" sh -c '{ echo y > /v/y; } 2>&1 | sed "s/.*: //"; cat /b/x'
+vm rm -v source > /dev/null
+vm volume ls -q | grep -c -x v1
+
 echo "== shared"
 vm run -d --name writer -m 96m -v shared:/s "$I" sh -c 'i=0; while [ $i -lt 300 ]; do echo "w$i" > /s/from-writer.tmp && mv /s/from-writer.tmp /s/from-writer; i=$((i+1)); sleep 0.1; done' > /dev/null
 vm run -d --name reader -m 96m -v shared:/s "$I" sh -c 'echo hello-from-reader > /s/from-reader; sleep 60' > /dev/null

@@ -47,9 +47,10 @@ fn detached_containers_and_their_commands() {
             "core=0",
             "files=4096",
             "own-cgroup",
-            // -m 96m: guest RAM + 128 MiB; 1 vCPU + 32 tasks; one CPU.
+            // -m 96m: guest RAM + 128 MiB; 1 vCPU + 32 tasks + 8 for each
+            // of up to 8 file system daemons; one CPU.
             "memory.max=234881024",
-            "pids.max=33",
+            "pids.max=97",
             "cpu.max=100000 100000",
             "own-uid",
             "jail-has-vsock",

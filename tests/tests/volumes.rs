@@ -37,6 +37,19 @@ fn volumes_and_bind_mounts() {
     );
 
     assert_eq!(
+        lines(section(&out.stdout, "volumes-from")),
+        [
+            "persisted",
+            "bind-rw",
+            "No such file or directory",
+            "Read-only file system",
+            "b",
+            "1"
+        ],
+        "--volumes-from takes another container's volumes and binds (not its tmpfs), read-only with :ro; rm -v keeps a named volume\n{out}"
+    );
+
+    assert_eq!(
         lines(section(&out.stdout, "shared")),
         [
             "reader sees writer",
