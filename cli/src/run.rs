@@ -59,6 +59,18 @@ pub struct RunArgs {
     /// Set a label (KEY=VALUE).
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
+    /// Read labels from a file of KEY=VALUE lines (`#` comments).
+    #[arg(long = "label-file", value_name = "FILE")]
+    label_file: Vec<PathBuf>,
+    /// Write the container's ID to FILE (which must not exist).
+    #[arg(long = "cidfile", value_name = "FILE")]
+    cidfile: Option<PathBuf>,
+    /// The image's platform: only linux/amd64 runs here.
+    #[arg(long, value_name = "PLATFORM", value_parser = parse_platform)]
+    platform: Option<String>,
+    /// Refused: the guest kernel's OOM killer acts inside the VM.
+    #[arg(long = "oom-kill-disable", hide = true)]
+    oom_kill_disable: bool,
     /// A name for the container.
     #[arg(long)]
     name: Option<String>,
@@ -253,10 +265,49 @@ fn parse_pull(s: &str) -> Result<PullPolicy, String> {
     }
 }
 
+/// `--platform`: linux/amd64 in any of Docker's spellings.
+fn parse_platform(s: &str) -> Result<String, String> {
+    let p = s.to_ascii_lowercase();
+    let mut parts = p.split('/');
+    let (os, arch) = match (parts.next(), parts.next(), parts.next()) {
+        (Some("linux"), None, None) => ("linux", "amd64"),
+        (Some(arch), None, None) => ("linux", arch),
+        (Some(os), Some(arch), None) => (os, arch),
+        _ => ("", ""),
+    };
+    if os == "linux" && (arch == "amd64" || arch == "x86_64") {
+        Ok("linux/amd64".into())
+    } else {
+        Err(format!(
+            "platform {s:?} is not supported: the guests here are linux/amd64"
+        ))
+    }
+}
+
+/// `--label-file`: KEY=VALUE lines; blank lines and `#` comments skipped.
+fn read_label_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading label file {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
 impl RunArgs {
     fn options(self) -> Result<RunOptions, String> {
+        if self.oom_kill_disable {
+            return Err("--oom-kill-disable is not supported: a container's memory is its VM's, and the guest kernel's OOM killer acts inside it (raise --memory instead)".into());
+        }
         let mut labels = Vec::new();
-        for l in &self.label {
+        let mut from_files = Vec::new();
+        for f in &self.label_file {
+            from_files.extend(read_label_file(f)?);
+        }
+        // Files first: a --label given on the command line wins.
+        for l in from_files.iter().chain(&self.label) {
             let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
             if k.is_empty() {
                 return Err(format!("invalid label {l:?}: use KEY=VALUE"));
@@ -345,13 +396,40 @@ fn create_container(
     state: &std::path::Path,
     catcher: Option<Catcher>,
 ) -> Result<(runtime::container::Container, RunOptions, Option<Catcher>), ExitCode> {
+    let cidfile = args.cidfile.clone();
+    if let Some(f) = &cidfile {
+        if f.exists() {
+            return Err(crate::fail(&format!(
+                "container ID file found, make sure the other container isn't running or delete {}",
+                f.display()
+            )));
+        }
+    }
     let opts = args.options().map_err(|e| crate::fail(&e))?;
     let mut watch = Watch {
         meter: crate::registry::Meter::new(),
         catcher,
     };
     let c = runtime::create(&opts, state, &mut watch).map_err(|e| crate::runtime_error(&e))?;
+    if let Some(f) = &cidfile {
+        if let Err(e) = write_new(f, c.config.id.as_bytes()) {
+            return Err(crate::fail(&format!(
+                "writing the container ID file {}: {e}",
+                f.display()
+            )));
+        }
+    }
     Ok((c, opts, watch.catcher))
+}
+
+/// Writes `data` to a file that must not exist yet.
+fn write_new(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(data)
 }
 
 /// `vm create`: prints the new container's ID.
@@ -542,5 +620,42 @@ impl Catcher {
         if let Some(h) = self.handle.take() {
             h.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms() {
+        for ok in [
+            "linux/amd64",
+            "linux/x86_64",
+            "amd64",
+            "LINUX/AMD64",
+            "linux",
+        ] {
+            assert_eq!(parse_platform(ok).as_deref(), Ok("linux/amd64"), "{ok}");
+        }
+        for bad in [
+            "linux/arm64",
+            "windows/amd64",
+            "arm64",
+            "linux/amd64/v2/x",
+            "",
+        ] {
+            assert!(parse_platform(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_files() {
+        let dir = std::env::temp_dir().join(format!("vm-label-test-{}", std::process::id()));
+        std::fs::write(&dir, "# a comment\n\na=1\n  b=two words \nc\n").expect("write");
+        let got = read_label_file(&dir).expect("read");
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(got, ["a=1", "b=two words", "c"]);
+        assert!(read_label_file(std::path::Path::new("/no/such/file")).is_err());
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # More of the container lifecycle (pause, a killed monitor, wait, start,
-# create, exec, a 60-layer image), in one nested host. Each section
+# create, exec, a 60-layer image, --cidfile, --label-file, --platform),
+# in one nested host. Each section
 # starts with "== NAME"; tests/tests/lifecycle.rs checks them.
 # Needs: $VM, $IMAGES, $W (a scratch directory), $VM_ROOT.
 set -u
@@ -62,4 +63,14 @@ cid=$(vm create --name later -m 96m $I echo created-then-started)
 echo "id-length=${#cid}"
 vm inspect -f '{{.State.Status}}' later
 vm start -a later
+
+echo "== run-flags"
+printf '# labels\nteam=a\nrole=web\n' > "$W/labels"
+cid=$(vm create --cidfile "$W/cid" --label-file "$W/labels" -l role=db --platform linux/amd64 -m 96m "$I" true)
+[ "$(cat "$W/cid")" = "$cid" ] && echo cidfile-matches
+vm inspect -f '{{index .Config.Labels "team"}} {{index .Config.Labels "role"}}' "$cid"
+vm create --cidfile "$W/cid" "$I" true 2>&1 | grep -o "container ID file found"; echo "rc=${PIPESTATUS[0]}"
+vm create --platform linux/arm64 "$I" true 2>&1 | grep -o "is not supported"; echo "rc=${PIPESTATUS[0]}"
+vm run --rm --oom-kill-disable "$I" true 2>&1 | grep -o "oom-kill-disable is not supported"; echo "rc=${PIPESTATUS[0]}"
+vm rm "$cid" > /dev/null
 echo "== end"

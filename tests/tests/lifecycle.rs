@@ -221,6 +221,21 @@ fn pause_kill_wait_start_create_exec_and_many_layers() {
         ["id-length=64", "created", "created-then-started"],
         "{out}"
     );
+
+    assert_eq!(
+        lines(section(&out.stdout, "run-flags")),
+        [
+            "cidfile-matches",
+            "a db",
+            "container ID file found",
+            "rc=125",
+            "is not supported",
+            "rc=125",
+            "oom-kill-disable is not supported",
+            "rc=125",
+        ],
+        "--cidfile, --label-file under --label, --platform, and --oom-kill-disable refused\n{out}"
+    );
 }
 
 #[test]
