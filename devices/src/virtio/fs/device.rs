@@ -51,9 +51,10 @@ impl Fs {
         let session = Session::open(cfg.socket, &cfg.tag, QUEUES)?;
         let mut config = [0u8; TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag);
-        config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes()); // num_request_queues
-                                                                // The daemon raises the interrupt through the irqfd itself, so the
-                                                                // status register cannot learn of it: it always says "used ring".
+        // num_request_queues
+        config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        // The daemon raises the interrupt through the irqfd itself, so the
+        // status register cannot learn of it: it always says "used ring".
         interrupt.set_vring_always();
         Ok(Self {
             core: DeviceCore::new(mem, interrupt, QUEUES)?,
