@@ -448,7 +448,7 @@ fn mounts_json(state: &std::path::Path, cfg: &runtime::container::Config) -> Vec
             let mut v = json!({
                 "Type": m.kind.name(),
                 "Source": match m.kind {
-                    Kind::Volume => runtime::volume::root(state).join(&m.source).join("_data").display().to_string(),
+                    Kind::Volume => runtime::volume::data_dir(state, &m.source).display().to_string(),
                     _ => m.source.clone(),
                 },
                 "Destination": m.target,

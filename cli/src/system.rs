@@ -136,11 +136,12 @@ fn df(state: &Path, args: DfArgs) -> ExitCode {
     // Volumes: active when a container (running or not) names one, as
     // Docker counts them; the unused ones are reclaimable.
     let (mut volumes, mut volumes_active, mut volume_size, mut volume_free) = (0, 0, 0, 0);
+    let used = runtime::volume::usage(state);
     for v in runtime::volume::list(state) {
         let size = runtime::volume::disk_usage(&v.mountpoint);
         volumes += 1;
         volume_size += size;
-        if runtime::volume::users(state, &v.name).is_empty() {
+        if !used.contains_key(&v.name) {
             volume_free += size;
         } else {
             volumes_active += 1;

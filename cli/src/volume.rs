@@ -165,6 +165,8 @@ fn ls(a: LsArgs, state: &Path) -> Result<(), String> {
         }
         filters.entry(k.into()).or_default().push(v.into());
     }
+    let used = volume::usage(state);
+    let links = |v: &Volume| used.get(&v.name).copied().unwrap_or(0);
     let volumes: Vec<Volume> = volume::list(state)
         .into_iter()
         .filter(|vol| {
@@ -172,10 +174,7 @@ fn ls(a: LsArgs, state: &Path) -> Result<(), String> {
                 vs.iter().any(|v| match k.as_str() {
                     "name" => vol.name.contains(v.as_str()),
                     "label" => label_matches(&vol.labels, v),
-                    "dangling" => {
-                        let dangling = volume::users(state, &vol.name).is_empty();
-                        dangling == (v == "true" || v == "1")
-                    }
+                    "dangling" => (links(vol) == 0) == (v == "true" || v == "1"),
                     "driver" => v == "local",
                     _ => false,
                 })
@@ -197,7 +196,7 @@ fn ls(a: LsArgs, state: &Path) -> Result<(), String> {
                 "Scope": "local",
                 "Mountpoint": v.mountpoint.display().to_string(),
                 "Labels": v.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-                "Links": volume::users(state, &v.name).len().to_string(),
+                "Links": links(v).to_string(),
             })
         })
         .collect();

@@ -1,4 +1,4 @@
-//! Finding the guest kernel and the agent's initramfs.
+//! Finding the guest kernel, the agent's initramfs and virtiofsd.
 
 use std::path::{Path, PathBuf};
 
@@ -25,10 +25,35 @@ pub fn initrd() -> Result<PathBuf, String> {
     )
 }
 
+/// `VM_VIRTIOFSD`, else `virtiofsd` beside the `vm` binary, on the PATH,
+/// in /usr/libexec (Debian's place), or the one that
+/// `resources/virtiofsd/build` installed.
+pub fn virtiofsd() -> Result<PathBuf, String> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("virtiofsd"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    find(
+        "VM_VIRTIOFSD",
+        &["virtiofsd"],
+        on_path
+            .into_iter()
+            .chain([PathBuf::from("/usr/libexec/virtiofsd")])
+            .chain(home_cache().map(|c| c.join("virtiofsd/1.14.0/bin/virtiofsd"))),
+        "volumes and bind mounts need virtiofsd, which was not found: install it with resources/virtiofsd/build (or `cargo install --locked virtiofsd`), or point VM_VIRTIOFSD at it",
+    )
+}
+
+/// `var` when set (it must name a file), else the first of `beside_exe`
+/// (relative to the `vm` binary's directory) and then `fallbacks` that is
+/// a file.
 fn find(
     var: &str,
     beside_exe: &[&str],
-    fallback: Option<PathBuf>,
+    fallbacks: impl IntoIterator<Item = PathBuf>,
     missing: &str,
 ) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os(var) {
@@ -45,7 +70,7 @@ fn find(
     let candidates = exe_dir
         .iter()
         .flat_map(|d| beside_exe.iter().map(move |n| d.join(n)))
-        .chain(fallback);
+        .chain(fallbacks);
     for c in candidates {
         if c.is_file() {
             return Ok(c);

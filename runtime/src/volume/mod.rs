@@ -48,6 +48,16 @@ fn lock(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     container::lock(&dir.join(".lock"))
 }
 
+/// Where volume `name`'s files are, relative to the state root.
+fn data_rel(name: &str) -> PathBuf {
+    Path::new("volumes").join(name).join("_data")
+}
+
+/// Where volume `name`'s files are on the host (`_data`).
+pub fn data_dir(state: &Path, name: &str) -> PathBuf {
+    state.join(data_rel(name))
+}
+
 fn meta_path(state: &Path, name: &str) -> PathBuf {
     root(state).join(name).join("volume.json")
 }
@@ -59,7 +69,7 @@ pub fn get(state: &Path, name: &str) -> Result<Volume> {
     let mut v: Volume = serde_json::from_slice(&data)
         .map_err(|e| Error::host(format!("volume {name}: its volume.json is damaged: {e}")))?;
     v.name = name.to_string();
-    v.mountpoint = root(state).join(name).join("_data");
+    v.mountpoint = data_dir(state, name);
     Ok(v)
 }
 
@@ -110,9 +120,8 @@ fn create_locked(
         }
         None => crate::create::random_id(),
     };
-    let dir = root(state).join(&name);
     // A leftover of a create that did not finish is taken over.
-    let data = dir.join("_data");
+    let data = data_dir(state, &name);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -129,6 +138,27 @@ fn create_locked(
         .map_err(|e| Error::host(format!("encoding volume {name}: {e}")))?;
     container::write_atomic(&meta_path(state, &name), &json)?;
     Ok(v)
+}
+
+/// How many containers use each volume that any container uses (one
+/// read of the containers for all volumes).
+pub fn usage(state: &Path) -> std::collections::HashMap<String, usize> {
+    let mut n = std::collections::HashMap::new();
+    for c in container::list(state) {
+        let mut names: Vec<&str> = c
+            .config
+            .mounts
+            .iter()
+            .filter(|m| m.kind == Kind::Volume)
+            .map(|m| m.source.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            *n.entry(name.to_string()).or_default() += 1;
+        }
+    }
+    n
 }
 
 /// The containers whose mounts use volume `name`.
@@ -177,10 +207,11 @@ pub fn prune(
     keep: &dyn Fn(&Volume) -> bool,
 ) -> Result<(Vec<String>, u64)> {
     let _lock = lock(state)?;
+    let used = usage(state);
     let mut gone = Vec::new();
     let mut bytes = 0;
     for v in list(state) {
-        if (!all && !v.anonymous) || keep(&v) || !users(state, &v.name).is_empty() {
+        if (!all && !v.anonymous) || keep(&v) || used.contains_key(&v.name) {
             continue;
         }
         let size = disk_usage(&v.mountpoint);

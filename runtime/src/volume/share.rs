@@ -77,40 +77,6 @@ pub struct Served {
     pub mounts: Vec<agent_protocol::Mount>,
 }
 
-/// `VM_VIRTIOFSD`, else `virtiofsd` beside the `vm` binary, on the PATH,
-/// in /usr/libexec (Debian's place), or the one that
-/// `resources/virtiofsd/build` installed.
-pub fn virtiofsd() -> std::result::Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("VM_VIRTIOFSD") {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("VM_VIRTIOFSD={} is not a file", p.display()))
-        };
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("virtiofsd")));
-    let path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let cached = crate::assets::home_cache().map(|c| c.join("virtiofsd/1.14.0/bin/virtiofsd"));
-    beside
-        .into_iter()
-        .chain(path)
-        .chain([PathBuf::from("/usr/libexec/virtiofsd")])
-        .chain(cached)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            "volumes and bind mounts need virtiofsd, which was not found: install it with resources/virtiofsd/build (or `cargo install --locked virtiofsd`), or point VM_VIRTIOFSD at it".to_string()
-        })
-}
-
 /// Starts a daemon for each volume and bind mount of `c`, in `run_dir`;
 /// each joins the container's cgroup (`cgroup_procs`), so what a guest
 /// makes it do counts against the container's limits.
@@ -133,7 +99,7 @@ pub fn serve(
     // Parents before what is mounted inside them.
     mounts.sort_by_key(|m| m.target.matches('/').count());
     let binary = if mounts.iter().any(|m| m.kind != Kind::Tmpfs) {
-        Some(virtiofsd().map_err(Error::host)?)
+        Some(crate::assets::virtiofsd().map_err(Error::host)?)
     } else {
         None
     };
@@ -158,8 +124,10 @@ pub fn serve(
             }
             Kind::Volume => {
                 let source = super::get(state, &m.source)?.mountpoint;
-                let rel = Path::new("volumes").join(&m.source).join("_data");
-                (source, super::path::open_beneath(state, &rel))
+                (
+                    source,
+                    super::path::open_beneath(state, &super::data_rel(&m.source)),
+                )
             }
         };
         let dir = dir.map_err(|e| Error::invalid(format!("mount source for {}: {e}", m.target)))?;
