@@ -198,6 +198,28 @@ pub struct RunSpec {
     /// Volumes, bind mounts and tmpfs mounts, in the order to mount them.
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    /// What the container's namespaces get beyond the process.
+    #[serde(default)]
+    pub options: ContainerOptions,
+}
+
+/// The container as a whole (its namespaces, not one process).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerOptions {
+    /// PID 1 is a small init of the agent's that reaps orphans and
+    /// forwards signals to the process (`--init`).
+    pub init: bool,
+    /// `--privileged`: /sys and /proc/sys writable, the guest's devices
+    /// in /dev, cgroups writable.
+    pub privileged: bool,
+    /// Namespaced sysctls (`kernel.shm*`, `kernel.msg*`, `kernel.sem`,
+    /// `fs.mqueue.*`, `net.*`), set inside the container.
+    pub sysctls: Vec<(String, String)>,
+    /// Bytes of /dev/shm (0: 64 MiB).
+    pub shm_size: u64,
+    /// The most processes the container may have (its cgroup's
+    /// pids.max); none: no cap.
+    pub pids_limit: Option<u64>,
 }
 
 /// One mount in the container, made after its root is in place.
@@ -313,4 +335,77 @@ pub struct Process {
     /// The terminal size to start with (with `terminal`).
     pub rows: u16,
     pub cols: u16,
+    /// Capabilities, seccomp, limits and extra groups; `vm exec`'s
+    /// processes get the container's.
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// How a container's processes are confined inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The capabilities (by number) the processes may have: every other
+    /// one leaves the bounding set. Root starts with these permitted and
+    /// effective, any other user with none; the inheritable and ambient
+    /// sets are empty.
+    pub capabilities: Vec<u32>,
+    /// `no_new_privs`: execve never grants privileges (setuid bits and
+    /// file capabilities have no effect).
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// Seccomp filters (classic BPF programs for x86-64), installed in
+    /// this order; none: unconfined.
+    #[serde(default)]
+    pub seccomp: Vec<Vec<BpfInsn>>,
+    /// Resource limits set before the process starts.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// More supplementary groups: names in the container's /etc/group or
+    /// numbers.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// The capabilities a container has unless told otherwise (Docker's
+/// default set).
+pub const DEFAULT_CAPABILITIES: &[u32] = &[
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            capabilities: DEFAULT_CAPABILITIES.to_vec(),
+            no_new_privileges: false,
+            seccomp: Vec::new(),
+            rlimits: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// One classic BPF instruction (`struct sock_filter`): code, jt, jf, k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInsn(pub u16, pub u8, pub u8, pub u32);
+
+/// One resource limit: `resource` is an RLIMIT_* number; `u64::MAX` is
+/// unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
 }

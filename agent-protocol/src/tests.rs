@@ -24,6 +24,20 @@ fn spec() -> RunSpec {
             stdin: true,
             rows: 24,
             cols: 80,
+            security: Security {
+                capabilities: vec![0, 1, 21],
+                no_new_privileges: true,
+                seccomp: vec![vec![
+                    BpfInsn(0x20, 0, 0, 4),
+                    BpfInsn(0x06, 0, 0, 0x7fff_0000),
+                ]],
+                rlimits: vec![Rlimit {
+                    resource: 7,
+                    soft: 1 << 20,
+                    hard: u64::MAX,
+                }],
+                groups: vec!["audio".into(), "1234".into()],
+            },
         },
         hostname: "c1".into(),
         read_only: false,
@@ -64,7 +78,23 @@ fn spec() -> RunSpec {
                 },
             },
         ],
+        options: ContainerOptions {
+            init: true,
+            privileged: false,
+            sysctls: vec![("kernel.shmmax".into(), "1000000".into())],
+            shm_size: 1 << 27,
+            pids_limit: Some(100),
+        },
     }
+}
+
+#[test]
+fn older_specs_get_the_default_security() {
+    let mut v = serde_json::to_value(spec().process).expect("json");
+    v.as_object_mut().expect("object").remove("security");
+    let p: Process = serde_json::from_value(v).expect("parse");
+    assert_eq!(p.security, Security::default());
+    assert_eq!(p.security.capabilities, DEFAULT_CAPABILITIES);
 }
 
 #[test]

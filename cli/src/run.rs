@@ -68,6 +68,37 @@ pub struct RunArgs {
     /// The image's platform: only linux/amd64 runs here.
     #[arg(long, value_name = "PLATFORM", value_parser = parse_platform)]
     platform: Option<String>,
+    /// Add a Linux capability (a name with or without CAP_, or ALL).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability (a name with or without CAP_, or ALL).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Give the container every capability, no seccomp filter, and
+    /// writable /sys, /proc/sys and cgroups (inside its own VM).
+    #[arg(long)]
+    privileged: bool,
+    /// no-new-privileges[=true|false], seccomp=unconfined|PROFILE.json.
+    #[arg(long = "security-opt", value_name = "OPTION")]
+    security_opt: Vec<String>,
+    /// A resource limit: NAME=SOFT[:HARD] (e.g. nofile=1024:4096).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
+    /// An additional group for the process (name or number).
+    #[arg(long = "group-add", value_name = "GROUP")]
+    group_add: Vec<String>,
+    /// A namespaced kernel parameter: NAME=VALUE (kernel.shm*, net.*...).
+    #[arg(long = "sysctl", value_name = "NAME=VALUE")]
+    sysctl: Vec<String>,
+    /// The size of /dev/shm (e.g. 256m; default 64m).
+    #[arg(long = "shm-size", value_name = "SIZE", value_parser = runtime::volume::mounts::parse_size)]
+    shm_size: Option<u64>,
+    /// The most processes the container may have (-1: no limit).
+    #[arg(long = "pids-limit", value_name = "N", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// Run a small init as PID 1 that reaps zombies and forwards signals.
+    #[arg(long)]
+    init: bool,
     /// Refused: the guest kernel's OOM killer acts inside the VM.
     #[arg(long = "oom-kill-disable", hide = true)]
     oom_kill_disable: bool,
@@ -365,6 +396,18 @@ impl RunArgs {
                 .chain(self.tmpfs)
                 .collect(),
             volumes_from: self.volumes_from,
+            security: runtime::security::Request {
+                cap_add: self.cap_add,
+                cap_drop: self.cap_drop,
+                privileged: self.privileged,
+                security_opt: self.security_opt,
+                ulimits: self.ulimit,
+                group_add: self.group_add,
+                sysctls: self.sysctl,
+                shm_size: self.shm_size,
+                pids_limit: self.pids_limit,
+                init: self.init,
+            },
         })
     }
 }

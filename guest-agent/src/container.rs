@@ -195,11 +195,14 @@ fn init() -> Result<i32, Fail> {
     // early waits for it.
     let spec: InitSpec = read_spec()?;
 
+    // Its own cgroup, seen as the root of a cgroup namespace.
+    crate::cgroup::join().map_err(Fail::setup)?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| Fail::setup(format!("a cgroup namespace: {e}")))?;
     rootfs::prepare(&spec).map_err(Fail::setup)?;
     if spec.process.terminal {
         attach_terminal(&spec.process, true)?;
     }
-    drop_capabilities()?;
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| Fail::setup(format!("sethostname: {e}")))?;
 
@@ -217,6 +220,9 @@ fn init() -> Result<i32, Fail> {
     }
 
     let child = ChildExec::resolve(&spec.process, &spec.hostname, cwd)?;
+    if spec.options.init {
+        return child.exec_under_init();
+    }
     // Becomes the process: it is PID 1 of the container.
     match child.exec()? {}
 }
@@ -226,8 +232,8 @@ pub fn exec_main() -> ! {
     exit_with(exec())
 }
 
-/// Joins the container of the process `spec.target` (its IPC, UTS, PID
-/// and mount namespaces and its root), then forks the process there and
+/// Joins the container of the process `spec.target` (its cgroup; its
+/// cgroup, IPC, UTS, PID and mount namespaces; its root), then forks the process there and
 /// relays signals to it until it exits.
 fn exec() -> Result<i32, Fail> {
     let spec: ExecInit = read_spec()?;
@@ -243,7 +249,9 @@ fn exec() -> Result<i32, Fail> {
         .write(true)
         .open("/dev/null")
         .map_err(|e| Fail::setup(format!("/dev/null: {e}")))?;
+    crate::cgroup::join().map_err(Fail::setup)?;
     let namespaces = [
+        ("cgroup", nix::sched::CloneFlags::CLONE_NEWCGROUP),
         ("ipc", nix::sched::CloneFlags::CLONE_NEWIPC),
         ("uts", nix::sched::CloneFlags::CLONE_NEWUTS),
         ("pid", nix::sched::CloneFlags::CLONE_NEWPID),
@@ -287,8 +295,10 @@ fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
     if p.terminal {
         attach_terminal(p, false)?;
     }
-    drop_capabilities()?;
     if let Some(b) = &spec.builtin {
+        // As root, with Docker's default capabilities whatever the
+        // container's are (its files are copied as `docker cp` would).
+        crate::security::drop_bounding(agent_protocol::DEFAULT_CAPABILITIES)?;
         // It ends with the helper that relays to it (the monitor kills
         // that when the builtin's client goes away), and takes signals.
         // SAFETY: prctl with integer arguments only.
@@ -340,43 +350,5 @@ fn attach_terminal(p: &Process, console: bool) -> Result<(), Fail> {
     let sock = unsafe { OwnedFd::from_raw_fd(PTY_SOCK_FD) };
     crate::pty::send_fd(sock.as_raw_fd(), pty.master.as_raw_fd())
         .map_err(|e| Fail::setup(format!("handing the pty to the agent: {e}")))?;
-    Ok(())
-}
-
-/// Docker's default capabilities; every other one leaves the bounding
-/// set, so neither root in the container nor a file capability can get it
-/// (no CAP_SYS_ADMIN: no mounts; no CAP_SYS_MODULE, CAP_SYS_TIME, ...).
-const DEFAULT_CAPS: &[u32] = &[
-    0,  // CHOWN
-    1,  // DAC_OVERRIDE
-    3,  // FOWNER
-    4,  // FSETID
-    5,  // KILL
-    6,  // SETGID
-    7,  // SETUID
-    8,  // SETPCAP
-    10, // NET_BIND_SERVICE
-    13, // NET_RAW
-    18, // SYS_CHROOT
-    27, // MKNOD
-    29, // AUDIT_WRITE
-    31, // SETFCAP
-];
-
-fn drop_capabilities() -> Result<(), Fail> {
-    for cap in 0..64u32 {
-        if DEFAULT_CAPS.contains(&cap) {
-            continue;
-        }
-        // SAFETY: prctl with integer arguments only.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                break; // past the last capability this kernel knows
-            }
-            return Err(Fail::setup(format!("dropping capability {cap}: {e}")));
-        }
-    }
     Ok(())
 }

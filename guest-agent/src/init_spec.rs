@@ -17,6 +17,9 @@ pub struct InitSpec {
     /// Volumes, bind mounts and tmpfs mounts.
     #[serde(default)]
     pub mounts: Vec<agent_protocol::Mount>,
+    /// `--init`, `--privileged`, sysctls, /dev/shm's size.
+    #[serde(default)]
+    pub options: agent_protocol::ContainerOptions,
 }
 
 /// What the agent tells `/init --container-exec`.

@@ -11,6 +11,7 @@
 
 mod boot_timer;
 mod builtin;
+mod cgroup;
 mod container;
 mod disks;
 mod exec;
@@ -23,6 +24,7 @@ mod process;
 mod pty;
 mod rootfs;
 mod run;
+mod security;
 mod sysinfo;
 mod system;
 mod users;

@@ -67,6 +67,7 @@ pub struct ChildExec {
     cwd: CString,
     user: users::User,
     terminal: bool,
+    security: agent_protocol::Security,
 }
 
 impl ChildExec {
@@ -76,7 +77,8 @@ impl ChildExec {
     pub fn resolve(p: &agent_protocol::Process, hostname: &str, cwd: &str) -> Result<Self, Fail> {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-        let user = users::resolve(&p.user, &passwd, &group).map_err(Fail::setup)?;
+        let mut user = users::resolve(&p.user, &passwd, &group).map_err(Fail::setup)?;
+        users::add_groups(&mut user, &p.security.groups, &group).map_err(Fail::setup)?;
         let env = environment(&p.env, hostname, &user.home);
         let path_var = env
             .iter()
@@ -88,7 +90,9 @@ impl ChildExec {
             .first()
             .ok_or_else(|| Fail::setup("no command to run"))?;
         let exe = lookup(program, &path_var)?;
-        Self::new(program, &exe, &p.args, &env, cwd, &user, p.terminal)
+        let mut c = Self::new(program, &exe, &p.args, &env, cwd, &user, p.terminal)?;
+        c.security = p.security.clone();
+        Ok(c)
     }
 
     fn new(
@@ -112,14 +116,75 @@ impl ChildExec {
             cwd: cstr(cwd)?,
             user: user.clone(),
             terminal,
+            security: agent_protocol::Security::default(),
         })
     }
 
     /// A session of its own (with the terminal as its controlling one),
-    /// the user's groups and ids, the working directory, default signal
-    /// dispositions and an empty mask, then execve. Returns only when a
-    /// step failed: 127 when the program is not there, 126 otherwise.
+    /// the confinement, the user, then the process itself. Returns only
+    /// when a step failed: 127 when the program is not there, 126
+    /// otherwise.
     pub fn exec(&self) -> Result<std::convert::Infallible, Fail> {
+        self.session();
+        self.confine()?;
+        self.execve()
+    }
+
+    /// `--init`: confined and switched to the user like the process, we
+    /// stay PID 1 and fork it; we then reap every orphan and pass signals
+    /// on to it, and end with its exit status.
+    pub fn exec_under_init(&self) -> Result<i32, Fail> {
+        self.confine()?;
+        let all = SigSet::all();
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None)
+            .map_err(|e| Fail::setup(format!("sigprocmask: {e}")))?;
+        // SAFETY: the container's init is single-threaded, so the child
+        // may run ordinary code before its execve.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Fail::setup(format!("fork: {e}")))? {
+            nix::unistd::ForkResult::Child => {
+                self.session();
+                let f = match self.execve() {
+                    Err(f) => f,
+                    Ok(never) => match never {},
+                };
+                eprintln!("vm: {}", f.msg);
+                std::process::exit(f.code)
+            }
+            nix::unistd::ForkResult::Parent { child } => Ok(supervise(child, &all)),
+        }
+    }
+
+    fn session(&self) {
+        let _ = nix::unistd::setsid();
+        if self.terminal {
+            // SAFETY: TIOCSCTTY on our stdin (the pty's slave); no pointers.
+            unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+        }
+    }
+
+    /// Bounding set, limits, seccomp, the user's groups and ids, and the
+    /// capabilities it keeps.
+    fn confine(&self) -> Result<(), Fail> {
+        crate::security::before_user(&self.security)?;
+        let creds = |e: nix::errno::Errno| Fail {
+            code: 126,
+            msg: format!("switching to the user: {}", e.desc().to_lowercase()),
+        };
+        let gids: Vec<nix::unistd::Gid> = self
+            .user
+            .groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&gids).map_err(creds)?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(self.user.gid)).map_err(creds)?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(self.user.uid)).map_err(creds)?;
+        crate::security::after_user(&self.security, self.user.uid)
+    }
+
+    /// The working directory, umask, default signal dispositions and an
+    /// empty mask, then execve.
+    fn execve(&self) -> Result<std::convert::Infallible, Fail> {
         let program = &self.program;
         let fail = |what: &str, e: nix::errno::Errno| {
             let code = if what == "exec" && e == nix::errno::Errno::ENOENT {
@@ -132,21 +197,6 @@ impl ChildExec {
                 msg: format!("{what} {program:?}: {}", e.desc().to_lowercase()),
             }
         };
-        let _ = nix::unistd::setsid();
-        if self.terminal {
-            // SAFETY: TIOCSCTTY on our stdin (the pty's slave); no pointers.
-            unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-        }
-        let gids: Vec<nix::unistd::Gid> = self
-            .user
-            .groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        let creds = "switching to the user";
-        nix::unistd::setgroups(&gids).map_err(|e| fail(creds, e))?;
-        nix::unistd::setgid(nix::unistd::Gid::from_raw(self.user.gid)).map_err(|e| fail(creds, e))?;
-        nix::unistd::setuid(nix::unistd::Uid::from_raw(self.user.uid)).map_err(|e| fail(creds, e))?;
         nix::unistd::chdir(self.cwd.as_c_str())
             .map_err(|e| fail("chdir to the working directory", e))?;
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));

@@ -46,14 +46,27 @@ pub fn prepare(spec: &InitSpec) -> R {
 
     mkdir(&root.join("proc"))?;
     mnt("proc", &root.join("proc"), Some("proc"), nosuid, None)?;
+    let privileged = spec.options.privileged;
+    let ro = if privileged {
+        MsFlags::empty()
+    } else {
+        MsFlags::MS_RDONLY
+    };
     mkdir(&root.join("sys"))?;
+    mnt("sysfs", &root.join("sys"), Some("sysfs"), nosuid | ro, None)?;
+    // The container's cgroup (the root of its cgroup namespace), with
+    // its limits to read; writable only when privileged.
     mnt(
-        "sysfs",
-        &root.join("sys"),
-        Some("sysfs"),
-        nosuid | MsFlags::MS_RDONLY,
+        "cgroup",
+        &root.join("sys/fs/cgroup"),
+        Some("cgroup2"),
+        nosuid | ro,
         None,
     )?;
+    sysctls(root, &spec.options.sysctls)?;
+    if !privileged {
+        confine_proc(root)?;
+    }
 
     let dev = root.join("dev");
     mkdir(&dev)?;
@@ -93,20 +106,26 @@ pub fn prepare(spec: &InitSpec) -> R {
     )?;
     let shm = dev.join("shm");
     mkdir(&shm)?;
+    let shm_size = match spec.options.shm_size {
+        0 => 64 << 20,
+        n => n,
+    };
     mnt(
         "shm",
         &shm,
         Some("tmpfs"),
         nosuid,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size={shm_size}")),
     )?;
+    let mqueue = dev.join("mqueue");
+    mkdir(&mqueue)?;
+    mnt("mqueue", &mqueue, Some("mqueue"), nosuid, None)?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
-        ("core", "/proc/kcore"),
     ] {
         symlink(target, dev.join(link)).map_err(|e| format!("symlink /dev/{link}: {e}"))?;
     }
@@ -140,6 +159,83 @@ pub fn prepare(spec: &InitSpec) -> R {
             none,
         )
         .map_err(|e| format!("making the root read-only: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Sets the namespaced sysctls (the runtime checked their names) in the
+/// container's /proc, before it turns read-only.
+fn sysctls(root: &Path, list: &[(String, String)]) -> R {
+    for (name, value) in list {
+        if name.contains('/') || name.split('.').any(|p| p.is_empty() || p == "..") {
+            return Err(format!("invalid sysctl name {name:?}"));
+        }
+        let path = root.join("proc/sys").join(name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("sysctl {name}={value}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// As Docker does for a container that is not privileged: parts of
+/// /proc that reach the kernel as a whole are read-only, and some that
+/// tell about it are hidden.
+fn confine_proc(root: &Path) -> R {
+    let none = None::<&str>;
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for p in [
+        "proc/bus",
+        "proc/fs",
+        "proc/irq",
+        "proc/sys",
+        "proc/sysrq-trigger",
+    ] {
+        let target = root.join(p);
+        if std::fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        mnt(
+            &target.display().to_string(),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        mount(
+            none,
+            &target,
+            none,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | locked,
+            none,
+        )
+        .map_err(|e| format!("making /{p} read-only: {e}"))?;
+    }
+    for p in [
+        "proc/acpi",
+        "proc/asound",
+        "proc/kcore",
+        "proc/keys",
+        "proc/latency_stats",
+        "proc/sched_debug",
+        "proc/scsi",
+        "proc/timer_list",
+        "proc/timer_stats",
+        "sys/firmware",
+    ] {
+        let target = root.join(p);
+        let Ok(meta) = std::fs::symlink_metadata(&target) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mnt(
+                "tmpfs",
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | locked,
+                Some("size=0"),
+            )?;
+        } else {
+            mnt("/dev/null", &target, None, MsFlags::MS_BIND, None)?;
+        }
     }
     Ok(())
 }

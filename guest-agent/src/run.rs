@@ -202,6 +202,7 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
     )?;
     write("resolv.conf", crate::network::resolv_conf(&spec.network))?;
     crate::network::configure(&spec.network).map_err(|e| setup("the network", &e))?;
+    crate::cgroup::setup(spec.options.pids_limit).map_err(|e| setup("the container's cgroup", &e))?;
     Ok(InitSpec {
         root: root.display().to_string(),
         etc_dir: etc.display().to_string(),
@@ -209,6 +210,7 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
         read_only: spec.read_only,
         process: spec.process.clone(),
         mounts: spec.mounts.clone(),
+        options: spec.options.clone(),
     })
 }
 

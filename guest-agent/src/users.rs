@@ -112,6 +112,26 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
     })
 }
 
+/// `--group-add`: each a group name in `group` or a number; added to
+/// `user`'s supplementary groups.
+pub fn add_groups(user: &mut User, extra: &[String], group: &str) -> Result<(), String> {
+    for g in extra {
+        let gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_entries(group)
+                .find(|e| e.name == g)
+                .map(|e| e.gid)
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in group file")
+                })?,
+        };
+        if !user.groups.contains(&gid) {
+            user.groups.push(gid);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +170,18 @@ mod tests {
         assert!(resolve("bob:nogroup", PASSWD, GROUP).is_err());
         let u = resolve("nohome", PASSWD, "").expect("nohome");
         assert_eq!((u.uid, u.gid, u.home.as_str()), (1001, 100, "/"));
+    }
+
+    #[test]
+    fn added_groups() {
+        let mut u = resolve("bob", PASSWD, GROUP).expect("bob");
+        add_groups(
+            &mut u,
+            &["staff".into(), "4000".into(), "root".into()],
+            GROUP,
+        )
+        .expect("add");
+        assert_eq!(u.groups, vec![1000, 10, 50, 4000, 0]);
+        assert!(add_groups(&mut u, &["nosuch".into()], GROUP).is_err());
     }
 }

@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub mounts: Vec<crate::volume::Mount>,
     /// `--volumes-from CONTAINER[:ro|rw]`.
     pub volumes_from: Vec<String>,
+    /// Capabilities, seccomp, limits, `--init`...
+    pub security: crate::security::Request,
 }
 
 /// Hears how creating goes.
@@ -87,6 +89,7 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         ));
     }
     check_network_user(&opts.network)?;
+    let (security, options) = opts.security.resolve().map_err(Error::invalid)?;
     // The flags are checked before a pull; `-P` needs the image's EXPOSE.
     let early = opts.network.resolve(&[]).map_err(Error::invalid)?;
     crate::network::check(state, &early)?;
@@ -100,7 +103,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
     let image = open_image(&opts.image, opts.pull, state, &mut |p| observer.progress(p))?;
     observer.image_opened().map_err(Error::host)?;
     crate::timing::mark("image-opened");
-    let process = process_spec(opts, &image, &env_lines).map_err(Error::invalid)?;
+    let mut process = process_spec(opts, &image, &env_lines).map_err(Error::invalid)?;
+    process.security = security;
     let network = opts
         .network
         .resolve(&image.config.exposed_ports)
@@ -145,6 +149,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         id,
         network,
         mounts: Vec::new(),
+        security: opts.security.clone(),
+        options,
     };
     vmm::vm::check_size(config.cpus, config.memory_mib)?;
     // What runs killed before they could clean up left behind goes now.
@@ -285,6 +291,7 @@ fn process_spec(
         stdin: args.interactive,
         rows,
         cols,
+        security: Default::default(),
     })
 }
 

@@ -18,6 +18,7 @@ pub mod in_use;
 mod jail;
 pub mod limits;
 mod seccomp;
+pub mod security;
 pub mod logfile;
 pub mod monitor;
 pub mod network;

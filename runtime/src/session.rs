@@ -430,6 +430,7 @@ mod tests {
                 stdin: false,
                 rows: 24,
                 cols: 80,
+                security: Default::default(),
             },
             hostname: "h".into(),
             read_only: false,
@@ -437,6 +438,7 @@ mod tests {
             max_layer_entries: 1,
             network: Default::default(),
             mounts: Vec::new(),
+            options: Default::default(),
         }
     }
 

@@ -101,6 +101,7 @@ pub fn prepare(
             crate::network::Attachment::guest,
         ),
         mounts: Vec::new(),
+        options: c.config.options.clone(),
     };
     let seal = match &cache {
         rootfs_cache::Entry::Miss(p) => Some(p.seal.clone()),

@@ -73,6 +73,14 @@ pub struct Config {
     /// `VOLUME`s, volumes named.
     #[serde(default)]
     pub mounts: Vec<crate::volume::Mount>,
+    /// `--cap-add`, `--security-opt`, `--ulimit`... as given (what they
+    /// make is in `process.security` and `options`).
+    #[serde(default)]
+    pub security: crate::security::Request,
+    /// `--init`, `--privileged`, `--sysctl`, `--shm-size`, `--pids-limit`
+    /// as the guest applies them.
+    #[serde(default)]
+    pub options: agent_protocol::ContainerOptions,
 }
 
 /// `--restart`: what the monitor does when the container's process ends.
@@ -579,6 +587,7 @@ mod tests {
                 stdin: false,
                 rows: 0,
                 cols: 0,
+                security: Default::default(),
             },
             hostname: "h".into(),
             cpus: 1,
@@ -597,6 +606,8 @@ mod tests {
             cmd: Vec::new(),
             network: Default::default(),
             mounts: Vec::new(),
+            security: Default::default(),
+            options: Default::default(),
         }
     }
 

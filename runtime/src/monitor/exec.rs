@@ -139,6 +139,7 @@ pub fn serve(conn: UnixStream, shared: &Arc<Shared>, opts: ExecOptions) {
         stdin: opts.stdin,
         rows: opts.rows,
         cols: opts.cols,
+        security: c.config.process.security.clone(),
     };
     let mut listeners = Vec::new();
     let wanted = [

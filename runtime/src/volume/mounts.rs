@@ -372,7 +372,7 @@ pub fn parse_tmpfs_flag(spec: &str) -> R<Mount> {
 }
 
 /// `64m`, `1g`, `512k`, `1024` (bytes).
-fn parse_size(v: &str) -> R<u64> {
+pub fn parse_size(v: &str) -> R<u64> {
     let v = v.trim();
     let lower = v.to_ascii_lowercase();
     let lower = lower.strip_suffix('b').unwrap_or(&lower);
