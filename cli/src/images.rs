@@ -14,14 +14,33 @@ pub struct LoadArgs {
     /// A docker-archive or oci-archive file, or an OCI layout directory.
     #[arg(short = 'i', long = "input", value_name = "PATH")]
     input: PathBuf,
+    /// Accepted as Docker's: loading shows no progress to hide; the loaded
+    /// names are printed either way.
+    #[arg(short = 'q', long)]
+    #[allow(dead_code)]
+    quiet: bool,
 }
 
 #[derive(clap::Args)]
 pub struct ImagesArgs {
-    /// `table` (default) or `json` (one object a line, like Docker's
-    /// `--format json`).
-    #[arg(long, default_value = "table")]
-    format: String,
+    /// Only images of this repository (and tag), as `vm images busybox`.
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    reference: Option<String>,
+    /// `table` (default), `json` (one object a line), or a Go template
+    /// over Docker's fields: {{.Repository}} {{.Tag}} {{.ID}} {{.Digest}}
+    /// {{.CreatedAt}} {{.CreatedSince}} {{.Size}}, `table ...` for columns.
+    #[arg(long)]
+    format: Option<String>,
+    /// Only the image IDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Whole IDs (sha256:...), not their first 12 digits.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Accepted as Docker's (there are no intermediate images here).
+    #[arg(short = 'a', long)]
+    #[allow(dead_code)]
+    all: bool,
 }
 
 #[derive(clap::Args)]
@@ -80,59 +99,93 @@ pub fn load(args: LoadArgs, root: Option<PathBuf>) -> ExitCode {
     })())
 }
 
+/// Docker's default `images` table.
+const IMAGES_TABLE: &str =
+    "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}";
+
 pub fn images(args: ImagesArgs, root: Option<PathBuf>) -> ExitCode {
     finish((|| {
-        let json = match args.format.as_str() {
-            "table" => false,
-            "json" => true,
-            other => return Err(format!("unknown --format {other:?}; use table or json")),
-        };
         let store = store(root)?;
         let entries = store.list().map_err(|e| e.to_string())?;
-        if !json {
-            println!(
-                "{:<40} {:<16} {:<14} {:<22} {:>10}",
-                "REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"
-            );
-        }
+        let wanted = match args.reference.as_deref() {
+            None => None,
+            Some(r) => Some(Name::parse(r).map_err(|e| format!("{r:?}: {e}"))?),
+        };
         // Newest first, as Docker lists them.
         let mut rows = Vec::new();
         for e in &entries {
+            let name = e.name.as_deref().map(Name::parse).and_then(|n| n.ok());
+            if let Some(w) = &wanted {
+                let same = name.as_ref().is_some_and(|n| {
+                    n.familiar_repository() == w.familiar_repository()
+                        && (args.reference.as_deref().is_some_and(|r| !r.contains(':'))
+                            || n.tag == w.tag)
+                });
+                if !same {
+                    continue;
+                }
+            }
             let img = store
                 .entry_image(e)
                 .map_err(|err| format!("{}: {err}", e.manifest))?;
-            let (repo, tag) = match e.name.as_deref().map(Name::parse) {
-                Some(Ok(n)) => (
+            let (repo, tag) = match &name {
+                Some(n) => (
                     n.familiar_repository(),
                     n.tag.clone().unwrap_or_else(|| "<none>".into()),
                 ),
-                _ => ("<none>".to_string(), "<none>".to_string()),
+                None => ("<none>".to_string(), "<none>".to_string()),
             };
             let id = vm_image::Digest::of_bytes(&img.raw_config.data);
-            let size: u64 = img.layers.iter().map(|l| l.source.size).sum::<u64>()
-                + img.raw_config.data.len() as u64;
-            rows.push((img.created, repo, tag, id, e.manifest.clone(), size));
-        }
-        rows.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
-        for (created, repo, tag, id, manifest, size) in rows {
-            if json {
-                let v = serde_json::json!({
-                    "Repository": repo, "Tag": tag, "ID": id.to_string(),
-                    "Digest": manifest.to_string(), "CreatedAt": created, "Size": size,
-                });
-                println!("{v}");
+            let size = match store.unpacked_size(&e.manifest, &img) {
+                Ok(Some(n)) => n,
+                // Too large or unreadable to work out: what is stored.
+                _ => img.layers.iter().map(|l| l.source.size).sum::<u64>(),
+            };
+            let shown_id = if args.no_trunc {
+                id.to_string()
             } else {
-                let when = created.get(..19).unwrap_or(&created).replace('T', " ");
-                println!(
-                    "{:<40} {:<16} {:<14} {:<22} {:>10}",
-                    repo,
-                    tag,
-                    &id.hex()[..12],
-                    when,
-                    human(size)
-                );
-            }
+                id.hex()[..12].to_string()
+            };
+            rows.push((
+                img.created.clone(),
+                serde_json::json!({
+                    "Containers": "N/A",
+                    "CreatedAt": crate::ps::docker_time(&img.created),
+                    "CreatedSince": crate::ps::ago(&img.created),
+                    "Digest": e.manifest.to_string(),
+                    "ID": shown_id,
+                    "Repository": repo,
+                    "SharedSize": "N/A",
+                    "Size": human(size),
+                    "Tag": tag,
+                    "UniqueSize": "N/A",
+                    "VirtualSize": human(size),
+                }),
+            ));
         }
+        rows.sort_by(|a, b| {
+            b.0.cmp(&a.0).then_with(|| {
+                let key = |v: &serde_json::Value| (v["Repository"].to_string(), v["Tag"].to_string());
+                key(&a.1).cmp(&key(&b.1))
+            })
+        });
+        let values: Vec<serde_json::Value> = rows.into_iter().map(|(_, v)| v).collect();
+        if args.quiet {
+            for v in &values {
+                println!("{}", v["ID"].as_str().unwrap_or_default());
+            }
+            return Ok(());
+        }
+        let headers = std::collections::HashMap::from([
+            ("ID", "IMAGE ID"),
+            ("CreatedSince", "CREATED"),
+            ("CreatedAt", "CREATED AT"),
+            ("VirtualSize", "SIZE"),
+        ]);
+        print!(
+            "{}",
+            crate::ps::format_values(&values, args.format.as_deref(), IMAGES_TABLE, &headers)?
+        );
         Ok(())
     })())
 }
@@ -155,17 +208,28 @@ pub fn tag(args: TagArgs, root: Option<PathBuf>) -> ExitCode {
 }
 
 /// Sizes as Docker prints them (decimal units).
+/// A size as Docker prints one: decimal units and three significant
+/// digits (`1.98MB`, `72.8MB`, `123MB`, `0B`).
 pub fn human(n: u64) -> String {
-    let f = n as f64;
-    if f >= 1e9 {
-        format!("{:.2}GB", f / 1e9)
-    } else if f >= 1e6 {
-        format!("{:.1}MB", f / 1e6)
-    } else if f >= 1e3 {
-        format!("{:.1}kB", f / 1e3)
-    } else {
-        format!("{n}B")
+    let units = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < units.len() {
+        v /= 1000.0;
+        unit += 1;
     }
+    let decimals = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let mut text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text = text.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{text}{}", units[unit])
 }
 
 #[derive(clap::Args)]
@@ -385,23 +449,30 @@ pub struct InspectArgs {
     /// Images to inspect, by name.
     #[arg(required = true)]
     names: Vec<String>,
+    /// A Go template for each image (`{{.Id}}`, `{{json .Config}}`).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
 }
 
 /// `vm image inspect`: a JSON array, one object an image, in the spirit
 /// of Docker's (Id is the config digest).
 pub fn inspect(args: InspectArgs, root: Option<PathBuf>) -> ExitCode {
-    finish((|| {
-        let store = store(root)?;
-        let mut out = Vec::new();
-        for n in &args.names {
-            out.push(image_json(&store, n)?);
+    let store = match store(root) {
+        Ok(s) => s,
+        Err(e) => return crate::fail(&e),
+    };
+    let mut values = Vec::new();
+    let mut failed = false;
+    for n in &args.names {
+        match image_json(&store, n) {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                eprintln!("vm: error: {e}");
+                failed = true;
+            }
         }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-        );
-        Ok(())
-    })())
+    }
+    crate::ps::print_inspected(&values, args.format.as_deref(), failed)
 }
 
 /// One image as `vm image inspect` shows it.
@@ -413,19 +484,40 @@ pub fn image_json(store: &Store, n: &str) -> Result<serde_json::Value, String> {
     let repo_tags = store
         .names_of(&img.manifest_digest)
         .map_err(|e| e.to_string())?;
+    let size = match store.unpacked_size(&img.manifest_digest, &img) {
+        Ok(Some(n)) => n,
+        _ => img.layers.iter().map(|l| l.source.size).sum::<u64>(),
+    };
+    // Docker's RepoDigests: each repository with the manifest's digest.
+    let mut repo_digests: Vec<String> = repo_tags
+        .iter()
+        .filter_map(|t| Name::parse(t).ok())
+        .map(|n| format!("{}@{}", n.familiar_repository(), img.manifest_digest))
+        .collect();
+    repo_digests.dedup();
+    let text = |key: &str| config[key].as_str().unwrap_or_default().to_string();
     Ok(serde_json::json!({
         "Id": vm_image::Digest::of_bytes(&img.raw_config.data).to_string(),
         "RepoTags": repo_tags,
-        "ManifestDigest": img.manifest_digest.to_string(),
+        "RepoDigests": repo_digests,
+        "Parent": "",
+        "Comment": text("comment"),
         "Created": img.created,
-        "Architecture": config["architecture"],
-        "Os": config["os"],
+        "DockerVersion": text("docker_version"),
+        "Author": text("author"),
         "Config": config["config"],
+        "Architecture": config["architecture"],
+        "Variant": config.get("variant"),
+        "Os": config["os"],
+        "Size": size,
+        "VirtualSize": size,
         "RootFS": config["rootfs"],
+        "Metadata": { "LastTagTime": "0001-01-01T00:00:00Z" },
+        // Ours, beyond Docker's: the manifest and its layer blobs.
+        "ManifestDigest": img.manifest_digest.to_string(),
         "Layers": img.layers.iter().map(|l| serde_json::json!({
             "Digest": l.digest.to_string(), "Size": l.source.size,
         })).collect::<Vec<_>>(),
-        "Size": img.layers.iter().map(|l| l.source.size).sum::<u64>(),
     }))
 }
 
@@ -454,4 +546,20 @@ pub fn save(args: SaveArgs, root: Option<PathBuf>) -> ExitCode {
         vm_image::save::save(&image, std::slice::from_ref(&name), format, &args.output)
             .map_err(|e| format!("saving {name} to {}: {e}", args.output.display()))
     })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn sizes_read_as_dockers() {
+        assert_eq!(human(0), "0B");
+        assert_eq!(human(999), "999B");
+        assert_eq!(human(1_980_000), "1.98MB");
+        assert_eq!(human(2_100_000), "2.1MB");
+        assert_eq!(human(72_840_000), "72.8MB");
+        assert_eq!(human(123_400_000), "123MB");
+        assert_eq!(human(5_000_000_000), "5GB");
+    }
 }

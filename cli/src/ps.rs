@@ -30,7 +30,7 @@ pub fn human_duration(d: std::time::Duration) -> String {
     }
 }
 
-fn ago(t: &str) -> String {
+pub fn ago(t: &str) -> String {
     container::since(t)
         .map(|d| format!("{} ago", human_duration(d)))
         .unwrap_or_default()
@@ -43,9 +43,15 @@ pub fn status_text(s: &State) -> String {
             .map(human_duration)
             .unwrap_or_default()
     };
+    // Docker's health note, while it runs.
+    let health = match s.health.as_ref().map(|h| h.status.as_str()) {
+        Some("starting") => " (health: starting)".to_string(),
+        Some(h) => format!(" ({h})"),
+        None => String::new(),
+    };
     match s.status {
         Status::Created => "Created".into(),
-        Status::Running => format!("Up {}", up()),
+        Status::Running => format!("Up {}{health}", up()),
         Status::Paused => format!("Up {} (Paused)", up()),
         Status::Restarting => format!("Restarting ({}) {}", s.exit_code, ago(&s.finished_at)),
         Status::Exited => format!("Exited ({}) {}", s.exit_code, ago(&s.finished_at)),
@@ -54,7 +60,7 @@ pub fn status_text(s: &State) -> String {
 }
 
 /// "2026-11-30 15:40:00 +0000 UTC" from an RFC 3339 time.
-fn docker_time(t: &str) -> String {
+pub fn docker_time(t: &str) -> String {
     let (date, rest) = t.split_once('T').unwrap_or((t, ""));
     let time = rest.get(..8).unwrap_or(rest);
     format!("{date} {time} +0000 UTC")
@@ -506,6 +512,13 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
             "Error": s.error,
             "StartedAt": s.started_at,
             "FinishedAt": s.finished_at,
+            "Health": s.health.as_ref().map(|h| json!({
+                "Status": h.status,
+                "FailingStreak": h.failing_streak,
+                "Log": h.log.iter().map(|p| json!({
+                    "Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output,
+                })).collect::<Vec<_>>(),
+            })),
         },
         "Image": cfg.image_id,
         "NetworkSettings": network_json(c, &s),
@@ -554,6 +567,9 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
             }).collect::<Vec<_>>(),
             "Tmpfs": cfg.mounts.iter().filter(|m| m.kind == runtime::volume::Kind::Tmpfs).map(|m| (m.target.clone(), tmpfs_options(m))).collect::<serde_json::Map<String, Value>>(),
             "Memory": cfg.memory_mib << 20,
+            "MemoryReservation": cfg.memory_reservation.unwrap_or(0),
+            "MemorySwap": cfg.memory_swap.unwrap_or(0),
+            "CpusetCpus": cfg.cpuset_cpus.clone().unwrap_or_default(),
             "NanoCpus": u64::from(cfg.cpus) * 1_000_000_000,
             "Runtime": "vm",
         },
@@ -571,6 +587,13 @@ pub fn inspect_value(state: &std::path::Path, c: &Container) -> Value {
             "Labels": cfg.labels,
             "StopSignal": signal_name(cfg.stop_signal),
             "StopTimeout": cfg.stop_timeout,
+            "Healthcheck": cfg.healthcheck.as_ref().map(|h| json!({
+                "Test": h.test,
+                "Interval": h.interval.as_nanos() as u64,
+                "Timeout": h.timeout.as_nanos() as u64,
+                "StartPeriod": h.start_period.as_nanos() as u64,
+                "Retries": h.retries,
+            })),
         },
         "VmConfig": {
             "Cpus": cfg.cpus,

@@ -102,18 +102,48 @@ pub struct RunArgs {
     /// Refused: the guest kernel's OOM killer acts inside the VM.
     #[arg(long = "oom-kill-disable", hide = true)]
     oom_kill_disable: bool,
+    /// A command (run by /bin/sh -c in the container) that says whether
+    /// it is healthy: `vm ps` shows (healthy) or (unhealthy).
+    #[arg(long = "health-cmd", value_name = "CMD")]
+    health_cmd: Option<String>,
+    /// Time between checks (default 30s).
+    #[arg(long = "health-interval", value_name = "DURATION", allow_hyphen_values = true)]
+    health_interval: Option<String>,
+    /// Time one check may take (default 30s).
+    #[arg(long = "health-timeout", value_name = "DURATION", allow_hyphen_values = true)]
+    health_timeout: Option<String>,
+    /// Time after the start when failures do not count (default 0s).
+    #[arg(long = "health-start-period", value_name = "DURATION", allow_hyphen_values = true)]
+    health_start_period: Option<String>,
+    /// Failures in a row that make it unhealthy (default 3).
+    #[arg(long = "health-retries", value_name = "N", allow_hyphen_values = true)]
+    health_retries: Option<i64>,
+    /// Run no health check, not even the image's.
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
     /// A name for the container.
     #[arg(long)]
     name: Option<String>,
     /// The container's host name.
     #[arg(short = 'h', long)]
     hostname: Option<String>,
-    /// vCPUs (a fraction rounds up).
-    #[arg(long, value_parser = spec::parse_cpus, default_value = "1")]
-    cpus: u8,
+    /// vCPUs (a fraction rounds up; default 1, or one per --cpuset-cpus
+    /// CPU).
+    #[arg(long, value_parser = spec::parse_cpus)]
+    cpus: Option<u8>,
+    /// The host CPUs the VM may run on (`0-3`, `0,2`).
+    #[arg(long = "cpuset-cpus", value_name = "CPUS")]
+    cpuset_cpus: Option<String>,
     /// Guest memory, e.g. 512m or 1g.
     #[arg(short = 'm', long, value_parser = spec::parse_memory)]
     memory: Option<u64>,
+    /// Accepted with Docker's checks (at least 6m, at most --memory).
+    #[arg(long = "memory-reservation", value_name = "SIZE", value_parser = parse_bytes)]
+    memory_reservation: Option<u64>,
+    /// Accepted with Docker's checks (needs --memory, at least as much,
+    /// or -1); the guest has no swap.
+    #[arg(long = "memory-swap", value_name = "SIZE", allow_hyphen_values = true, value_parser = parse_swap)]
+    memory_swap: Option<i64>,
     /// Mount the container's root file system read-only.
     #[arg(long = "read-only")]
     read_only: bool,
@@ -327,6 +357,20 @@ fn read_label_file(path: &std::path::Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// A size in bytes, as `--memory` takes it (`64m`).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    runtime::volume::mounts::parse_size(s)
+}
+
+/// `--memory-swap`: a size, or -1 for no limit.
+fn parse_swap(s: &str) -> Result<i64, String> {
+    if s.trim() == "-1" {
+        return Ok(-1);
+    }
+    let n = parse_bytes(s)?;
+    i64::try_from(n).map_err(|_| format!("--memory-swap {s:?} is too large"))
+}
+
 impl RunArgs {
     fn options(self) -> Result<RunOptions, String> {
         if self.oom_kill_disable {
@@ -360,8 +404,11 @@ impl RunArgs {
             tty: self.tty,
             name: self.name,
             hostname: self.hostname,
-            cpus: self.cpus,
+            cpus: self.cpus.unwrap_or(0),
+            cpuset_cpus: self.cpuset_cpus,
             memory_mib: self.memory,
+            memory_reservation: self.memory_reservation,
+            memory_swap: self.memory_swap,
             read_only: self.read_only,
             scratch_mib: storage_options(&self.storage_opt)?,
             limits: runtime::limits::Limits {
@@ -396,6 +443,14 @@ impl RunArgs {
                 .chain(self.tmpfs)
                 .collect(),
             volumes_from: self.volumes_from,
+            health: runtime::health::Flags {
+                cmd: self.health_cmd,
+                interval: self.health_interval,
+                timeout: self.health_timeout,
+                start_period: self.health_start_period,
+                retries: self.health_retries,
+                none: self.no_healthcheck,
+            },
             security: runtime::security::Request {
                 cap_add: self.cap_add,
                 cap_drop: self.cap_drop,

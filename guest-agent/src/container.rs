@@ -212,10 +212,10 @@ fn init() -> Result<i32, Fail> {
         spec.process.cwd.as_str()
     };
     if !Path::new(cwd).is_dir() {
-        // Docker creates a missing working directory.
-        std::fs::create_dir_all(cwd).map_err(|e| Fail {
-            code: 126,
-            msg: format!("cannot create working directory {cwd}: {e}"),
+        // Docker creates a missing working directory, and refuses the
+        // container (125) when it cannot.
+        std::fs::create_dir_all(cwd).map_err(|e| {
+            Fail::setup(format!("cannot create the working directory {cwd}: {e}"))
         })?;
     }
 

@@ -184,21 +184,29 @@ impl ChildExec {
 
     /// The working directory, umask, default signal dispositions and an
     /// empty mask, then execve.
+    ///
+    /// As runc does for Docker, the program is checked first: not there
+    /// is 127, not an executable file (or not reachable) 126; an execve
+    /// that fails past that check (no ELF interpreter, a file capability
+    /// beyond the bounding set, a bad format) is the process failing, 1.
     fn execve(&self) -> Result<std::convert::Infallible, Fail> {
         let program = &self.program;
-        let fail = |what: &str, e: nix::errno::Errno| {
-            let code = if what == "exec" && e == nix::errno::Errno::ENOENT {
-                127
-            } else {
-                126
-            };
-            Fail {
-                code,
-                msg: format!("{what} {program:?}: {}", e.desc().to_lowercase()),
-            }
+        let fail = |what: &str, code: i32, e: nix::errno::Errno| Fail {
+            code,
+            msg: format!("{what} {program:?}: {}", e.desc().to_lowercase()),
         };
         nix::unistd::chdir(self.cwd.as_c_str())
-            .map_err(|e| fail("chdir to the working directory", e))?;
+            .map_err(|e| fail("chdir to the working directory", 126, e))?;
+        match nix::sys::stat::stat(self.exe.as_c_str()) {
+            Err(e @ (nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR)) => {
+                return Err(fail("exec", 127, e))
+            }
+            Err(e) => return Err(fail("exec", 126, e)),
+            Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_mode & 0o111 == 0 => {
+                return Err(fail("exec", 126, nix::errno::Errno::EACCES))
+            }
+            Ok(_) => {}
+        }
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
         // Rust ignores SIGPIPE; an ignored signal stays ignored across
         // exec, so put back the defaults, and the mask.
@@ -215,7 +223,7 @@ impl ChildExec {
             .unwrap_or(nix::errno::Errno::EINVAL);
         // Signals go back to blocked for whoever reports this.
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
-        Err(fail("exec", e))
+        Err(fail("exec", 1, e))
     }
 }
 

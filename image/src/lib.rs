@@ -14,6 +14,7 @@ pub mod name;
 mod reference;
 pub mod registry;
 pub mod save;
+pub mod size;
 pub mod store;
 
 use std::path::PathBuf;

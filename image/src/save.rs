@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::digest::copy_hashing;
 use crate::name::Name;
-use crate::{Compression, Digest, Error, Image, Result};
+use crate::{Digest, Error, Image, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -146,13 +146,7 @@ fn docker(b: &mut tar::Builder<File>, image: &Image, names: &[Name], path: &Path
         let want = Digest::parse(diff_id)?;
         // The uncompressed layer, into a scratch file while hashing it.
         let mut scratch = tempfile(path)?;
-        let mut reader: Box<dyn Read> = match l.compression {
-            Compression::None => Box::new(l.source.reader()?),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(l.source.reader()?)),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(l.source.reader()?).map_err(io_err(path))?,
-            ),
-        };
+        let mut reader = l.uncompressed()?;
         let (got, size) =
             copy_hashing(&mut reader, &mut scratch, u64::MAX).map_err(io_err(path))?;
         if got != want {

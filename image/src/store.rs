@@ -449,6 +449,27 @@ impl Store {
         })
     }
 
+    /// The unpacked size of the image a manifest names (see
+    /// [`crate::size`]), worked out once and kept beside the index. None
+    /// when it is too large to work out.
+    pub fn unpacked_size(&self, manifest: &Digest, image: &Image) -> Result<Option<u64>> {
+        let path = self.dir.join("sizes").join(manifest.hex());
+        if let Some(n) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            return Ok(Some(n));
+        }
+        let size = crate::size::unpacked(image)?;
+        if let Some(n) = size {
+            // Only a cache: a store this user cannot write still lists.
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))
+                .map_err(io_err(&path))
+                .and_then(|()| write_atomic(&path, n.to_string().as_bytes()));
+        }
+        Ok(size)
+    }
+
     /// Opens the image an entry of `list` names.
     pub fn entry_image(&self, e: &Entry) -> Result<Image> {
         layout::open_descriptor(&Layout::dir(&self.dir), &e.media_type, &e.manifest, e.size)

@@ -40,6 +40,13 @@ pub struct RunOptions {
     /// vCPUs (0 means the default, 1).
     pub cpus: u8,
     pub memory_mib: Option<u64>,
+    /// `--cpuset-cpus`: the host CPUs the VM may run on.
+    pub cpuset_cpus: Option<String>,
+    /// `--memory-reservation` and `--memory-swap` (bytes; -1 for swap
+    /// without limit), checked as Docker checks them and kept for
+    /// `inspect`: the guest has no swap, and its memory is all its own.
+    pub memory_reservation: Option<u64>,
+    pub memory_swap: Option<i64>,
     pub read_only: bool,
     /// The size of the disk the container writes to (`--storage-opt
     /// size=`), in MiB; the default when None.
@@ -65,6 +72,8 @@ pub struct RunOptions {
     pub volumes_from: Vec<String>,
     /// Capabilities, seccomp, limits, `--init`...
     pub security: crate::security::Request,
+    /// `--health-cmd`, `--no-healthcheck`...
+    pub health: crate::health::Flags,
 }
 
 /// Hears how creating goes.
@@ -75,6 +84,43 @@ pub trait Observer {
     fn image_opened(&mut self) -> std::result::Result<(), String> {
         Ok(())
     }
+}
+
+/// Docker's checks of `--cpuset-cpus`, `--memory-reservation` and
+/// `--memory-swap`; the CPU set, if one was given.
+fn check_resources(opts: &RunOptions) -> Result<Option<Vec<usize>>> {
+    const MIN_RESERVATION: u64 = 6 << 20;
+    let memory = opts.memory_mib.map(|m| m << 20);
+    if let Some(r) = opts.memory_reservation {
+        if r < MIN_RESERVATION {
+            return Err(Error::invalid("minimum memory reservation allowed is 6MB"));
+        }
+        if memory.is_some_and(|m| m < r) {
+            return Err(Error::invalid(
+                "minimum memory limit can not be less than memory reservation limit (--memory below --memory-reservation)",
+            ));
+        }
+    }
+    match (opts.memory_swap, memory) {
+        (None | Some(-1), _) => {}
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "you should always set the memory limit when using the memory-swap limit (add --memory)",
+            ))
+        }
+        (Some(s), Some(m)) if s < 0 || (s as u64) < m => {
+            return Err(Error::invalid(
+                "minimum memory-swap limit should be larger than the memory limit (or -1 for no limit)",
+            ))
+        }
+        _ => {}
+    }
+    let Some(text) = &opts.cpuset_cpus else {
+        return Ok(None);
+    };
+    let cpus = crate::cpuset::parse(text).map_err(Error::invalid)?;
+    crate::cpuset::check_available(&cpus).map_err(Error::invalid)?;
+    Ok(Some(cpus))
 }
 
 /// Creates a container from `opts`; returns it in state `created`.
@@ -89,6 +135,8 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         ));
     }
     check_network_user(&opts.network)?;
+    let cpuset = check_resources(opts)?;
+    opts.health.resolve(b"{}").map_err(Error::invalid)?;
     let (security, options) = opts.security.resolve().map_err(Error::invalid)?;
     // The flags are checked before a pull; `-P` needs the image's EXPOSE.
     let early = opts.network.resolve(&[]).map_err(Error::invalid)?;
@@ -123,7 +171,13 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
             .hostname
             .clone()
             .unwrap_or_else(|| id[..12].to_string()),
-        cpus: opts.cpus.max(1),
+        cpus: match (opts.cpus, &cpuset) {
+            (0, Some(set)) => u8::try_from(set.len()).unwrap_or(u8::MAX),
+            (n, _) => n.max(1),
+        },
+        cpuset_cpus: opts.cpuset_cpus.clone(),
+        memory_reservation: opts.memory_reservation,
+        memory_swap: opts.memory_swap,
         memory_mib: opts.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
         read_only: opts.read_only,
         scratch_mib: opts.scratch_mib,
@@ -151,6 +205,10 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         mounts: Vec::new(),
         security: opts.security.clone(),
         options,
+        healthcheck: opts
+            .health
+            .resolve(&image.raw_config.data)
+            .map_err(Error::invalid)?,
     };
     vmm::vm::check_size(config.cpus, config.memory_mib)?;
     // What runs killed before they could clean up left behind goes now.

@@ -7,6 +7,7 @@
 
 mod assets;
 mod cgroup;
+pub mod cpuset;
 pub mod builtin;
 pub mod client;
 pub mod container;
@@ -14,6 +15,7 @@ pub mod copy;
 pub mod create;
 pub mod error;
 pub mod frames;
+pub mod health;
 pub mod in_use;
 mod jail;
 pub mod limits;

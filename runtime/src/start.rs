@@ -124,6 +124,10 @@ pub fn prepare(
         vm: crate::vm_process::Plan {
             id: c.config.id.clone(),
             config,
+            cpuset: match &c.config.cpuset_cpus {
+                Some(text) => Some(crate::cpuset::parse(text).map_err(Error::invalid)?),
+                None => None,
+            },
             seal,
             cgroup: cgroup.as_ref().map(crate::cgroup::Cgroup::procs),
             jail,

@@ -42,6 +42,8 @@ pub struct Plan {
     pub config: VmConfig,
     /// The `cgroup.procs` of the group the VMM joins first, if any.
     pub cgroup: Option<std::path::PathBuf>,
+    /// The host CPUs the VMM is bound to (`--cpuset-cpus`), if any.
+    pub cpuset: Option<Vec<usize>>,
     /// The image disk's seal, when it is to be sealed.
     pub seal: Option<Arc<devices::virtio::block::Seal>>,
     /// Where the VMM is jailed (its vsock socket is in the jail's root).
@@ -197,6 +199,9 @@ fn largest_writable_disk(config: &VmConfig) -> u64 {
 fn run_vm(mut plan: Plan, channel: &UnixStream, monitor: Pid) -> std::result::Result<End, String> {
     if let Some(procs) = &plan.cgroup {
         crate::cgroup::join(procs).map_err(|e| e.to_string())?;
+    }
+    if let Some(cpus) = &plan.cpuset {
+        crate::cpuset::bind(cpus)?;
     }
     // Relative paths stay right after the move into the jail's root,
     // which is where the vsock device's sockets are named from.

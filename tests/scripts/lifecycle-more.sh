@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # More of the container lifecycle (pause, a killed monitor, wait, start,
-# create, exec, a 60-layer image, --cidfile, --label-file, --platform),
+# create, exec, a 60-layer image, --cidfile, --label-file, --platform,
+# health checks),
 # in one nested host. Each section
 # starts with "== NAME"; tests/tests/lifecycle.rs checks them.
 # Needs: $VM, $IMAGES, $W (a scratch directory), $VM_ROOT.
@@ -73,4 +74,23 @@ vm create --cidfile "$W/cid" "$I" true 2>&1 | grep -o "container ID file found";
 vm create --platform linux/arm64 "$I" true 2>&1 | grep -o "is not supported"; echo "rc=${PIPESTATUS[0]}"
 vm run --rm --oom-kill-disable "$I" true 2>&1 | grep -o "oom-kill-disable is not supported"; echo "rc=${PIPESTATUS[0]}"
 vm rm "$cid" > /dev/null
+
+echo "== health"
+# Healthy once a file exists; one that never passes turns unhealthy after
+# two failures; the flags are checked as Docker checks them.
+vm run -d --name doc -m 96m --health-cmd 'test -f /tmp/ok && echo fine' --health-interval 1s \
+    --health-retries 2 "$I" sh -c 'sleep 3; touch /tmp/ok; sleep 1000' > /dev/null
+vm inspect -f '{{.State.Health.Status}} {{json .Config.Healthcheck.Test}}' doc
+await doc '{{.State.Health.Status}}' healthy
+vm ps --filter name=doc --format '{{.Status}}' | grep -o '(healthy)'
+vm inspect -f '{{json .State.Health}}' doc | python3 -c 'import json,sys; h=json.load(sys.stdin); print(h["FailingStreak"], h["Log"][-1]["ExitCode"], h["Log"][-1]["Output"].strip())'
+vm rm -f doc > /dev/null
+vm run -d --name sick -m 96m --health-cmd 'echo no; exit 3' --health-interval 1s --health-retries 2 "$I" sleep 1000 > /dev/null
+await sick '{{.State.Health.Status}}' unhealthy
+vm ps --filter name=sick --format '{{.Status}}' | grep -o '(unhealthy)'
+vm inspect -f '{{json .State.Health}}' sick | python3 -c 'import json,sys; h=json.load(sys.stdin); print(h["FailingStreak"] >= 2, h["Log"][-1]["ExitCode"], h["Log"][-1]["Output"].strip())'
+vm rm -f sick > /dev/null
+vm run --rm --no-healthcheck --health-cmd true "$I" true 2>&1 | grep -o "conflicts with --health"; echo "rc=${PIPESTATUS[0]}"
+vm run --rm --health-cmd true --health-interval -1s "$I" true 2>&1 | grep -o "cannot be negative"; echo "rc=${PIPESTATUS[0]}"
+vm run --rm --health-cmd true --health-interval 1s "$I" echo one-shot
 echo "== end"

@@ -236,6 +236,23 @@ fn pause_kill_wait_start_create_exec_and_many_layers() {
         ],
         "--cidfile, --label-file under --label, --platform, and --oom-kill-disable refused\n{out}"
     );
+
+    assert_eq!(
+        lines(section(&out.stdout, "health")),
+        [
+            r#"starting ["CMD-SHELL","test -f /tmp/ok && echo fine"]"#,
+            "(healthy)",
+            "0 0 fine",
+            "(unhealthy)",
+            "True 3 no",
+            "conflicts with --health",
+            "rc=125",
+            "cannot be negative",
+            "rc=125",
+            "one-shot",
+        ],
+        "--health-cmd: starting, then healthy once the check passes, unhealthy after --health-retries failures, shown by ps and inspect\n{out}"
+    );
 }
 
 #[test]

@@ -44,6 +44,14 @@ pub struct Config {
     pub hostname: String,
     pub cpus: u8,
     pub memory_mib: u64,
+    /// `--cpuset-cpus` as given (the VMM is bound to those CPUs).
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// `--memory-reservation` (bytes) and `--memory-swap`, as given.
+    #[serde(default)]
+    pub memory_reservation: Option<u64>,
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
     pub read_only: bool,
     /// `--storage-opt size=` in MiB (the scratch disk's size).
     #[serde(default)]
@@ -81,6 +89,9 @@ pub struct Config {
     /// as the guest applies them.
     #[serde(default)]
     pub options: agent_protocol::ContainerOptions,
+    /// The health check (the image's, or `--health-*`), if any.
+    #[serde(default)]
+    pub healthcheck: Option<crate::health::Check>,
 }
 
 /// `--restart`: what the monitor does when the container's process ends.
@@ -202,6 +213,9 @@ pub struct State {
     /// The network while it runs: address, published ports.
     #[serde(default)]
     pub network: Option<crate::network::Settings>,
+    /// The health check's findings, when the container has one.
+    #[serde(default)]
+    pub health: Option<crate::health::Health>,
 }
 
 impl Default for State {
@@ -216,6 +230,7 @@ impl Default for State {
             restart_count: 0,
             stopped_by_user: false,
             network: None,
+            health: None,
         }
     }
 }
@@ -592,6 +607,9 @@ mod tests {
             hostname: "h".into(),
             cpus: 1,
             memory_mib: 128,
+            cpuset_cpus: None,
+            memory_reservation: None,
+            memory_swap: None,
             read_only: false,
             scratch_mib: None,
             limits: Default::default(),
@@ -608,6 +626,7 @@ mod tests {
             mounts: Vec::new(),
             security: Default::default(),
             options: Default::default(),
+            healthcheck: None,
         }
     }
 

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 mod exec;
 mod forward;
+mod health;
 
 pub use exec::ExecOptions;
 
@@ -489,7 +490,7 @@ impl RunEnd {
 struct Events<'a> {
     vm: &'a mut VmProcess,
     cache: &'a mut rootfs_cache::Entry,
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     /// Each happens once a run; a guest that says it again is ignored.
     sealed: bool,
     started: bool,
@@ -516,13 +517,22 @@ impl session::Events for Events<'_> {
             return;
         }
         let now = container::now_rfc3339();
+        let checked = self.shared.container.config.healthcheck.is_some();
         self.shared.set_state(|s| {
             s.status = Status::Running;
             s.started_at = now;
             s.exit_code = 0;
             s.error.clear();
+            s.health = checked.then(crate::health::Health::starting);
         });
         self.shared.broadcast(&Frame::Started, |_| true);
+        if let Some(check) = &self.shared.container.config.healthcheck {
+            let (shared, check) = (self.shared.clone(), check.clone());
+            let runs = shared.lock().runs;
+            let _ = std::thread::Builder::new()
+                .name("health".into())
+                .spawn(move || health::watch(shared, check, runs));
+        }
         self.shared.clients().retain(|c| {
             if c.until_started {
                 let _ = c.writer.shutdown(std::net::Shutdown::Both);
@@ -937,6 +947,25 @@ fn pause(shared: &Shared, on: bool) -> Reply {
 
 /// Sends `req` to the monitor of `c` and returns its answer (and the
 /// connection, for `attach`).
+/// The answer line a request gets, read byte by byte: frames may follow
+/// it (on `attach`, `exec`).
+fn read_reply(conn: &mut UnixStream) -> std::result::Result<Reply, String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match std::io::Read::read(conn, &mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => line.push(b[0]),
+            Ok(_) => {
+                return Err("the container's monitor closed the connection without an answer".into())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the container's monitor: {e}")),
+        }
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("the container's monitor answered badly: {e}"))
+}
+
 pub fn request(state: &Path, c: &Container, req: &Request) -> Result<(Reply, UnixStream)> {
     let path: PathBuf = c.control_socket(state);
     let mut conn = UnixStream::connect(&path).map_err(|e| {
@@ -950,24 +979,7 @@ pub fn request(state: &Path, c: &Container, req: &Request) -> Result<(Reply, Uni
     text.push(b'\n');
     conn.write_all(&text)
         .map_err(|e| Error::host(format!("talking to the container's monitor: {e}")))?;
-    // Read the answer byte by byte: frames may follow it on `attach`.
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    loop {
-        match std::io::Read::read(&mut conn, &mut b) {
-            Ok(1) if b[0] == b'\n' => break,
-            Ok(1) => line.push(b[0]),
-            Ok(_) => {
-                return Err(Error::host(
-                    "the container's monitor closed the connection without an answer",
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::host(format!("reading the container's monitor: {e}"))),
-        }
-    }
-    let reply: Reply = serde_json::from_slice(&line)
-        .map_err(|e| Error::host(format!("the container's monitor answered badly: {e}")))?;
+    let reply = read_reply(&mut conn).map_err(Error::host)?;
     if let Some(e) = &reply.error {
         return Err(Error::in_use(e.clone()));
     }

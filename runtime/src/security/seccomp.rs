@@ -57,6 +57,7 @@ pub fn filters(profile: &Profile, caps: &[u32]) -> Result<Vec<Vec<BpfInsn>>, Str
 
 const EPERM: SeccompAction = SeccompAction::Errno(libc::EPERM as u32);
 
+const SYS_CHROOT: u32 = 18;
 const SYS_ADMIN: u32 = 21;
 const SYS_BOOT: u32 = 22;
 const SYS_MODULE: u32 = 16;
@@ -84,6 +85,9 @@ const REFUSED: &[(&[i64], &[u32])] = &[
             libc::SYS_sysfs,
             libc::SYS__sysctl,
             libc::SYS_nfsservctl,
+            libc::SYS_pivot_root,
+            libc::SYS_swapon,
+            libc::SYS_swapoff,
         ],
         &[],
     ),
@@ -91,11 +95,8 @@ const REFUSED: &[(&[i64], &[u32])] = &[
         &[
             libc::SYS_mount,
             libc::SYS_umount2,
-            libc::SYS_pivot_root,
             libc::SYS_setns,
             libc::SYS_unshare,
-            libc::SYS_swapon,
-            libc::SYS_swapoff,
             libc::SYS_quotactl,
             libc::SYS_lookup_dcookie,
             libc::SYS_fanotify_init,
@@ -134,6 +135,8 @@ const REFUSED: &[(&[i64], &[u32])] = &[
             libc::SYS_kcmp,
             libc::SYS_process_vm_readv,
             libc::SYS_process_vm_writev,
+            libc::SYS_pidfd_getfd,
+            libc::SYS_process_madvise,
             libc::SYS_userfaultfd,
         ],
         &[SYS_PTRACE],
@@ -150,10 +153,15 @@ const REFUSED: &[(&[i64], &[u32])] = &[
         &[SYS_NICE],
     ),
     (
-        &[libc::SYS_settimeofday, libc::SYS_clock_settime],
+        &[
+            libc::SYS_settimeofday,
+            libc::SYS_clock_settime,
+            libc::SYS_clock_adjtime,
+        ],
         &[SYS_TIME],
     ),
     (&[libc::SYS_vhangup], &[SYS_TTY_CONFIG]),
+    (&[libc::SYS_chroot], &[SYS_CHROOT]),
     (&[libc::SYS_syslog], &[SYSLOG]),
     (&[libc::SYS_open_by_handle_at], &[DAC_READ_SEARCH]),
 ];
