@@ -237,6 +237,12 @@ pub fn exec_main() -> ! {
 /// relays signals to it until it exits.
 fn exec() -> Result<i32, Fail> {
     let spec: ExecInit = read_spec()?;
+    // Not dumpable while it is still the agent's (root, every capability,
+    // no filter) inside the container's namespaces: the container's
+    // processes may not ptrace it or read its memory. The process's own
+    // execve makes it dumpable again.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let proc_dir = format!("/proc/{}", spec.target);
     let open = |p: String| {
         File::open(&p).map_err(|e| Fail::setup(format!("the container is gone ({p}: {e})")))
@@ -297,8 +303,10 @@ fn exec_child(spec: &ExecInit) -> Result<std::convert::Infallible, Fail> {
     }
     if let Some(b) = &spec.builtin {
         // As root, with Docker's default capabilities whatever the
-        // container's are (its files are copied as `docker cp` would).
+        // container's are (its files are copied as `docker cp` would):
+        // bounding, permitted and effective sets alike.
         crate::security::drop_bounding(agent_protocol::DEFAULT_CAPABILITIES)?;
+        crate::security::after_user(&agent_protocol::Security::default(), 0)?;
         // It ends with the helper that relays to it (the monitor kills
         // that when the builtin's client goes away), and takes signals.
         // SAFETY: prctl with integer arguments only.

@@ -83,15 +83,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
         .map_or("/", |e| if e.home.is_empty() { "/" } else { e.home })
         .to_string();
     if let Some(g) = group_part.filter(|g| !g.is_empty()) {
-        gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => group_entries(group)
-                .find(|e| e.name == g)
-                .map(|e| e.gid)
-                .ok_or_else(|| {
-                    format!("unable to find group {g}: no matching entries in group file")
-                })?,
-        };
+        gid = group_id(g, group)?;
     }
     let mut groups = vec![gid];
     // An explicit group replaces the supplementary ones, as Docker does.
@@ -112,19 +104,22 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
     })
 }
 
+/// A group given by number, or by name in `group` (an /etc/group).
+fn group_id(g: &str, group: &str) -> Result<u32, String> {
+    match g.parse::<u32>() {
+        Ok(n) => Ok(n),
+        Err(_) => group_entries(group)
+            .find(|e| e.name == g)
+            .map(|e| e.gid)
+            .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file")),
+    }
+}
+
 /// `--group-add`: each a group name in `group` or a number; added to
 /// `user`'s supplementary groups.
 pub fn add_groups(user: &mut User, extra: &[String], group: &str) -> Result<(), String> {
     for g in extra {
-        let gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => group_entries(group)
-                .find(|e| e.name == g)
-                .map(|e| e.gid)
-                .ok_or_else(|| {
-                    format!("unable to find group {g}: no matching entries in group file")
-                })?,
-        };
+        let gid = group_id(g, group)?;
         if !user.groups.contains(&gid) {
             user.groups.push(gid);
         }

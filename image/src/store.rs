@@ -454,19 +454,28 @@ impl Store {
     /// when it is too large to work out.
     pub fn unpacked_size(&self, manifest: &Digest, image: &Image) -> Result<Option<u64>> {
         let path = self.dir.join("sizes").join(manifest.hex());
-        if let Some(n) = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-        {
-            return Ok(Some(n));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            match text.trim() {
+                "unknown" => return Ok(None),
+                t => {
+                    if let Ok(n) = t.parse::<u64>() {
+                        return Ok(Some(n));
+                    }
+                }
+            }
         }
-        let size = crate::size::unpacked(image)?;
-        if let Some(n) = size {
-            // Only a cache: a store this user cannot write still lists.
-            let _ = std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))
-                .map_err(io_err(&path))
-                .and_then(|()| write_atomic(&path, n.to_string().as_bytes()));
-        }
+        // Too large or not a tar: unknown, once and for all (the blobs
+        // are checked content; they do not change).
+        let size = match crate::size::unpacked(image) {
+            Ok(size) => size,
+            Err(Error::Invalid { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let text = size.map_or_else(|| "unknown".to_string(), |n| n.to_string());
+        // Only a cache: a store this user cannot write still lists.
+        let _ = std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))
+            .map_err(io_err(&path))
+            .and_then(|()| write_atomic(&path, text.as_bytes()));
         Ok(size)
     }
 

@@ -30,7 +30,8 @@ pub fn parse(s: &str) -> Result<Vec<usize>, String> {
 /// Fails, as Docker does, when the set names CPUs this process may not
 /// run on.
 pub fn check_available(cpus: &[usize]) -> Result<(), String> {
-    let have = sched_getaffinity(Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
+    let have =
+        sched_getaffinity(Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
     let available: Vec<usize> = (0..CpuSet::count())
         .filter(|c| have.is_set(*c).unwrap_or(false))
         .collect();

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_RETRIES: u32 = 3;
+/// The shortest interval, timeout or start period (Docker's).
+const MINIMUM: Duration = Duration::from_millis(1);
 /// Probes kept, and the most output kept of each, as Docker keeps them.
 const KEPT_PROBES: usize = 5;
 pub const MAX_OUTPUT: usize = 4096;
@@ -76,9 +78,9 @@ fn duration(flag: &str, value: &Option<String>) -> Result<Option<Duration>, Stri
     if text.trim_start().starts_with('-') {
         return Err(format!("--{flag} cannot be negative"));
     }
-    humantime::parse_duration(text)
-        .map(Some)
-        .map_err(|e| format!("invalid --{flag} {text:?}: {e} (use a duration such as 30s or 1m30s)"))
+    humantime::parse_duration(text).map(Some).map_err(|e| {
+        format!("invalid --{flag} {text:?}: {e} (use a duration such as 30s or 1m30s)")
+    })
 }
 
 impl Flags {
@@ -115,6 +117,25 @@ impl Flags {
         };
         if test.is_empty() || test[0] == "NONE" || test.len() < 2 {
             return Ok(None);
+        }
+        // Docker's floor, for the flags and the image alike.
+        for (what, d) in [
+            (
+                "Interval",
+                interval.unwrap_or(Duration::from_nanos(image.interval)),
+            ),
+            (
+                "Timeout",
+                timeout.unwrap_or(Duration::from_nanos(image.timeout)),
+            ),
+            (
+                "StartPeriod",
+                start_period.unwrap_or(Duration::from_nanos(image.start_period)),
+            ),
+        ] {
+            if !d.is_zero() && d < MINIMUM {
+                return Err(format!("{what} in Healthcheck cannot be less than 1ms"));
+            }
         }
         let or_default = |d: Duration, default: Duration| if d.is_zero() { default } else { d };
         Ok(Some(Check {
@@ -220,6 +241,8 @@ mod tests {
         let mut negative = flags(Some("true"));
         negative.interval = Some("-1s".into());
         assert!(negative.resolve(image).is_err());
+        let busy = br#"{"config":{"Healthcheck":{"Test":["CMD","true"],"Interval":1}}}"#;
+        assert!(flags(None).resolve(busy).is_err());
         let image_none = br#"{"config":{"Healthcheck":{"Test":["NONE"]}}}"#;
         assert_eq!(flags(None).resolve(image_none).expect("ok"), None);
     }

@@ -219,7 +219,15 @@ fn default_rules(caps: &[u32]) -> Result<Vec<Rule>, String> {
     rules.push(Rule {
         nr: libc::SYS_socket,
         action: EPERM,
-        conditions: vec![condition(0, SeccompCmpOp::Eq, libc::AF_VSOCK as u64)?],
+        // The family is an int: the kernel drops the upper half, so the
+        // filter must too (0x1_0000_0028 is AF_VSOCK to the kernel).
+        conditions: vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_VSOCK as u64,
+        )
+        .map_err(|e| format!("seccomp condition: {e}"))?],
     });
     let others = PERSONALITIES
         .iter()
@@ -462,6 +470,65 @@ mod tests {
         let p = std::env::temp_dir().join(format!("vm-seccomp-{name}-{}", std::process::id()));
         std::fs::write(&p, body).expect("write");
         p
+    }
+
+    /// Installs the default profile (Docker's default capabilities) in a
+    /// forked child and makes the calls a container would use to get
+    /// around it; the child's exit status says which one got through.
+    #[test]
+    fn default_profile_refuses_in_a_real_filter() {
+        let programs: Vec<seccompiler::BpfProgram> =
+            filters(&Profile::Default, agent_protocol::DEFAULT_CAPABILITIES)
+                .expect("default")
+                .into_iter()
+                .map(|p| {
+                    p.into_iter()
+                        .map(|BpfInsn(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+                        .collect()
+                })
+                .collect();
+        // SAFETY: the test's child only makes system calls and _exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            // SAFETY: system calls on plain arguments, then _exit; the
+            // programs live in memory the child shares.
+            nix::unistd::ForkResult::Child => unsafe {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(2);
+                }
+                for p in &programs {
+                    if seccompiler::apply_filter(p).is_err() {
+                        libc::_exit(3);
+                    }
+                }
+                let refused = |r: libc::c_long| {
+                    r == -1 && *libc::__errno_location() == libc::EPERM
+                };
+                // AF_VSOCK, also with junk in the int's upper half.
+                let vsock = libc::AF_VSOCK as libc::c_long;
+                for family in [vsock, vsock | (1 << 32)] {
+                    if !refused(libc::syscall(libc::SYS_socket, family, libc::SOCK_STREAM, 0)) {
+                        libc::_exit(4);
+                    }
+                }
+                if !refused(libc::syscall(libc::SYS_keyctl, 0, 0, 0)) {
+                    libc::_exit(5);
+                }
+                if !refused(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWNS)) {
+                    libc::_exit(6);
+                }
+                let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_long;
+                if !refused(libc::syscall(libc::SYS_clone, flags | (1 << 40), 0, 0, 0, 0)) {
+                    libc::_exit(7);
+                }
+                // Allowed: an ordinary socket.
+                let fd = libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::_exit(if fd >= 0 { 0 } else { 8 });
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).expect("wait");
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
     }
 
     #[test]
