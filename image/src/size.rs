@@ -141,7 +141,10 @@ fn count(r: &mut impl Read) -> std::io::Result<u64> {
                 if records.len() as u64 != size {
                     return Err(bad("the archive ends inside an entry"));
                 }
-                skip(r, size.next_multiple_of(BLOCK as u64) - size)?;
+                let pad = size.next_multiple_of(BLOCK as u64) - size;
+                if std::io::copy(&mut r.take(pad), &mut std::io::sink())? != pad {
+                    return Err(bad("the archive ends inside an entry"));
+                }
                 let (s, l) = pax(&records);
                 next_size = s.or(next_size);
                 next_link = l.or(next_link);
@@ -229,6 +232,20 @@ mod tests {
         );
         // Truncated inside an entry: an error, not a guess.
         assert!(count(&mut &data[..1024]).is_err());
+    }
+
+    #[test]
+    fn pax_entries_keep_their_place() {
+        // PAX records (a long name, and a made-up key) before a file, as
+        // umoci and Go's archive/tar write them, then a second file.
+        let mut b = tar::Builder::new(Vec::new());
+        let long = format!("{}/f", "p".repeat(200));
+        b.append_pax_extensions([("path", long.as_bytes()), ("vm.test", &b"x"[..])])
+            .expect("pax");
+        entry(&mut b, tar::EntryType::Regular, "short", &[3u8; 700], "");
+        entry(&mut b, tar::EntryType::Regular, "next", &[4u8; 5], "");
+        let data = b.into_inner().expect("tar");
+        assert_eq!(count(&mut data.as_slice()).expect("count"), 705);
     }
 
     #[test]

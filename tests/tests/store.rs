@@ -1,5 +1,6 @@
 //! The local image store without a registry or a guest: untagged images,
-//! image IDs, `vm tag`/`vm rmi` by ID, `vm image prune`. Runs on this
+//! image IDs, `vm tag`/`vm rmi` by ID, `vm image prune`, `vm images` and
+//! `vm image inspect` in Docker's shape. Runs on this
 //! machine.
 
 use vm_tests::{env, section, work_dir};
@@ -64,4 +65,81 @@ echo "== end"
     // Nothing untagged is left; busybox keeps its manifest, config and
     // layer.
     assert_eq!(after("prune"), "Total reclaimed space: 0B\n3", "{out}");
+}
+
+#[test]
+fn images_list_and_inspect_as_docker_does() {
+    let e = env();
+    let w = work_dir("store-images");
+    let script = format!(
+        r#"
+W={w}
+export VM_ROOT=$W/state
+$VM load -i $IMAGES/busybox.docker.tar > /dev/null
+echo "== table"
+$VM images | head -1 | tr -s ' '
+$VM images | awk 'NR > 1 {{ print $1, $2, length($3), $(NF-1) }}'
+echo "== templates"
+$VM images --format '{{{{.Repository}}}}:{{{{.Tag}}}} {{{{len .ID}}}}'
+$VM images -q | awk '{{ print length($0) }}'
+$VM images -q --no-trunc | cut -c1-7
+$VM images busybox:latest --format '{{{{.Repository}}}}'
+$VM images nosuch | wc -l
+echo "== size"
+# Docker's count, worked out here with Python's tarfile from the same
+# archive: every member but directories, a link's target's length, hard
+# links not again.
+python3 - "$IMAGES/busybox.docker.tar" <<'PY'
+import io, json, sys, tarfile
+outer = tarfile.open(sys.argv[1])
+manifest = json.load(outer.extractfile("manifest.json"))[0]
+total = 0
+for layer in manifest["Layers"]:
+    for m in tarfile.open(fileobj=io.BytesIO(outer.extractfile(layer).read())):
+        if m.isdir() or m.islnk():
+            continue
+        total += len(m.linkname) if m.issym() else m.size
+print(total)
+PY
+$VM image inspect -f '{{{{.Size}}}}' busybox
+$VM image inspect -f '{{{{len .RepoDigests}}}} {{{{.Metadata.LastTagTime}}}}' busybox
+$VM image inspect -f '{{{{index .RepoDigests 0}}}}' busybox | cut -c1-15
+echo "== pipe"
+# A reader that has gone: vm ends quietly by SIGPIPE (Python holds a
+# pipe whose reading end it closed first, so the end is certain).
+python3 -c 'import os, subprocess, sys
+r, w = os.pipe(); os.close(r)
+p = subprocess.run([sys.argv[1], "images", "--format", "json"], stdout=w, stderr=subprocess.PIPE)
+print("rc=%d stderr=%d" % (p.returncode, len(p.stderr)))' "$VM"
+echo "== end"
+"#,
+        w = w.display()
+    );
+    let out = e.run_here(&script);
+    assert_eq!(out.code, Some(0), "{out}");
+    let o = &out.stdout;
+    let after = |name| section(o, name).trim_end();
+    assert_eq!(
+        after("table"),
+        "REPOSITORY TAG IMAGE ID CREATED SIZE\nbusybox latest 12 ago",
+        "Docker's columns, a 12-digit ID, CREATED as a time ago\n{out}"
+    );
+    assert_eq!(
+        after("templates"),
+        "busybox:latest 12\n12\nsha256:\nbusybox\n1",
+        "Go templates over Docker's fields, -q, --no-trunc, a REPOSITORY[:TAG] filter\n{out}"
+    );
+    let size: Vec<&str> = after("size").lines().collect();
+    assert_eq!(size.len(), 4, "{out}");
+    assert_eq!(
+        size[0], size[1],
+        "the unpacked size is what Python's tarfile counts in the archive's layers\n{out}"
+    );
+    assert_eq!(size[2], "1 0001-01-01T00:00:00Z", "{out}");
+    assert_eq!(size[3], "busybox@sha256:", "{out}");
+    assert_eq!(
+        after("pipe"),
+        "rc=-13 stderr=0",
+        "a closed pipe ends vm by SIGPIPE, silently\n{out}"
+    );
 }
