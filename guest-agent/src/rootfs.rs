@@ -95,24 +95,6 @@ pub fn prepare(spec: &InitSpec) -> R {
         )
         .map_err(|e| format!("chmod {}: {e}", p.display()))?;
     }
-    if !privileged {
-        // Only these nodes work: each is bound onto itself (a mount of
-        // its own, which keeps `dev`), then /dev goes `nodev`, so a node
-        // the container makes there (it has CAP_MKNOD, as under Docker,
-        // whose device cgroup refuses such nodes) cannot be opened.
-        for (name, _, _) in DEVICES {
-            let p = dev.join(name);
-            mnt(&p.to_string_lossy(), &p, None, MsFlags::MS_BIND, None)?;
-        }
-        mount(
-            None::<&str>,
-            &dev,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            None::<&str>,
-        )
-        .map_err(|e| format!("making /dev nodev: {e}"))?;
-    }
     let pts = dev.join("pts");
     mkdir(&pts)?;
     mnt(
@@ -169,17 +151,11 @@ pub fn prepare(spec: &InitSpec) -> R {
     switch_root(root)?;
     crate::volumes::mount_all(&spec.mounts)?;
     if spec.read_only {
-        // (A bind remount sets the mount's flags anew: nodev stays.)
-        let nodev = if spec.options.privileged {
-            MsFlags::empty()
-        } else {
-            MsFlags::MS_NODEV
-        };
         mount(
             none,
             "/",
             none,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | nodev,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
             none,
         )
         .map_err(|e| format!("making the root read-only: {e}"))?;

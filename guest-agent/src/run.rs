@@ -183,18 +183,11 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
         dir.join("upper").display(),
         dir.join("work").display()
     );
-    // A device node the container makes in its root is not usable
-    // (Docker's device cgroup does that under Docker), unless privileged.
-    let nodev = if spec.options.privileged {
-        nix::mount::MsFlags::empty()
-    } else {
-        nix::mount::MsFlags::MS_NODEV
-    };
     nix::mount::mount(
         Some("overlay"),
         &root,
         Some("overlay"),
-        nodev,
+        nix::mount::MsFlags::empty(),
         Some(opts.as_str()),
     )
     .map_err(|e| setup("mounting the container root (overlay)", &e))?;

@@ -8,9 +8,7 @@ set -u
 . "$(dirname "$0")/lib.sh"
 
 echo "== run-d"
-# (--privileged: memory-eater below reads a guest disk through a device
-# node it makes, which only a privileged container can use.)
-id=$(vm run -d --name ticker --privileged -m 96m $I sh -c 'i=0; while true; do echo "tick $i"; echo "err $i" >&2; i=$((i+1)); sleep 0.2; done')
+id=$(vm run -d --name ticker -m 96m $I sh -c 'i=0; while true; do echo "tick $i"; echo "err $i" >&2; i=$((i+1)); sleep 0.2; done')
 echo "rc=$? id-length=${#id}"
 vm ps --format '{{.Names}} {{.State}} {{.Status}}' | grep ticker | cut -d' ' -f1-3
 vm ps --no-trunc -q | grep -c "^$id\$"

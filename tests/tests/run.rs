@@ -165,9 +165,8 @@ $R oci:$IMAGES/oci:layers sh -c 'cat /data/keep; ls /opaque'
 echo "== log-flood"
 # A first run (nothing cached): the image disk is sealed before the
 # container starts, so the device refuses its writes, 200 times; each is
-# a line on vm's stderr, which stays rate-limited. (--privileged: only
-# then may a container use a device node it makes.)
-VM_ROOT=/tmp/flood-state $R --privileged oci:$IMAGES/oci:layers sh -c 'maj=$(cut -d: -f1 /sys/block/vdb/dev); mknod /tmp/vdb b $maj 16; i=0; while [ $i -lt 200 ]; do dd if=/dev/zero of=/tmp/vdb bs=4096 count=1 seek=$i conv=fsync 2>/dev/null; i=$((i+1)); done; echo flooded' 2>$W/flood.err
+# a line on vm's stderr, which stays rate-limited.
+VM_ROOT=/tmp/flood-state $R oci:$IMAGES/oci:layers sh -c 'maj=$(cut -d: -f1 /sys/block/vdb/dev); mknod /tmp/vdb b $maj 16; i=0; while [ $i -lt 200 ]; do dd if=/dev/zero of=/tmp/vdb bs=4096 count=1 seek=$i conv=fsync 2>/dev/null; i=$((i+1)); done; echo flooded' 2>$W/flood.err
 grep -c "virtio-blk:" $W/flood.err
 echo "== private-layers"
 # The published entry is read-only. The first run copied the layers into
