@@ -233,6 +233,16 @@ fn docker_run_parity() {
         version.trim()
     );
     eprintln!("{table}{summary}");
+    for case in &all {
+        if let Ok(err) =
+            std::fs::read_to_string(w.join("vm").join(format!("{}.retried", case.name)))
+        {
+            eprintln!(
+                "WARNING: {} ran twice: the first guest died under the emulated host:\n{err}",
+                case.name
+            );
+        }
+    }
     for note in &environment {
         eprintln!("known difference, compared with the usual answer: {note}");
     }
