@@ -939,14 +939,13 @@ fn pause(shared: &Shared, on: bool) -> Reply {
         };
     }
     shared.lock().paused = on;
+    shared.changed.notify_all();
     shared.set_state(|s| {
         s.status = if on { Status::Paused } else { Status::Running };
     });
     Reply::default()
 }
 
-/// Sends `req` to the monitor of `c` and returns its answer (and the
-/// connection, for `attach`).
 /// The answer line a request gets, read byte by byte: frames may follow
 /// it (on `attach`, `exec`).
 fn read_reply(conn: &mut UnixStream) -> std::result::Result<Reply, String> {
@@ -966,6 +965,8 @@ fn read_reply(conn: &mut UnixStream) -> std::result::Result<Reply, String> {
     serde_json::from_slice(&line).map_err(|e| format!("the container's monitor answered badly: {e}"))
 }
 
+/// Sends `req` to the monitor of `c` and returns its answer (and the
+/// connection, for `attach`).
 pub fn request(state: &Path, c: &Container, req: &Request) -> Result<(Reply, UnixStream)> {
     let path: PathBuf = c.control_socket(state);
     let mut conn = UnixStream::connect(&path).map_err(|e| {
