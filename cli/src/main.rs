@@ -422,6 +422,7 @@ fn boot(args: BootArgs) -> ExitCode {
         console_input: true,
         vcpu_confine: None,
         confine: None,
+        snapshot: None,
         exit: match vmm::ExitSignal::new() {
             Ok(e) => std::sync::Arc::new(e),
             Err(e) => {
@@ -460,7 +461,10 @@ fn boot(args: BootArgs) -> ExitCode {
             eprintln!("vm: error: {msg}");
             ExitCode::from(EXIT_VM_FAILED)
         }
-        ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => ExitCode::SUCCESS,
+        ExitReason::Reset
+        | ExitReason::PowerOff
+        | ExitReason::Stopped
+        | ExitReason::SnapshotPoint => ExitCode::SUCCESS,
     }
 }
 

@@ -243,6 +243,7 @@ fn vm_config(
         vcpu_confine: Some(Arc::new(crate::seccomp::install_vcpu)),
         // Set by the VMM child (see `vm_process`).
         confine: None,
+        snapshot: None,
     }
 }
 

@@ -301,6 +301,7 @@ fn guest_failure(reason: &ExitReason) -> Option<String> {
             "KVM could not run the guest on vCPU {cpu}: {detail}"
         )),
         ExitReason::VmmError(m) => Some(m.clone()),
+        ExitReason::SnapshotPoint => Some("the guest stopped at a snapshot point in a VM not being snapshotted".into()),
         ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => None,
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::mmio::{MmioTransport, MMIO_SIZE, NOTIFY_OFFSET};
+use devices::virtio::mmio::{MmioTransport, Placeholder, MMIO_SIZE, NOTIFY_OFFSET};
 use devices::virtio::{Interrupt, VirtioDevice};
 use devices::Bus;
 use event_manager::MutEventSubscriber;
@@ -100,13 +100,50 @@ impl DeviceManager {
         self.mmio
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_SIZE)
             .map_err(Error::Bus)?;
-        self.cmdline
-            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        self.cmdline.push(slot_param(base, irq));
         self.subscribers.push(device.clone());
         self.next_irq += 1;
         self.next_base += MMIO_SIZE;
         Ok(device)
     }
+}
+
+impl DeviceManager {
+    /// How many slots (devices and placeholders) are in use.
+    pub fn slots(&self) -> usize {
+        (self.next_irq - FIRST_IRQ) as usize
+    }
+
+    /// An empty slot (see [`Placeholder`]): it keeps the place, the IRQ
+    /// and the command-line entry a device may take in a restored VM.
+    pub fn add_placeholder(&mut self) -> Result<(), Error> {
+        if self.next_irq > LAST_IRQ {
+            return Err(Error::NoIrq);
+        }
+        self.mmio
+            .insert(Arc::new(Mutex::new(Placeholder)), self.next_base, MMIO_SIZE)
+            .map_err(Error::Bus)?;
+        self.cmdline.push(slot_param(self.next_base, self.next_irq));
+        self.next_irq += 1;
+        self.next_base += MMIO_SIZE;
+        Ok(())
+    }
+}
+
+/// The most slots a VM can have (one IRQ each).
+pub const MAX_SLOTS: usize = (LAST_IRQ - FIRST_IRQ + 1) as usize;
+
+fn slot_param(base: u64, irq: u32) -> String {
+    format!("virtio_mmio.device=4K@{base:#x}:{irq}")
+}
+
+/// The command-line entries of the first `n` slots, as a VM with `n`
+/// devices and placeholders has them.
+pub fn slots_cmdline(n: usize) -> String {
+    (0..n.min(MAX_SLOTS))
+        .map(|i| slot_param(MMIO_GAP_START + i as u64 * MMIO_SIZE, FIRST_IRQ + i as u32))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Clones of a device's queue eventfds (the device keeps the originals).
@@ -116,4 +153,34 @@ fn queue_events<D: VirtioDevice>(device: &D) -> Result<Vec<EventFd>, Error> {
         .iter()
         .map(|e| e.try_clone().map_err(Error::Io))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_take_the_slots_devices_would() {
+        let mut dm = DeviceManager::new();
+        for _ in 0..3 {
+            dm.add_placeholder().expect("slot");
+        }
+        assert_eq!(dm.slots(), 3);
+        assert_eq!(dm.cmdline.join(" "), slots_cmdline(3));
+        assert!(slots_cmdline(2).ends_with(&format!(
+            "4K@{:#x}:{}",
+            MMIO_GAP_START + MMIO_SIZE,
+            FIRST_IRQ + 1
+        )));
+        // A placeholder reads as a virtio-mmio device with device ID 0.
+        let mut word = [0u8; 4];
+        dm.mmio.read(MMIO_GAP_START, &mut word);
+        assert_eq!(u32::from_le_bytes(word), 0x7472_6976);
+        dm.mmio.read(MMIO_GAP_START + 8, &mut word);
+        assert_eq!(u32::from_le_bytes(word), 0);
+        for _ in 3..MAX_SLOTS {
+            dm.add_placeholder().expect("slot");
+        }
+        assert!(matches!(dm.add_placeholder(), Err(Error::NoIrq)));
+    }
 }

@@ -22,6 +22,9 @@ pub enum ExitReason {
     /// The host side stopped the VM (`vm run` once the container is done,
     /// or when the guest did not answer in time).
     Stopped,
+    /// The guest of a VM built to be snapshotted reached the point where
+    /// it is to be saved.
+    SnapshotPoint,
 }
 
 impl ExitReason {

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod host;
 pub mod loader;
 pub mod memory;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

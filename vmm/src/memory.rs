@@ -213,6 +213,90 @@ fn map_aligned(len: usize) -> std::io::Result<usize> {
     Ok(aligned)
 }
 
+/// Guest RAM from a snapshot's memory file, mapped privately at the
+/// same 2 MiB-aligned addresses [`create`] uses: pages are read from the
+/// file when first touched, and the guest's writes go to its own copies,
+/// never to the file. `file` must hold `mem_bytes` bytes (checked on
+/// load); the ranges follow each other in it.
+pub fn from_snapshot(mem_bytes: u64, file: &File) -> Result<(GuestMem, Mappings), Error> {
+    let mib = mem_bytes >> 20;
+    let mut maps = Mappings(Vec::new());
+    let mut regions = Vec::new();
+    let mut file_offset = 0u64;
+    for (start, len) in ram_ranges(mem_bytes) {
+        let size = usize::try_from(len).map_err(|_| Error::TooLarge(mib))?;
+        let addr = map_aligned(size).map_err(|source| Error::Map { mib, source })?;
+        maps.0.push((addr, size));
+        let off = libc::off_t::try_from(file_offset).map_err(|_| Error::TooLarge(mib))?;
+        // SAFETY: MAP_FIXED over the window reserved just above, which
+        // nothing uses yet; a private mapping of a file opened read-only.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let source = std::io::Error::last_os_error();
+            return Err(Error::Map { mib, source });
+        }
+        // SAFETY: `addr..addr + size` is the private mapping made above,
+        // kept until `maps` is dropped.
+        let region = unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(addr as *mut u8) }
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE)
+            .build()
+            .map_err(|source| Error::Region { mib, source })?;
+        let region =
+            GuestRegionMmap::new(region, GuestAddress(start)).ok_or(Error::TooLarge(mib))?;
+        regions.push(region);
+        file_offset += len;
+    }
+    let mem =
+        GuestMemoryMmap::from_regions(regions).map_err(|source| Error::Layout { mib, source })?;
+    Ok((mem, maps))
+}
+
+/// Writes guest RAM into `file`, range after range, as a sparse file:
+/// pages that are all zero (most of a freshly booted guest) are holes.
+/// Returns the bytes written.
+pub fn save(mem: &GuestMem, file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let len = usize::try_from(region.len()).map_err(std::io::Error::other)?;
+        // SAFETY: the region is a live mapping of `len` bytes owned by
+        // `mem`, and no vCPU runs while a snapshot is taken.
+        let bytes = unsafe { std::slice::from_raw_parts(region.as_ptr(), len) };
+        let mut page = 0;
+        while page < len {
+            let is_zero = |p: usize| bytes[p..(p + PAGE).min(len)].iter().all(|&b| b == 0);
+            if is_zero(page) {
+                page += PAGE;
+                continue;
+            }
+            // A run of pages with data, written at once.
+            let mut end = page + PAGE;
+            while end < len && !is_zero(end) {
+                end += PAGE;
+            }
+            let end = end.min(len);
+            file.write_all_at(&bytes[page..end], offset + page as u64)?;
+            written += (end - page) as u64;
+            page = end;
+        }
+        offset += region.len();
+    }
+    file.set_len(offset)?;
+    Ok(written)
+}
+
 pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region.as_ptr() as u64;

@@ -113,12 +113,17 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
     pub confine: Option<crate::vm::VcpuConfine>,
+    /// Whether the guest's write to the snapshot port ends the VM (only
+    /// in a VM built to be snapshotted; any other VM ignores the port).
+    pub snapshot_point: bool,
 }
 
 pub struct VcpuHandle {
     id: u8,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<VcpuFd>>,
+    /// The vCPU, once its thread has been joined.
+    fd: Option<VcpuFd>,
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -139,12 +144,16 @@ pub fn spawn(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) -> Result<VcpuHandle, E
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .stack_size(256 * 1024)
-        .spawn(move || run_loop(&mut vcpu, id, &ctx, &thread_stop))
+        .spawn(move || {
+            run_loop(&mut vcpu, id, &ctx, &thread_stop);
+            vcpu
+        })
         .map_err(Error::Spawn)?;
     Ok(VcpuHandle {
         id,
         stop,
         thread: Some(thread),
+        fd: None,
     })
 }
 
@@ -162,7 +171,7 @@ pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) -> bool {
             let finished = h.thread.as_ref().is_none_or(|t| t.is_finished());
             if finished {
                 if let Some(t) = h.thread.take() {
-                    let _ = t.join();
+                    h.fd = t.join().ok();
                 }
             } else {
                 running += 1;
@@ -184,6 +193,12 @@ pub fn stop_all(handles: &mut [VcpuHandle], timeout: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The vCPUs of threads [`stop_all`] joined, in the order given; `None`
+/// if any is missing (a thread that did not stop or that panicked).
+pub fn collect(handles: &mut [VcpuHandle]) -> Option<Vec<VcpuFd>> {
+    handles.iter_mut().map(|h| h.fd.take()).collect()
 }
 
 /// Reports a vCPU thread that ends without saying why (it panicked), so
@@ -246,6 +261,11 @@ fn run_loop(vcpu: &mut VcpuFd, id: u8, ctx: &VcpuContext, stop: &AtomicBool) {
 /// Dispatch one exit. Returns why the VM must end, if it must.
 fn handle_exit(exit: VcpuExit, id: u8, ctx: &VcpuContext) -> Option<ExitReason> {
     match exit {
+        VcpuExit::IoOut(crate::snapshot::POINT_PORT, [crate::snapshot::POINT_MAGIC])
+            if ctx.snapshot_point =>
+        {
+            Some(ExitReason::SnapshotPoint)
+        }
         VcpuExit::IoOut(port, data) => {
             ctx.pio.write(u64::from(port), data);
             None

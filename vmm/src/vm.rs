@@ -23,12 +23,14 @@ use crate::console::ConsoleOut;
 use crate::device_manager::{DeviceManager, Subscriber};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::loader::{self, BootSpec};
-use crate::{device_manager, host, memory, vcpu};
+use crate::{device_manager, host, memory, snapshot, vcpu};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::fs::{Fs, FsConfig};
-use devices::virtio::rng::Rng;
 use devices::virtio::net::{Net, NetConfig};
+use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockConfig};
+use std::os::unix::fs::OpenOptionsExt;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// The smallest guest that can boot our kernel with an initramfs.
 pub const MIN_MEMORY_MIB: u64 = 16;
@@ -72,7 +74,35 @@ pub struct VmConfig {
     /// any guest code runs: the container runtime jails the process
     /// there. A failure ends the VM before it starts.
     pub confine: Option<Confine>,
+    /// Take a snapshot of this VM, or start from one.
+    pub snapshot: Option<SnapshotUse>,
 }
+
+/// What a VM does with a snapshot (see [`crate::snapshot`]).
+pub enum SnapshotUse {
+    /// Boot with no devices, `slots` empty virtio-mmio slots in their
+    /// place, and save the VM into `dir` (which must be empty) when the
+    /// guest reaches its snapshot point; the VM then ends with
+    /// [`ExitReason::SnapshotPoint`].
+    Take {
+        dir: PathBuf,
+        key: String,
+        slots: usize,
+    },
+    /// Start from the snapshot in `dir`, taken with `key` and `slots`,
+    /// with this VM's devices in its slots. When it cannot be used (it
+    /// does not match, it is corrupt, this VM needs shared memory or more
+    /// slots), the VM boots cold and `on_cold` is told why.
+    Restore {
+        dir: PathBuf,
+        key: String,
+        slots: usize,
+        on_cold: Option<OnCold>,
+    },
+}
+
+/// See [`SnapshotUse::Restore`].
+pub type OnCold = Box<dyn Fn(&str) + Send>;
 
 /// See [`VmConfig::confine`].
 pub type Confine = Box<dyn FnOnce() -> Result<(), String> + Send>;
@@ -115,6 +145,8 @@ pub enum Error {
     Fs(#[from] devices::virtio::fs::Error),
     #[error("network device: {0}")]
     Net(#[from] devices::virtio::net::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::snapshot::Error),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("{0}")]
@@ -201,12 +233,28 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     .map_err(kvm_err("create PIT"))?;
 
     let mem_bytes = cfg.memory_mib << 20;
+    let caps = HostCaps {
+        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported CPUID"))?;
+    let (take, restore) = snapshot_plan(&mut cfg, mem_bytes, &base_cpuid, caps);
     // Declared before everything that uses guest memory, so dropped after.
-    let (mem, mappings) = memory::create(mem_bytes, !cfg.filesystems.is_empty())?;
+    let (mem, mappings) = match &restore {
+        Some(r) => memory::from_snapshot(mem_bytes, &r.memory)?,
+        None => memory::create(mem_bytes, !cfg.filesystems.is_empty())?,
+    };
     memory::register(&vm, &mem)?;
 
-    // virtio devices.
+    // virtio devices (none in a VM being snapshotted: its slots are empty).
     let mut dm = DeviceManager::new();
+    if take.is_some() {
+        cfg.disks.clear();
+        cfg.nets.clear();
+        cfg.filesystems.clear();
+        cfg.vsock = None;
+    }
     for disk in &cfg.disks {
         dm.add_virtio(&vm, &mem, |irq| {
             Block::new(disk, mem.clone(), irq).map_err(Error::Disk)
@@ -227,21 +275,39 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
             Vsock::new(v, mem.clone(), irq).map_err(Error::Vsock)
         })?;
     }
-    dm.add_virtio(&vm, &mem, |irq| {
-        Rng::new(mem.clone(), irq).map_err(Error::Io)
-    })?;
+    if take.is_none() {
+        dm.add_virtio(&vm, &mem, |irq| {
+            Rng::new(mem.clone(), irq).map_err(Error::Io)
+        })?;
+    }
+    let slots = take
+        .as_ref()
+        .map(|t| t.slots)
+        .or(restore.as_ref().map(|r| r.slots));
+    if let Some(slots) = slots {
+        while dm.slots() < slots {
+            dm.add_placeholder()?;
+        }
+    }
 
     let cmdline = full_cmdline(&dm.cmdline.join(" "), &cfg.cmdline);
-    let loaded = loader::load(
-        &mem,
-        &BootSpec {
-            kernel: &cfg.kernel,
-            initrd: cfg.initrd.as_deref(),
-            cmdline: &cmdline,
-            mem_bytes,
-            cpus: cfg.cpus,
-        },
-    )?;
+    // A restored guest has its kernel, and its command line, in memory.
+    let entry = match &restore {
+        Some(_) => None,
+        None => Some(
+            loader::load(
+                &mem,
+                &BootSpec {
+                    kernel: &cfg.kernel,
+                    initrd: cfg.initrd.as_deref(),
+                    cmdline: &cmdline,
+                    mem_bytes,
+                    cpus: cfg.cpus,
+                },
+            )?
+            .entry,
+        ),
+    };
 
     // Devices.
     let exit = cfg.exit.clone();
@@ -252,10 +318,12 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         std::mem::replace(&mut cfg.console, Box::new(io::sink())),
         exit.clone(),
     );
-    let serial = Arc::new(Mutex::new(Serial::new(
-        EventFdTrigger::new(serial_irq),
-        console,
-    )));
+    let serial = match &restore {
+        Some(r) => Serial::with_state(EventFdTrigger::new(serial_irq), console, r.state.serial)
+            .map_err(Error::Devices)?,
+        None => Serial::new(EventFdTrigger::new(serial_irq), console),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     let reset_evt = EventFd::new(EFD_NONBLOCK)?;
     let i8042 = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(
         reset_evt.try_clone()?,
@@ -279,20 +347,35 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         .map_err(dev_err)?;
 
     // vCPUs.
-    let base_cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("get supported CPUID"))?;
-    let caps = HostCaps {
-        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
-    };
+    if let Some(r) = &restore {
+        snapshot::restore_vm(&vm, &r.state.vm)?;
+    }
     let mut fds = Vec::with_capacity(usize::from(cfg.cpus));
     for id in 0..cfg.cpus {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| vcpu::Error::Create { id, source })?;
-        vcpu::configure(&fd, id, cfg.cpus, &base_cpuid, caps, &mem, loaded.entry)?;
+        match (&restore, entry) {
+            (Some(r), _) => {
+                let saved = r
+                    .state
+                    .vcpus
+                    .get(usize::from(id))
+                    .ok_or_else(|| snapshot::Error::Mismatch(format!("it has no vCPU {id}")))?;
+                snapshot::restore_vcpu(&fd, saved)?;
+            }
+            (None, Some(entry)) => {
+                vcpu::configure(&fd, id, cfg.cpus, &base_cpuid, caps, &mem, entry)?
+            }
+            (None, None) => {
+                return Err(Error::EventLoop(
+                    "neither a kernel nor a snapshot to start".into(),
+                ))
+            }
+        }
         fds.push(fd);
     }
+    drop(restore);
     if let Some(confine) = cfg.confine.take() {
         confine().map_err(Error::Confine)?;
     }
@@ -305,6 +388,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         mmio: Arc::new(std::mem::take(&mut dm.mmio)),
         exit: exit.clone(),
         confine: cfg.vcpu_confine.clone(),
+        snapshot_point: take.is_some(),
     };
     let mut handles = Vec::with_capacity(fds.len());
     for (id, fd) in fds.into_iter().enumerate() {
@@ -327,11 +411,21 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         &serial,
         std::mem::take(&mut dm.subscribers),
     );
-    if !vcpu::stop_all(&mut handles, Duration::from_secs(2)) {
+    let stopped = vcpu::stop_all(&mut handles, Duration::from_secs(2));
+    if !stopped {
         // A vCPU that did not stop may still reach guest memory through
         // a device: keep it mapped until the process ends.
         mappings.leak();
     }
+    let snapshot_result = match &take {
+        Some(t) if stopped && exit.get() == Some(ExitReason::SnapshotPoint) => {
+            let state = serial.lock().unwrap_or_else(|e| e.into_inner()).state();
+            let fds = vcpu::collect(&mut handles)
+                .ok_or_else(|| Error::EventLoop("a vCPU thread ended without its vCPU".into()));
+            fds.and_then(|mut fds| save_snapshot(t, &cmdline, &kvm, &vm, &mut fds, &mem, state))
+        }
+        _ => Ok(()),
+    };
     let mut serial = serial.lock().unwrap_or_else(|e| e.into_inner());
     let console = serial.writer_mut();
     let _ = console.flush();
@@ -341,6 +435,7 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
     let panic = console.panic_message().map(str::to_string);
     drop(serial);
     result?;
+    snapshot_result?;
     let mut reason = exit
         .get()
         .unwrap_or_else(|| ExitReason::VmmError("the VM stopped without a reason".into()));
@@ -355,6 +450,138 @@ pub fn run(mut cfg: VmConfig) -> Result<Outcome, Error> {
         reason,
         console_tail,
     })
+}
+
+/// What a VM about to be snapshotted needs.
+struct Take {
+    dir: PathBuf,
+    key: String,
+    slots: usize,
+}
+
+/// A snapshot that was checked and will be restored.
+struct Restore {
+    state: snapshot::State,
+    memory: std::fs::File,
+    slots: usize,
+}
+
+/// The CPUID each vCPU gets on this host.
+fn host_cpuids(
+    base: &kvm_bindings::CpuId,
+    cpus: u8,
+    caps: HostCaps,
+) -> Vec<Vec<kvm_bindings::kvm_cpuid_entry2>> {
+    (0..cpus)
+        .map(|id| {
+            let mut c = base.clone();
+            crate::arch::cpuid::normalize(c.as_mut_slice(), id, cpus, caps);
+            c.as_slice().to_vec()
+        })
+        .collect()
+}
+
+/// Whether this VM takes a snapshot, restores one, or boots cold (also
+/// when the snapshot it was given cannot be used: `on_cold` hears why).
+fn snapshot_plan(
+    cfg: &mut VmConfig,
+    mem_bytes: u64,
+    base_cpuid: &kvm_bindings::CpuId,
+    caps: HostCaps,
+) -> (Option<Take>, Option<Restore>) {
+    match cfg.snapshot.take() {
+        None => (None, None),
+        Some(SnapshotUse::Take { dir, key, slots }) => (Some(Take { dir, key, slots }), None),
+        Some(SnapshotUse::Restore {
+            dir,
+            key,
+            slots,
+            on_cold,
+        }) => {
+            let devices = cfg.disks.len() + cfg.nets.len() + usize::from(cfg.vsock.is_some()) + 1;
+            let usable = if !cfg.filesystems.is_empty() {
+                Err("virtio-fs needs guest memory shared with its daemon".to_string())
+            } else if devices > slots {
+                Err(format!("{devices} devices do not fit its {slots} slots"))
+            } else {
+                let cmdline = full_cmdline(&device_manager::slots_cmdline(slots), &cfg.cmdline);
+                let cpuids = host_cpuids(base_cpuid, cfg.cpus, caps);
+                snapshot::load(
+                    &dir,
+                    &snapshot::Expect {
+                        key: &key,
+                        cmdline: &cmdline,
+                        memory_bytes: mem_bytes,
+                        cpuids: &cpuids,
+                    },
+                )
+                .map_err(|e| e.to_string())
+            };
+            match usable {
+                Ok((state, memory)) => (
+                    None,
+                    Some(Restore {
+                        state,
+                        memory,
+                        slots,
+                    }),
+                ),
+                Err(why) => {
+                    if let Some(f) = on_cold {
+                        f(&format!(
+                            "not starting from snapshot {}: {why}",
+                            dir.display()
+                        ));
+                    }
+                    (None, None)
+                }
+            }
+        }
+    }
+}
+
+/// Saves a VM stopped at its snapshot point into `t.dir`.
+fn save_snapshot(
+    t: &Take,
+    cmdline: &str,
+    kvm: &kvm_ioctls::Kvm,
+    vm: &kvm_ioctls::VmFd,
+    fds: &mut [kvm_ioctls::VcpuFd],
+    mem: &memory::GuestMem,
+    serial: [u8; 9],
+) -> Result<(), Error> {
+    let msrs = snapshot::msr_list(kvm)?;
+    let vcpus = fds
+        .iter_mut()
+        .map(|fd| snapshot::save_vcpu(fd, &msrs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let vm_state = snapshot::save_vm(vm)?;
+    let path = t.dir.join(snapshot::MEMORY_FILE);
+    let io = |source| snapshot::Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    memory::save(mem, &file).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    snapshot::write_state(
+        &t.dir,
+        &snapshot::State {
+            format: snapshot::FORMAT,
+            key: t.key.clone(),
+            cmdline: cmdline.to_string(),
+            memory_bytes: mem.iter().map(|r| r.len()).sum(),
+            vcpus,
+            vm: vm_state,
+            serial,
+        },
+    )?;
+    Ok(())
 }
 
 /// Wait for the guest to end, feeding stdin to the serial console and
@@ -487,6 +714,7 @@ mod tests {
             exit: Arc::new(ExitSignal::new().expect("eventfd")),
             vcpu_confine: None,
             confine: None,
+            snapshot: None,
         }
     }
 

@@ -39,6 +39,43 @@ impl<W: Write + Send> Serial<W> {
         }
     }
 
+    /// A UART with the registers of `state` (from [`Serial::state`]),
+    /// as a restored guest left it; input it had not read is lost.
+    pub fn with_state(irq: EventFdTrigger, out: W, state: [u8; 9]) -> Result<Self, String> {
+        let [dll, dlh, ier, iir, lcr, lsr, mcr, msr, scr] = state;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: dll,
+            baud_divisor_high: dlh,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch: scr,
+            in_buffer: Vec::new(),
+        };
+        vm_superio::Serial::from_state(&state, irq, vm_superio::serial::NoEvents, out)
+            .map(|inner| Self { inner })
+            .map_err(|e| format!("serial state: {e:?}"))
+    }
+
+    /// The registers the guest programmed, for a snapshot.
+    pub fn state(&self) -> [u8; 9] {
+        let s = self.inner.state();
+        [
+            s.baud_divisor_low,
+            s.baud_divisor_high,
+            s.interrupt_enable,
+            s.interrupt_identification,
+            s.line_control,
+            s.line_status,
+            s.modem_control,
+            s.modem_status,
+            s.scratch,
+        ]
+    }
+
     pub fn writer_mut(&mut self) -> &mut W {
         self.inner.writer_mut()
     }
@@ -90,5 +127,21 @@ mod tests {
         let mut two = [0u8; 2];
         serial.read(0, &mut two);
         assert_eq!(two, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let mut serial = Serial::new(EventFdTrigger::new(irq), Vec::new());
+        serial.write(1, &[0x03]); // IER
+        serial.write(3, &[0x1b]); // LCR
+        serial.write(7, &[0x5a]); // scratch
+        let state = serial.state();
+        let irq = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let restored =
+            Serial::with_state(EventFdTrigger::new(irq), Vec::new(), state).expect("restores");
+        assert_eq!(restored.state(), state);
+        assert_eq!(state[2], 0x03);
+        assert_eq!(state[8], 0x5a);
     }
 }
