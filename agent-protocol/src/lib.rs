@@ -25,7 +25,7 @@ pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use spec::*;
 
 /// Bumped on any change that an older peer would misread.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 
 /// vsock ports on the host (CID 2) that the agent connects to.
 pub mod port {
@@ -43,6 +43,11 @@ pub mod port {
 /// The kernel command-line parameter that tells the agent to connect to
 /// the host and run a container (its value is the control port).
 pub const CMDLINE_PARAM: &str = "vm.agent";
+
+/// The kernel command-line flag of a VM booted to be snapshotted: the
+/// agent stops at its snapshot point before it touches any device, and
+/// binds the devices once restored.
+pub const SNAPSHOT_PARAM: &str = "vm.snapshot";
 
 #[cfg(test)]
 mod tests;

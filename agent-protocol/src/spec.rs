@@ -19,9 +19,16 @@ pub enum HostMessage {
     /// Start another process in the running container.
     Exec(Box<ExecSpec>),
     /// Deliver a signal to an exec'd process.
-    ExecSignal { id: u32, signal: i32 },
+    ExecSignal {
+        id: u32,
+        signal: i32,
+    },
     /// An exec'd process's terminal has a new size.
-    ExecResize { id: u32, rows: u16, cols: u16 },
+    ExecResize {
+        id: u32,
+        rows: u16,
+        cols: u16,
+    },
     /// A connection to a published port: connect to the host's vsock
     /// `port`, write `token` and a newline, connect to TCP
     /// `address:target` (the guest's own address), and carry bytes both
@@ -59,12 +66,21 @@ pub enum AgentMessage {
         message: String,
     },
     /// An exec'd process runs.
-    ExecStarted { id: u32 },
+    ExecStarted {
+        id: u32,
+    },
     /// An exec'd process ended (after its output reached end of file);
     /// `code` as for `Exited` (126/127 when it could not be run).
-    ExecExited { id: u32, code: i32 },
+    ExecExited {
+        id: u32,
+        code: i32,
+    },
     /// An exec'd process could not be started at all.
-    ExecFailed { id: u32, code: i32, message: String },
+    ExecFailed {
+        id: u32,
+        code: i32,
+        message: String,
+    },
 }
 
 /// Another process in the running container (`vm exec`).
@@ -201,6 +217,14 @@ pub struct RunSpec {
     /// What the container's namespaces get beyond the process.
     #[serde(default)]
     pub options: ContainerOptions,
+    /// Fresh bytes from the host's generator, mixed into the guest's
+    /// (a VM restored from a snapshot starts with the snapshot's state).
+    #[serde(default)]
+    pub seed: Vec<u8>,
+    /// The host's time (nanoseconds since the epoch), for the guest's
+    /// clock; 0 leaves it.
+    #[serde(default)]
+    pub host_time_ns: u64,
 }
 
 /// The container as a whole (its namespaces, not one process).

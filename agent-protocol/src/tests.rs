@@ -85,6 +85,8 @@ fn spec() -> RunSpec {
             shm_size: 1 << 27,
             pids_limit: Some(100),
         },
+        seed: vec![7; 64],
+        host_time_ns: 1_700_000_000_000_000_000,
     }
 }
 

@@ -107,13 +107,25 @@ pub struct RunArgs {
     #[arg(long = "health-cmd", value_name = "CMD")]
     health_cmd: Option<String>,
     /// Time between checks (default 30s).
-    #[arg(long = "health-interval", value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(
+        long = "health-interval",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     health_interval: Option<String>,
     /// Time one check may take (default 30s).
-    #[arg(long = "health-timeout", value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(
+        long = "health-timeout",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     health_timeout: Option<String>,
     /// Time after the start when failures do not count (default 0s).
-    #[arg(long = "health-start-period", value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(
+        long = "health-start-period",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     health_start_period: Option<String>,
     /// Failures in a row that make it unhealthy (default 3).
     #[arg(long = "health-retries", value_name = "N", allow_hyphen_values = true)]
@@ -221,6 +233,10 @@ pub struct RunArgs {
     /// Show the guest kernel's console on stderr.
     #[arg(long)]
     debug: bool,
+    /// Boot the guest kernel cold instead of starting from a snapshot of
+    /// a booted guest (VM_SNAPSHOT=0 does the same for every run).
+    #[arg(long = "no-snapshot")]
+    no_snapshot: bool,
     /// Pull the image: `missing` (default), `always` or `never`.
     #[arg(long, default_value = "missing", value_parser = parse_pull)]
     pull: PullPolicy,
@@ -419,6 +435,7 @@ impl RunArgs {
                 blkio_weight: self.blkio_weight.filter(|w| *w != 0),
             },
             debug: self.debug,
+            no_snapshot: self.no_snapshot,
             pull: self.pull,
             auto_remove: self.rm,
             restart: self.restart,

@@ -25,6 +25,7 @@ mod pty;
 mod rootfs;
 mod run;
 mod security;
+mod snapshot;
 mod sysinfo;
 mod system;
 mod users;
@@ -46,6 +47,13 @@ fn main() {
     boot_timer::signal_userspace_started();
 
     if let Some(port) = host_link::control_port() {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if snapshot::wanted(&cmdline) {
+            snapshot::point();
+            // Restored: a new VM from here on.
+            snapshot::after_restore(&cmdline);
+            boot_timer::signal_userspace_started();
+        }
         run::main(port);
         power::off();
     }

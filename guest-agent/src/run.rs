@@ -4,8 +4,8 @@
 //! how it ended.
 
 use std::fs::File;
-use std::net::SocketAddr;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -61,7 +61,9 @@ fn run(control_port: u32) -> io::Result<()> {
     // Signals the host sent while we waited for it to seal the image disk
     // are for the process: delivered once it runs.
     let mut early = Vec::new();
-    let started = prepare(&spec, &mut || seal_handshake(&mut control, &mut early))
+    let started = crate::snapshot::fresh_start(&spec.seed, spec.host_time_ns)
+        .map_err(|e| Fail::setup(format!("making the VM its own: {e}")))
+        .and_then(|()| prepare(&spec, &mut || seal_handshake(&mut control, &mut early)))
         .and_then(|init| {
             start(spec.process.terminal, streams, |stdio, pty| {
                 container::spawn(&init, stdio, pty)
@@ -150,8 +152,16 @@ impl Streams {
         };
         Ok(Self {
             stdout: open(ports.stdout)?,
-            stderr: if terminal { None } else { Some(open(ports.stderr)?) },
-            stdin: if stdin { Some(open(ports.stdin)?) } else { None },
+            stderr: if terminal {
+                None
+            } else {
+                Some(open(ports.stderr)?)
+            },
+            stdin: if stdin {
+                Some(open(ports.stdin)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -202,7 +212,8 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
     )?;
     write("resolv.conf", crate::network::resolv_conf(&spec.network))?;
     crate::network::configure(&spec.network).map_err(|e| setup("the network", &e))?;
-    crate::cgroup::setup(spec.options.pids_limit).map_err(|e| setup("the container's cgroup", &e))?;
+    crate::cgroup::setup(spec.options.pids_limit)
+        .map_err(|e| setup("the container's cgroup", &e))?;
     Ok(InitSpec {
         root: root.display().to_string(),
         etc_dir: etc.display().to_string(),
@@ -446,7 +457,10 @@ impl Running {
             let pty = self.pty.as_ref().and_then(|p| p.try_clone().ok());
             let (execs, reports) = (execs.clone(), reports.clone());
             let run = move || control_loop(reader, init, pty, &execs, &reports);
-            if let Err(e) = std::thread::Builder::new().name("control".into()).spawn(run) {
+            if let Err(e) = std::thread::Builder::new()
+                .name("control".into())
+                .spawn(run)
+            {
                 eprintln!("vm-agent: cannot start the control thread: {e}");
             }
         }

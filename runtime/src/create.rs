@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub limits: crate::limits::Limits,
     /// The guest kernel's console on the monitor's stderr.
     pub debug: bool,
+    /// Boot the guest cold, never from a snapshot (`--no-snapshot`).
+    pub no_snapshot: bool,
     pub pull: PullPolicy,
     /// Remove the container when it ends.
     pub auto_remove: bool,
@@ -183,6 +185,7 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
         scratch_mib: opts.scratch_mib,
         limits: opts.limits,
         debug: opts.debug,
+        no_snapshot: opts.no_snapshot,
         restart: opts.restart,
         auto_remove: opts.auto_remove,
         stop_signal: opts.stop_signal.unwrap_or(libc::SIGTERM),
@@ -225,7 +228,10 @@ pub fn create(opts: &RunOptions, state: &Path, observer: &mut dyn Observer) -> R
     });
     if created.is_err() {
         // The anonymous volumes made for it are nobody's.
-        for m in mounts.iter().filter(|m| m.anonymous && !m.source.is_empty()) {
+        for m in mounts
+            .iter()
+            .filter(|m| m.anonymous && !m.source.is_empty())
+        {
             let _ = crate::volume::remove(state, &m.source);
         }
     }

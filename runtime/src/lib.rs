@@ -6,12 +6,12 @@
 //! caller can match on.
 
 mod assets;
-mod cgroup;
-pub mod cpuset;
 pub mod builtin;
+mod cgroup;
 pub mod client;
 pub mod container;
 pub mod copy;
+pub mod cpuset;
 pub mod create;
 pub mod error;
 pub mod frames;
@@ -19,8 +19,6 @@ pub mod health;
 pub mod in_use;
 mod jail;
 pub mod limits;
-mod seccomp;
-pub mod security;
 pub mod logfile;
 pub mod monitor;
 pub mod network;
@@ -28,7 +26,10 @@ mod proctitle;
 pub mod pull;
 pub mod rootfs_cache;
 mod scratch;
+mod seccomp;
+pub mod security;
 mod session;
+mod snapshot;
 pub mod spec;
 mod start;
 pub mod timing;

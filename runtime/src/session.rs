@@ -231,6 +231,11 @@ impl Session {
         let _ = control.set_read_timeout(None);
         crate::timing::mark("agent-hello");
         let (terminal, stdin) = (spec.process.terminal, spec.process.stdin);
+        let mut spec = spec;
+        spec.seed = fresh_seed()?;
+        spec.host_time_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
         write_frame(&mut control, &HostMessage::Run(Box::new(spec)))
             .map_err(|e| Error::Protocol(format!("sending the run spec: {e}")))?;
         let mut pumps = Vec::new();
@@ -380,6 +385,22 @@ fn copy_out(stream: Stream, mut from: UnixStream, to: &dyn Output) {
     to.end(stream);
 }
 
+/// 64 bytes from the host's generator for the guest's (see
+/// `RunSpec::seed`). Failing to get them fails the start: a guest
+/// restored from a snapshot must not run on the snapshot's seed alone.
+fn fresh_seed() -> Result<Vec<u8>, Error> {
+    let mut b = vec![0u8; 64];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(Error::Protocol(format!(
+            "no random bytes from the host for the guest: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(b)
+}
+
 #[cfg(test)]
 mod tests {
     //! A fake agent on the guest's side of the sockets: what a hostile
@@ -439,6 +460,8 @@ mod tests {
             network: Default::default(),
             mounts: Vec::new(),
             options: Default::default(),
+            seed: Vec::new(),
+            host_time_ns: 0,
         }
     }
 

@@ -102,6 +102,9 @@ pub fn prepare(
         ),
         mounts: Vec::new(),
         options: c.config.options.clone(),
+        // Set when the spec is sent.
+        seed: Vec::new(),
+        host_time_ns: 0,
     };
     let seal = match &cache {
         rootfs_cache::Entry::Miss(p) => Some(p.seal.clone()),

@@ -217,6 +217,9 @@ fn run_vm(mut plan: Plan, channel: &UnixStream, monitor: Pid) -> std::result::Re
     if let Some(i) = &mut config.initrd {
         absolute(i)?;
     }
+    if let Some(vmm::vm::SnapshotUse::Restore { dir, .. }) = &mut config.snapshot {
+        absolute(dir)?;
+    }
     for d in &mut config.disks {
         absolute(&mut d.path)?;
         for p in &mut d.parts {
@@ -301,7 +304,9 @@ fn guest_failure(reason: &ExitReason) -> Option<String> {
             "KVM could not run the guest on vCPU {cpu}: {detail}"
         )),
         ExitReason::VmmError(m) => Some(m.clone()),
-        ExitReason::SnapshotPoint => Some("the guest stopped at a snapshot point in a VM not being snapshotted".into()),
+        ExitReason::SnapshotPoint => {
+            Some("the guest stopped at a snapshot point in a VM not being snapshotted".into())
+        }
         ExitReason::Reset | ExitReason::PowerOff | ExitReason::Stopped => None,
     }
 }

@@ -114,10 +114,16 @@ pub fn msr_list(kvm: &Kvm) -> Result<Vec<u32>> {
     Ok(list)
 }
 
-/// Saves one vCPU that has left KVM_RUN. A pending port or MMIO exit is
+/// Saves one vCPU that has left KVM_RUN, with the CPUID it was given
+/// (KVM's own copy has bits that follow the guest's registers, such as
+/// OSXSAVE, which a restore sets again). A pending port or MMIO exit is
 /// completed first (KVM_RUN with `immediate_exit`), as KVM asks before
 /// its state is read.
-pub fn save_vcpu(vcpu: &mut VcpuFd, msr_list: &[u32]) -> Result<VcpuState> {
+pub fn save_vcpu(
+    vcpu: &mut VcpuFd,
+    msr_list: &[u32],
+    cpuid: Vec<kvm_cpuid_entry2>,
+) -> Result<VcpuState> {
     vcpu.set_kvm_immediate_exit(1);
     let run = vcpu.run().map(|_| ());
     vcpu.set_kvm_immediate_exit(0);
@@ -131,9 +137,6 @@ pub fn save_vcpu(vcpu: &mut VcpuFd, msr_list: &[u32]) -> Result<VcpuState> {
         }
         Ok(()) => {}
     }
-    let cpuid = vcpu
-        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm("get CPUID"))?;
     let mut msrs = Vec::with_capacity(msr_list.len());
     for &index in msr_list {
         let mut one = Msrs::from_entries(&[kvm_msr_entry {
@@ -148,7 +151,7 @@ pub fn save_vcpu(vcpu: &mut VcpuFd, msr_list: &[u32]) -> Result<VcpuState> {
         }
     }
     Ok(VcpuState {
-        cpuid: cpuid.as_slice().to_vec(),
+        cpuid,
         mp_state: vcpu.get_mp_state().map_err(kvm("get MP state"))?,
         regs: vcpu.get_regs().map_err(kvm("get registers"))?,
         sregs: vcpu.get_sregs().map_err(kvm("get special registers"))?,
@@ -171,7 +174,17 @@ pub fn restore_vcpu(vcpu: &VcpuFd, s: &VcpuState) -> Result<()> {
     vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
     vcpu.set_mp_state(s.mp_state).map_err(kvm("set MP state"))?;
     vcpu.set_regs(&s.regs).map_err(kvm("set registers"))?;
-    vcpu.set_sregs(&s.sregs)
+    let mut sregs = s.sregs;
+    if is_amd(&s.cpuid) && sregs.tr.type_ == TSS_BUSY {
+        // KVM on AMD reports the task register as a busy TSS (type 11)
+        // whatever its VMCB holds; the CPU ignores the type there, but
+        // QEMU's emulated SVM (our nested test host) refuses every port
+        // access from user mode of a guest whose cached TSS type is not
+        // 9, which is what `ltr` leaves. Intel's VM entry, by contrast,
+        // requires the busy type, so only AMD gets the available one.
+        sregs.tr.type_ = TSS_AVAILABLE;
+    }
+    vcpu.set_sregs(&sregs)
         .map_err(kvm("set special registers"))?;
     // SAFETY: `kvm_xsave` is the legacy 4 KiB area and KVM_SET_XSAVE
     // reads no more than that for it: the CPUID set above is this host's
@@ -192,6 +205,17 @@ pub fn restore_vcpu(vcpu: &VcpuFd, s: &VcpuState) -> Result<()> {
     }
     vcpu.set_vcpu_events(&s.events).map_err(kvm("set events"))?;
     Ok(())
+}
+
+const TSS_AVAILABLE: u8 = 9;
+const TSS_BUSY: u8 = 11;
+
+/// Whether the CPUID is an AMD CPU's ("AuthenticAMD").
+fn is_amd(cpuid: &[kvm_cpuid_entry2]) -> bool {
+    cpuid
+        .iter()
+        .find(|e| e.function == 0)
+        .is_some_and(|e| (e.ebx, e.edx, e.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163))
 }
 
 fn irqchip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {

@@ -457,6 +457,8 @@ struct Take {
     dir: PathBuf,
     key: String,
     slots: usize,
+    /// The CPUID each vCPU was given.
+    cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
 }
 
 /// A snapshot that was checked and will be restored.
@@ -491,7 +493,18 @@ fn snapshot_plan(
 ) -> (Option<Take>, Option<Restore>) {
     match cfg.snapshot.take() {
         None => (None, None),
-        Some(SnapshotUse::Take { dir, key, slots }) => (Some(Take { dir, key, slots }), None),
+        Some(SnapshotUse::Take { dir, key, slots }) => {
+            let cpuids = host_cpuids(base_cpuid, cfg.cpus, caps);
+            (
+                Some(Take {
+                    dir,
+                    key,
+                    slots,
+                    cpuids,
+                }),
+                None,
+            )
+        }
         Some(SnapshotUse::Restore {
             dir,
             key,
@@ -540,6 +553,37 @@ fn snapshot_plan(
     }
 }
 
+/// Whether the snapshot in `dir` can start a VM of this shape on this
+/// host (what a restore checks first, without building the VM).
+pub fn snapshot_usable(
+    dir: &std::path::Path,
+    key: &str,
+    cmdline: &str,
+    cpus: u8,
+    memory_mib: u64,
+    slots: usize,
+) -> Result<(), Error> {
+    let kvm = host::open_kvm()?;
+    let base = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("get supported CPUID"))?;
+    let caps = HostCaps {
+        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
+    let cpuids = host_cpuids(&base, cpus, caps);
+    let cmdline = full_cmdline(&device_manager::slots_cmdline(slots), cmdline);
+    snapshot::load(
+        dir,
+        &snapshot::Expect {
+            key,
+            cmdline: &cmdline,
+            memory_bytes: memory_mib << 20,
+            cpuids: &cpuids,
+        },
+    )?;
+    Ok(())
+}
+
 /// Saves a VM stopped at its snapshot point into `t.dir`.
 fn save_snapshot(
     t: &Take,
@@ -553,7 +597,8 @@ fn save_snapshot(
     let msrs = snapshot::msr_list(kvm)?;
     let vcpus = fds
         .iter_mut()
-        .map(|fd| snapshot::save_vcpu(fd, &msrs))
+        .zip(&t.cpuids)
+        .map(|(fd, cpuid)| snapshot::save_vcpu(fd, &msrs, cpuid.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let vm_state = snapshot::save_vm(vm)?;
     let path = t.dir.join(snapshot::MEMORY_FILE);

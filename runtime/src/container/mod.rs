@@ -60,6 +60,9 @@ pub struct Config {
     #[serde(default)]
     pub limits: crate::limits::Limits,
     pub debug: bool,
+    /// Boot cold, never from a snapshot (`--no-snapshot`).
+    #[serde(default)]
+    pub no_snapshot: bool,
     pub restart: RestartPolicy,
     /// Remove the container when it ends (`--rm`).
     pub auto_remove: bool,
@@ -614,6 +617,7 @@ mod tests {
             scratch_mib: None,
             limits: Default::default(),
             debug: false,
+            no_snapshot: false,
             restart: RestartPolicy::No,
             auto_remove: false,
             stop_signal: 15,

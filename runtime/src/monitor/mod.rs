@@ -606,6 +606,7 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         }
         Err(e) => return RunEnd::failed(&e),
     };
+    use_snapshot(state, c, &mut plan.config);
     timing::mark("vm-starting");
     let mut vm = match vm_process::spawn(plan) {
         Ok(v) => v,
@@ -714,6 +715,23 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
                 }),
             }
         }
+    }
+}
+
+/// Starts the VM from a snapshot when it can (see `snapshot`); says why
+/// not under `--debug`.
+fn use_snapshot(state: &Path, c: &Container, config: &mut vmm::VmConfig) {
+    if !crate::snapshot::wanted(c.config.no_snapshot) {
+        return;
+    }
+    let cold = if config.filesystems.is_empty() {
+        crate::snapshot::prepare(state, config, c.config.debug).err()
+    } else {
+        Some("volumes over virtio-fs need guest memory shared with their daemon, which a snapshot's copy-on-write memory is not".to_string())
+    };
+    timing::mark("snapshot-ready");
+    if let (Some(why), true) = (cold, c.config.debug) {
+        note(&format!("booting cold: {why}"));
     }
 }
 
@@ -956,13 +974,16 @@ fn read_reply(conn: &mut UnixStream) -> std::result::Result<Reply, String> {
             Ok(1) if b[0] == b'\n' => break,
             Ok(1) => line.push(b[0]),
             Ok(_) => {
-                return Err("the container's monitor closed the connection without an answer".into())
+                return Err(
+                    "the container's monitor closed the connection without an answer".into(),
+                )
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("reading the container's monitor: {e}")),
         }
     }
-    serde_json::from_slice(&line).map_err(|e| format!("the container's monitor answered badly: {e}"))
+    serde_json::from_slice(&line)
+        .map_err(|e| format!("the container's monitor answered badly: {e}"))
 }
 
 /// Sends `req` to the monitor of `c` and returns its answer (and the
