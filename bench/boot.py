@@ -1,12 +1,12 @@
 """Boot benchmark driver (see bench/boot). Runs where KVM works."""
 import argparse
-import json
-import os
 import re
 import statistics
 import subprocess
 import sys
 import time
+
+import peers as reference
 
 GUEST_MIB = 128
 
@@ -17,30 +17,11 @@ def ours_cmd(a, initrd):
 
 
 def qemu_cmd(a, initrd):
-    # reboot=t: QEMU's microvm has no i8042, a triple fault with -no-reboot
-    # ends it at once.
-    return ["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-cpu", "host",
-            "-m", str(GUEST_MIB), "-smp", "1", "-nodefaults", "-no-user-config",
-            "-display", "none", "-no-reboot", "-serial", "stdio",
-            "-kernel", a.kernel, "-initrd", initrd,
-            "-append", "console=ttyS0 reboot=t panic=-1 quiet"]
-
-
-# Firecracker's getting-started command line, with our console settings.
-FC_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off quiet"
+    return reference.qemu_cmd(a.kernel, initrd, GUEST_MIB)
 
 
 def fc_cmd(a, initrd):
-    """Firecracker without its API socket, from a config file per initramfs."""
-    cfg = os.path.join(a.scratch, "firecracker-" + os.path.basename(initrd) + ".json")
-    with open(cfg, "w") as f:
-        json.dump({
-            "boot-source": {"kernel_image_path": a.kernel, "initrd_path": initrd,
-                            "boot_args": FC_BOOT_ARGS},
-            "drives": [],
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MIB},
-        }, f)
-    return [a.firecracker, "--no-api", "--config-file", cfg, "--level", "Error"]
+    return reference.fc_cmd(a.firecracker, a.kernel, initrd, GUEST_MIB, a.scratch)
 
 
 def timed(cmd):

@@ -21,6 +21,13 @@ vm_die() {
     exit 1
 }
 
+# The absolute path of the Firecracker binary a benchmark's
+# --firecracker names (it must be executable).
+vm_firecracker_arg() {
+    [ -x "${1:-}" ] || vm_die "--firecracker needs the path of a Firecracker binary (built outside this checkout, see bench/ in README.md)"
+    realpath "$1"
+}
+
 # Install Debian packages that are missing. Each argument is "package" or
 # "package:command" (the command that proves the package is there).
 vm_need_packages() {

@@ -14,4 +14,8 @@ pub fn signal_userspace_started() {
     unsafe {
         std::arch::asm!("out dx, al", in("dx") PORT, in("al") MAGIC, options(nomem, nostack, preserves_flags));
     }
+    // The permission would pass to every process forked from here,
+    // containers included.
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    unsafe { libc::ioperm(libc::c_ulong::from(PORT), 1, 0) };
 }

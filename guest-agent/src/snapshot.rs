@@ -47,6 +47,10 @@ pub fn point() {
     unsafe {
         std::arch::asm!("out dx, al", in("dx") POINT_PORT, in("al") POINT_MAGIC, options(nomem, nostack, preserves_flags));
     }
+    // The permission would pass to every process forked from here,
+    // containers included.
+    // SAFETY: as above.
+    unsafe { libc::ioperm(libc::c_ulong::from(POINT_PORT), 1, 0) };
 }
 
 /// Right after a restore: the generator's state is the snapshot's, the

@@ -86,7 +86,7 @@ cp "$other/state.json" "$d/state.json"
 $R $I echo after-foreign
 echo "rc=$?"
 grep -q "\"key\":\"$key\"" "$d/state.json" && echo retaken || echo not-retaken
-echo "snapshots=$(count) leftovers=$(find "$S" -mindepth 1 -maxdepth 1 -name '.*' | wc -l)"
+echo "snapshots=$(count) leftovers=$(find "$S" -mindepth 1 -maxdepth 1 -name '.*.tmp' | wc -l)"
 
 echo "== network"
 # Two restored VMs at once: each its own address and MAC.

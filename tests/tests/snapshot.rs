@@ -43,13 +43,13 @@ fn containers_start_from_a_snapshot_of_a_booted_guest() {
             "rc=0 snapshots=1",
             "700",
             "700",
-            "600",
-            "600",
+            "400",
+            "400",
             "memory-size-ok",
             "sparse",
             "key-matches-dir"
         ],
-        "the first start takes one private, sparse snapshot named by its key\n{out}"
+        "the first start takes one private, read-only, sparse snapshot named by its key\n{out}"
     );
     assert_eq!(
         lines(section(&out.stdout, "restored")),

@@ -274,7 +274,7 @@ pub fn write_state(dir: &Path, state: &State) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode_0600()
+        .mode_0400()
         .open(&path)
         .map_err(io)?;
     f.write_all(&json).map_err(io)?;
@@ -282,13 +282,15 @@ pub fn write_state(dir: &Path, state: &State) -> Result<()> {
     Ok(())
 }
 
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
+trait Mode0400 {
+    /// Created read-only: nothing that runs as its owner later (a VMM
+    /// without its jail) opens it for writing by mistake.
+    fn mode_0400(&mut self) -> &mut Self;
 }
 
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+impl Mode0400 for std::fs::OpenOptions {
+    fn mode_0400(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o400)
     }
 }
 
@@ -325,27 +327,52 @@ pub fn load(dir: &Path, expect: &Expect) -> Result<(State, File)> {
     Ok((state, mem))
 }
 
+/// The most vCPUs, CPUID leaves and MSRs a state file may list (each
+/// decodes to kilobytes: they are counted before they are decoded).
+const MAX_VCPUS: usize = 64;
+const MAX_CPUID_LEAVES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+const MAX_MSRS: usize = 4096;
+
 fn parse(json: &[u8]) -> Result<State> {
-    // The format first, so a newer file is called that, not corrupt.
+    use serde::de::IgnoredAny;
+    // The format and the counts first (a newer file is called that, not
+    // corrupt), without decoding what is counted.
     #[derive(Deserialize)]
-    struct Format {
+    struct Shape {
         format: u32,
+        #[serde(default)]
+        vcpus: Vec<VcpuShape>,
     }
-    let f: Format =
-        serde_json::from_slice(json).map_err(|e| Error::Corrupt(format!("{STATE_FILE}: {e}")))?;
-    if f.format != FORMAT {
+    #[derive(Deserialize)]
+    struct VcpuShape {
+        cpuid: Vec<IgnoredAny>,
+        msrs: Vec<IgnoredAny>,
+    }
+    let corrupt = |e: serde_json::Error| Error::Corrupt(format!("{STATE_FILE}: {e}"));
+    let shape: Shape = serde_json::from_slice(json).map_err(corrupt)?;
+    if shape.format != FORMAT {
         return Err(Error::Mismatch(format!(
             "format {} (this vm reads format {FORMAT})",
-            f.format
+            shape.format
         )));
     }
-    serde_json::from_slice(json).map_err(|e| Error::Corrupt(format!("{STATE_FILE}: {e}")))
+    let too_many = shape.vcpus.len() > MAX_VCPUS
+        || shape
+            .vcpus
+            .iter()
+            .any(|v| v.cpuid.len() > MAX_CPUID_LEAVES || v.msrs.len() > MAX_MSRS);
+    if too_many {
+        return Err(Error::Corrupt(format!(
+            "{STATE_FILE} lists more vCPUs, CPUID leaves or MSRs than a VM has"
+        )));
+    }
+    serde_json::from_slice(json).map_err(corrupt)
 }
 
 fn check(state: &State, expect: &Expect) -> Result<()> {
     if state.key != expect.key {
         return Err(Error::Mismatch(format!(
-            "it was taken for {}, not {}",
+            "it was taken for {:?}, not {:?}",
             state.key, expect.key
         )));
     }
@@ -558,6 +585,20 @@ mod tests {
             Err(Error::Corrupt(m)) => assert!(m.contains("larger"), "{m}"),
             _ => panic!("read an oversized state file"),
         }
+        // Counts past what a VM has are refused before they are decoded.
+        let mut s = state();
+        s.vcpus[0].msrs = vec![kvm_msr_entry::default(); MAX_MSRS + 1];
+        let d = dir_with(&serde_json::to_vec(&s).expect("serializes"), 4096);
+        match load(&d.0, &expect(&good)) {
+            Err(Error::Corrupt(m)) => assert!(m.contains("more vCPUs"), "{m}"),
+            _ => panic!("decoded an oversized MSR list"),
+        }
+        let many = format!(
+            "{{\"format\":{FORMAT},\"vcpus\":[{}]}}",
+            vec!["{\"cpuid\":[],\"msrs\":[]}"; MAX_VCPUS + 1].join(",")
+        );
+        let d = dir_with(many.as_bytes(), 4096);
+        assert!(matches!(load(&d.0, &expect(&good)), Err(Error::Corrupt(_))));
         // A missing snapshot is an I/O error naming the file.
         let d = tempdir::Dir::new();
         assert!(matches!(load(&d.0, &expect(&good)), Err(Error::Io { .. })));

@@ -609,7 +609,7 @@ fn save_snapshot(
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(0o400)
         .open(&path)
         .map_err(io)?;
     memory::save(mem, &file).map_err(io)?;

@@ -607,6 +607,10 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         Err(e) => return RunEnd::failed(&e),
     };
     use_snapshot(state, c, &mut plan.config);
+    let restoring = match &plan.config.snapshot {
+        Some(vmm::vm::SnapshotUse::Restore { dir, .. }) => Some(dir.clone()),
+        _ => None,
+    };
     timing::mark("vm-starting");
     let mut vm = match vm_process::spawn(plan) {
         Ok(v) => v,
@@ -670,7 +674,14 @@ fn run_once(state: &Path, shared: &Arc<Shared>) -> RunEnd {
         }
     }
     timing::mark("vm-stopping");
-    let end = vm.finish(grace);
+    let mut end = vm.finish(grace);
+    if let (Some(dir), Some(error)) = (&restoring, &mut end.error) {
+        // KVM refused a snapshot that read well (a host changed under
+        // it): gone, so the next start takes a new one.
+        if error.starts_with("snapshot:") && std::fs::remove_dir_all(dir).is_ok() {
+            error.push_str("; the snapshot was removed, and the next start takes a new one (or run with --no-snapshot)");
+        }
+    }
     drop(shares);
     // Empty now: the VMM has been reaped.
     drop(cgroup);
