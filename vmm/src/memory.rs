@@ -213,44 +213,46 @@ fn map_aligned(len: usize) -> std::io::Result<usize> {
     Ok(aligned)
 }
 
-/// Guest RAM from a snapshot's memory file, mapped privately at the
-/// same 2 MiB-aligned addresses [`create`] uses: pages are read from the
-/// file when first touched, and the guest's writes go to its own copies,
-/// never to the file. `file` must hold `mem_bytes` bytes (checked on
-/// load); the ranges follow each other in it.
+/// Guest RAM from a snapshot's memory file, at the same 2 MiB-aligned
+/// addresses [`create`] uses: anonymous memory, with the file's data
+/// mapped privately over it. Pages are read from the file when first
+/// touched, and the guest's writes go to its own copies, never to the
+/// file. The file's holes (most of a snapshot) stay anonymous: a hole
+/// mapped from the file would become a page of the file's cache when the
+/// guest touched it (on tmpfs, one that cannot be reclaimed), charged
+/// besides the guest's own copy. `file` must hold `mem_bytes` bytes
+/// (checked on load); the ranges follow each other in it.
 pub fn from_snapshot(mem_bytes: u64, file: &File) -> Result<(GuestMem, Mappings), Error> {
     let mib = mem_bytes >> 20;
+    let map_err = |source| Error::Map { mib, source };
+    let extents = data_extents(file, mem_bytes).map_err(map_err)?;
     let mut maps = Mappings(Vec::new());
     let mut regions = Vec::new();
     let mut file_offset = 0u64;
     for (start, len) in ram_ranges(mem_bytes) {
         let size = usize::try_from(len).map_err(|_| Error::TooLarge(mib))?;
-        let addr = map_aligned(size).map_err(|source| Error::Map { mib, source })?;
+        let addr = map_aligned(size).map_err(map_err)?;
         maps.0.push((addr, size));
-        let off = libc::off_t::try_from(file_offset).map_err(|_| Error::TooLarge(mib))?;
-        // SAFETY: MAP_FIXED over the window reserved just above, which
-        // nothing uses yet; a private mapping of a file opened read-only.
-        let p = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                file.as_raw_fd(),
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            let source = std::io::Error::last_os_error();
-            return Err(Error::Map { mib, source });
+        // The file's data that falls in this range.
+        for &(from, to) in &extents {
+            let from = from.max(file_offset);
+            let to = to.min(file_offset + len);
+            if from >= to {
+                continue;
+            }
+            let at = addr + usize::try_from(from - file_offset).map_err(|_| Error::TooLarge(mib))?;
+            let n = usize::try_from(to - from).map_err(|_| Error::TooLarge(mib))?;
+            map_private_at(at, n, file, from).map_err(map_err)?;
         }
-        // SAFETY: `addr..addr + size` is the private mapping made above,
-        // kept until `maps` is dropped.
-        let region = unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(addr as *mut u8) }
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE)
-            .build()
-            .map_err(|source| Error::Region { mib, source })?;
+        // SAFETY: `addr..addr + size` is the mapping made above (anonymous,
+        // with parts of the file mapped privately over it), kept until
+        // `maps` is dropped.
+        let region =
+            unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(addr as *mut u8) }
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|source| Error::Region { mib, source })?;
         let region =
             GuestRegionMmap::new(region, GuestAddress(start)).ok_or(Error::TooLarge(mib))?;
         regions.push(region);
@@ -259,6 +261,78 @@ pub fn from_snapshot(mem_bytes: u64, file: &File) -> Result<(GuestMem, Mappings)
     let mem =
         GuestMemoryMmap::from_regions(regions).map_err(|source| Error::Layout { mib, source })?;
     Ok((mem, maps))
+}
+
+/// The most separate mappings of a snapshot's data: extents closer than
+/// [`MERGE_GAP`] are mapped as one, and the gap grows until they fit.
+const MAX_EXTENTS: usize = 1024;
+const MERGE_GAP: u64 = 64 << 10;
+
+/// Where `file` (of `len` bytes) has data, page-aligned, as
+/// `(start, end)` offsets, nearby extents merged.
+fn data_extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    const PAGE: u64 = 4096;
+    let fd = file.as_raw_fd();
+    let seek = |off: u64, whence| -> std::io::Result<Option<u64>> {
+        let o = libc::off_t::try_from(off).map_err(std::io::Error::other)?;
+        // SAFETY: lseek on a descriptor we hold; it moves only the offset.
+        let r = unsafe { libc::lseek(fd, o, whence) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENXIO: no data at or past `off`.
+            return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+        }
+        Ok(Some(r as u64))
+    };
+    let mut extents = Vec::new();
+    let mut off = 0;
+    while off < len {
+        let Some(data) = seek(off, libc::SEEK_DATA)? else { break };
+        if data >= len {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        let from = data / PAGE * PAGE;
+        let to = hole.div_ceil(PAGE) * PAGE;
+        extents.push((from, to.min(len)));
+        off = hole.max(data + 1);
+    }
+    let mut gap = MERGE_GAP;
+    loop {
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(extents.len());
+        for &(from, to) in &extents {
+            match merged.last_mut() {
+                Some(last) if from <= last.1 + gap => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
+            }
+        }
+        if merged.len() <= MAX_EXTENTS {
+            return Ok(merged);
+        }
+        gap *= 4;
+    }
+}
+
+/// Maps `len` bytes of `file` from `offset` privately over `addr`, which
+/// lies in a window this module reserved.
+fn map_private_at(addr: usize, len: usize, file: &File, offset: u64) -> std::io::Result<()> {
+    let off = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+    // SAFETY: MAP_FIXED over part of a window this module reserved and
+    // nothing uses yet; a private mapping of a file opened read-only.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            off,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Writes guest RAM into `file`, range after range, as a sparse file:
@@ -312,4 +386,50 @@ pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), Error> {
         unsafe { vm.set_user_memory_region(region) }.map_err(Error::Register)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn saved_memory_comes_back_copy_on_write_with_holes_anonymous() {
+        const SIZE: u64 = 32 << 20;
+        let (mem, _maps) = create(SIZE, false).expect("memory");
+        mem.write_slice(b"first page", GuestAddress(0x1000))
+            .expect("write");
+        mem.write_slice(b"far away", GuestAddress(0x150_0000))
+            .expect("write");
+        let path = std::env::temp_dir().join(format!("vmm-memory-test-{}", std::process::id()));
+        let file = File::create(&path).expect("file");
+        let written = save(&mem, &file).expect("save");
+        assert_eq!(written, 2 * 4096, "only the pages with data are written");
+        assert_eq!(file.metadata().expect("stat").len(), SIZE);
+        drop(file);
+
+        let file = File::open(&path).expect("open");
+        let extents = data_extents(&file, SIZE).expect("extents");
+        let data: u64 = extents.iter().map(|(a, b)| b - a).sum();
+        assert!(data < SIZE / 4, "holes are not data: {extents:?}");
+        let (back, _maps) = from_snapshot(SIZE, &file).expect("restore");
+        let mut buf = [0u8; 10];
+        back.read_slice(&mut buf, GuestAddress(0x1000)).expect("read");
+        assert_eq!(&buf, b"first page");
+        back.read_slice(&mut buf[..8], GuestAddress(0x150_0000))
+            .expect("read");
+        assert_eq!(&buf[..8], b"far away");
+        // A hole reads as zeros and takes writes.
+        back.read_slice(&mut buf, GuestAddress(0x80_0000)).expect("read");
+        assert_eq!(buf, [0; 10]);
+        back.write_slice(b"guest data", GuestAddress(0x80_0000))
+            .expect("write");
+        back.write_slice(b"overwrite!", GuestAddress(0x1000))
+            .expect("write");
+        // The file is untouched by the guest's writes.
+        let on_disk = std::fs::read(&path).expect("read file");
+        assert_eq!(&on_disk[0x1000..0x100a], b"first page");
+        assert!(on_disk[0x80_0000..0x80_000a].iter().all(|&b| b == 0));
+        let _ = std::fs::remove_file(&path);
+    }
 }
