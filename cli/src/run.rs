@@ -585,6 +585,10 @@ pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
             Err(e) => crate::runtime_error(&e),
         };
     }
+    // The terminal goes raw before the guest starts: what is typed while
+    // it boots (an EOF, a ^C) then reaches the container as typed, not
+    // after the line discipline has turned it into something else.
+    let raw = raw_wanted.then(tty::RawMode::enter).flatten();
     let conn = match client::start(
         &state,
         &c,
@@ -593,16 +597,20 @@ pub fn main(args: RunArgs, root: Option<PathBuf>) -> ExitCode {
         },
     ) {
         Ok(conn) => conn,
-        Err(e) => return crate::runtime_error(&e),
+        Err(e) => {
+            drop(raw);
+            return crate::runtime_error(&e);
+        }
     };
     let Some(catcher) = catcher else {
+        drop(raw);
         return crate::fail(&"no signal catcher for an attached run");
     };
     attach_with(
         conn,
         &c,
         opts.interactive,
-        raw_wanted,
+        raw,
         opts.restart == RestartPolicy::No,
         catcher,
         rx,
@@ -623,7 +631,8 @@ pub fn attach_foreground(
     if let Err(e) = catcher.catch() {
         return crate::fail(&e);
     }
-    attach_with(conn, c, stdin, raw_wanted, wait_monitor, catcher, rx)
+    let raw = raw_wanted.then(tty::RawMode::enter).flatten();
+    attach_with(conn, c, stdin, raw, wait_monitor, catcher, rx)
 }
 
 /// `attach_foreground` with signals already caught by `catcher` (their
@@ -632,7 +641,7 @@ fn attach_with(
     conn: std::os::unix::net::UnixStream,
     c: &runtime::container::Container,
     stdin: bool,
-    raw_wanted: bool,
+    raw: Option<tty::RawMode>,
     wait_monitor: bool,
     mut catcher: Catcher,
     rx: mpsc::Receiver<Control>,
@@ -643,9 +652,9 @@ fn attach_with(
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // A signal that came while the guest boots waits for the container.
     if let Err(e) = catcher.arm() {
+        drop(raw);
         return crate::fail(&e);
     }
-    let raw = raw_wanted.then(tty::RawMode::enter).flatten();
     let input: Option<Box<dyn std::io::Read + Send>> = if stdin {
         Some(Box::new(std::io::stdin()))
     } else {

@@ -89,6 +89,22 @@ pub fn create(mem_bytes: u64, shared: bool) -> Result<(GuestMem, Mappings), Erro
     } else {
         None
     };
+    lay_out(mem_bytes, |addr, size, file_offset| {
+        let Some(f) = &file else { return Ok(None) };
+        map_file_at(addr, size, f, file_offset).map_err(|source| Error::Shared { mib, source })?;
+        Ok(Some(FileOffset::from_arc(f.clone(), file_offset)))
+    })
+}
+
+/// Maps each range of guest RAM at a 2 MiB-aligned host address, lets
+/// `fill(addr, size, offset)` put what belongs there (`offset`: where the
+/// range starts in a file holding all of RAM), and describes the result
+/// to vm-memory: shared from the file `fill` returns, else anonymous.
+fn lay_out(
+    mem_bytes: u64,
+    mut fill: impl FnMut(usize, usize, u64) -> Result<Option<FileOffset>, Error>,
+) -> Result<(GuestMem, Mappings), Error> {
+    let mib = mem_bytes >> 20;
     let mut maps = Mappings(Vec::new());
     let mut regions = Vec::new();
     let mut file_offset = 0u64;
@@ -97,19 +113,15 @@ pub fn create(mem_bytes: u64, shared: bool) -> Result<(GuestMem, Mappings), Erro
         let addr = map_aligned(size).map_err(|source| Error::Map { mib, source })?;
         maps.0.push((addr, size));
         // SAFETY: `addr..addr + size` is a read-write mapping made above
-        // (private anonymous, or the memfd shared below), kept until
-        // `maps` is dropped.
+        // (private anonymous, with whatever `fill` maps over it), kept
+        // until `maps` is dropped.
         let builder =
             unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(addr as *mut u8) }
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
-        let builder = match &file {
-            Some(f) => {
-                map_file_at(addr, size, f, file_offset)
-                    .map_err(|source| Error::Shared { mib, source })?;
-                builder
-                    .with_mmap_flags(libc::MAP_SHARED)
-                    .with_file_offset(FileOffset::from_arc(f.clone(), file_offset))
-            }
+        let builder = match fill(addr, size, file_offset)? {
+            Some(offset) => builder
+                .with_mmap_flags(libc::MAP_SHARED)
+                .with_file_offset(offset),
             None => builder
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
         };
@@ -226,41 +238,21 @@ pub fn from_snapshot(mem_bytes: u64, file: &File) -> Result<(GuestMem, Mappings)
     let mib = mem_bytes >> 20;
     let map_err = |source| Error::Map { mib, source };
     let extents = data_extents(file, mem_bytes).map_err(map_err)?;
-    let mut maps = Mappings(Vec::new());
-    let mut regions = Vec::new();
-    let mut file_offset = 0u64;
-    for (start, len) in ram_ranges(mem_bytes) {
-        let size = usize::try_from(len).map_err(|_| Error::TooLarge(mib))?;
-        let addr = map_aligned(size).map_err(map_err)?;
-        maps.0.push((addr, size));
+    lay_out(mem_bytes, |addr, size, file_offset| {
+        let end = file_offset + size as u64;
         // The file's data that falls in this range.
         for &(from, to) in &extents {
-            let from = from.max(file_offset);
-            let to = to.min(file_offset + len);
+            let (from, to) = (from.max(file_offset), to.min(end));
             if from >= to {
                 continue;
             }
-            let at = addr + usize::try_from(from - file_offset).map_err(|_| Error::TooLarge(mib))?;
+            let at =
+                addr + usize::try_from(from - file_offset).map_err(|_| Error::TooLarge(mib))?;
             let n = usize::try_from(to - from).map_err(|_| Error::TooLarge(mib))?;
             map_private_at(at, n, file, from).map_err(map_err)?;
         }
-        // SAFETY: `addr..addr + size` is the mapping made above (anonymous,
-        // with parts of the file mapped privately over it), kept until
-        // `maps` is dropped.
-        let region =
-            unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(addr as *mut u8) }
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
-                .build()
-                .map_err(|source| Error::Region { mib, source })?;
-        let region =
-            GuestRegionMmap::new(region, GuestAddress(start)).ok_or(Error::TooLarge(mib))?;
-        regions.push(region);
-        file_offset += len;
-    }
-    let mem =
-        GuestMemoryMmap::from_regions(regions).map_err(|source| Error::Layout { mib, source })?;
-    Ok((mem, maps))
+        Ok(None)
+    })
 }
 
 /// The most separate mappings of a snapshot's data: extents closer than
@@ -280,14 +272,20 @@ fn data_extents(file: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
         if r < 0 {
             let e = std::io::Error::last_os_error();
             // ENXIO: no data at or past `off`.
-            return if e.raw_os_error() == Some(libc::ENXIO) { Ok(None) } else { Err(e) };
+            return if e.raw_os_error() == Some(libc::ENXIO) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
         }
         Ok(Some(r as u64))
     };
     let mut extents = Vec::new();
     let mut off = 0;
     while off < len {
-        let Some(data) = seek(off, libc::SEEK_DATA)? else { break };
+        let Some(data) = seek(off, libc::SEEK_DATA)? else {
+            break;
+        };
         if data >= len {
             break;
         }
@@ -414,13 +412,15 @@ mod tests {
         assert!(data < SIZE / 4, "holes are not data: {extents:?}");
         let (back, _maps) = from_snapshot(SIZE, &file).expect("restore");
         let mut buf = [0u8; 10];
-        back.read_slice(&mut buf, GuestAddress(0x1000)).expect("read");
+        back.read_slice(&mut buf, GuestAddress(0x1000))
+            .expect("read");
         assert_eq!(&buf, b"first page");
         back.read_slice(&mut buf[..8], GuestAddress(0x150_0000))
             .expect("read");
         assert_eq!(&buf[..8], b"far away");
         // A hole reads as zeros and takes writes.
-        back.read_slice(&mut buf, GuestAddress(0x80_0000)).expect("read");
+        back.read_slice(&mut buf, GuestAddress(0x80_0000))
+            .expect("read");
         assert_eq!(buf, [0; 10]);
         back.write_slice(b"guest data", GuestAddress(0x80_0000))
             .expect("write");
