@@ -1,6 +1,7 @@
 """Boot benchmark driver (see bench/boot). Runs where KVM works."""
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def main():
     ap.add_argument("--firecracker")
     ap.add_argument("--runs", type=int, default=10)
     a = ap.parse_args()
+    local = reference.local_copies(a, ("vm", "firecracker", "kernel", "initrd", "hold_initrd"))
 
     peers = [("vm", ours_cmd), ("qemu", qemu_cmd)]
     if a.firecracker:
@@ -102,6 +104,7 @@ def main():
               file=sys.stderr)
 
     mem = {name: rss_overhead_kib(make(a, a.hold_initrd)) for name, make in peers}
+    shutil.rmtree(local, ignore_errors=True)
 
     def row(label, values):
         return f"{label:<44} {statistics.median(values):9.1f} {pct(values, 0.9):9.1f}"

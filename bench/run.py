@@ -49,13 +49,14 @@ def main():
     a = ap.parse_args()
     images = [i.split("=", 1) for i in a.image]
     scratch = tempfile.mkdtemp(prefix="vm-bench-")
+    local = reference.local_copies(a, ("vm", "firecracker", "kernel", "initrd"))
     bare = [("qemu", reference.qemu_cmd(a.kernel, a.initrd, GUEST_MIB))]
     if a.firecracker:
         bare.append(("firecracker", reference.fc_cmd(a.firecracker, a.kernel, a.initrd,
                                                      GUEST_MIB, scratch)))
 
     env = dict(os.environ, VM_KERNEL=a.kernel, VM_INITRD=a.initrd, VM_TIMINGS="1")
-    env["VM_SNAPSHOT"] = "1"  # off by default for now (see README)
+    env.pop("VM_SNAPSHOT", None)  # snapshots as by default: on
     for _, cmd in bare:
         timed(cmd, expect="vm-agent: ready")  # warm the page cache
     ref = {name: [] for name, _ in bare}
@@ -88,6 +89,7 @@ def main():
               + ", ".join(f"{n} {r} {wall[(n, r)][-1]:.0f}" for n, _ in images for r in rows),
               file=sys.stderr)
     shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(local, ignore_errors=True)
 
     meds = {n: med(v) for n, v in ref.items()}
     print(f"{'':40}{'median ms':>10}" + "".join(f"{'vs ' + n:>14}" for n in meds))

@@ -304,6 +304,7 @@ fn main() -> ExitCode {
     // head`): Rust ignores SIGPIPE and would fail on the write instead.
     // SAFETY: setting a signal's disposition to the default is sound.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    runtime::timing::start();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -312,7 +313,8 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match cli.command {
+    runtime::timing::mark("cli-parsed");
+    let code = match cli.command {
         Command::Boot(args) => boot(args),
         Command::Run(args) => run::main(args, cli.root),
         Command::Create(args) => run::create(args, cli.root),
@@ -352,7 +354,9 @@ fn main() -> ExitCode {
         Command::Image(ImageCommand::Prune(args)) => images::prune(args, cli.root),
         Command::Network(c) => network::main(c, cli.root),
         Command::Volume(c) => volume::main(c, cli.root),
-    }
+    };
+    runtime::timing::mark("cli-done");
+    code
 }
 
 fn container_command(c: ContainerCommand, root: Option<PathBuf>) -> ExitCode {

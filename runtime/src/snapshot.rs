@@ -37,7 +37,7 @@ const TAKE_TIMEOUT: Duration = Duration::from_secs(60);
 const LAYOUT: &str = "vm-snapshot-1";
 
 /// Whether starts use snapshots unless told otherwise.
-const BY_DEFAULT: bool = false;
+const BY_DEFAULT: bool = true;
 
 /// Whether this start may use a snapshot: not with `--no-snapshot` or
 /// `VM_SNAPSHOT=0`; with `VM_SNAPSHOT=1`.

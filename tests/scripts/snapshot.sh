@@ -13,7 +13,7 @@ set -u
 # The state root must be on a file system that holds sockets.
 export VM_ROOT=${VM_ROOT:-/tmp/vm-test-state}
 rm -rf "$VM_ROOT/snapshots"
-export VM_SNAPSHOT=${VM_SNAPSHOT:-1}
+unset VM_SNAPSHOT  # on by default
 S=$VM_ROOT/snapshots
 R="vm run --rm -m 128m"
 count() { find "$S" -mindepth 1 -maxdepth 1 -type d ! -name '.*' 2>/dev/null | wc -l; }

@@ -196,7 +196,10 @@ pub fn ensure_tables(state_dir: &Path, live: impl FnOnce() -> Vec<Port>) -> Resu
 
 /// Gives `p.tap` its ingress chain: IPv4 and ARP from the container's own
 /// MAC and address pass, nothing else. A chain left under the same name
-/// is emptied first, in the same transaction.
+/// is emptied first, in the same transaction. The transaction fails,
+/// changing nothing, when our tables are missing or older (what
+/// [`tables_exist`] checks, in the same run of `nft`): then make them with
+/// [`ensure_tables`] and call this again.
 pub fn add_port(p: &Port) -> Result<(), String> {
     let Port {
         bridge,
@@ -211,7 +214,9 @@ pub fn add_port(p: &Port) -> Result<(), String> {
         dns,
     } = bridge;
     let mut script = format!(
-        "add element ip vm bridges {{ \"{name}\" }}\n\
+        "list set ip vm resolvers\n\
+         list table netdev vm\n\
+         add element ip vm bridges {{ \"{name}\" }}\n\
          add element ip vm pings {{ \"{name}\" . {gateway} }}\n"
     );
     if *internal {

@@ -560,7 +560,6 @@ fn join(
             firewall::remove_port(&tap_name);
             leases.leases.retain(|_, l| l.container != *id);
         }
-        firewall::ensure_tables(&ipam::dir(state), || live_ports(state)).map_err(Error::host)?;
         let ip = ipam::pick(&leases, n.subnet, n.prefix, n.gateway, e.ip)
             .map_err(|e| Error::in_use(format!("network {}: {e}", n.name)))?;
         let mac = match mac {
@@ -589,13 +588,19 @@ fn join(
         tap_name: tap_name.clone(),
     };
     let tap = make_tap(&tap_name, &n.bridge).map_err(Error::host)?;
-    firewall::add_port(&firewall::Port {
+    let port = firewall::Port {
         bridge,
         tap: tap_name.clone(),
         mac: mac.clone(),
         ip,
-    })
-    .map_err(Error::host)?;
+    };
+    // One run of `nft` when the tables are there (each run costs a
+    // process); else they are made, under the lock, and it goes again.
+    if firewall::add_port(&port).is_err() {
+        let _lock = ipam::lock(state)?;
+        firewall::ensure_tables(&ipam::dir(state), || live_ports(state)).map_err(Error::host)?;
+        firewall::add_port(&port).map_err(Error::host)?;
+    }
     let joined = Joined {
         network: n.name.clone(),
         network_id: n.id.clone(),
