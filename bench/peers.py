@@ -41,7 +41,8 @@ def local_copies(a, names):
     checkout are this machine's over 9p, and an executable there pays 9p
     round trips for the pages each run touches (about 0.6 s of every
     `vm` command's start, measured), which a host running from its own
-    disk does not; every peer gets the same treatment."""
+    disk does not. QEMU, a system package with many shared libraries,
+    stays where it is: its column pays the 9p toll, so it flatters us."""
     import shutil
     import tempfile
     local = tempfile.mkdtemp(prefix="vm-bench-local-")

@@ -213,6 +213,8 @@ pub fn add_port(p: &Port) -> Result<(), String> {
         internal,
         dns,
     } = bridge;
+    // The checks come first: nft evaluates the whole script before it
+    // sends the batch, so a failed `list` sends nothing.
     let mut script = format!(
         "list set ip vm resolvers\n\
          list table netdev vm\n\
