@@ -99,9 +99,10 @@ pub fn logs(args: LogsArgs, root: Option<PathBuf>) -> ExitCode {
         };
         let tail = match args.tail.as_str() {
             "all" | "-1" => None,
-            n => Some(n.parse::<usize>().map_err(|_| {
-                format!("invalid --tail {n:?}: use a number of lines or all")
-            })?),
+            n => Some(
+                n.parse::<usize>()
+                    .map_err(|_| format!("invalid --tail {n:?}: use a number of lines or all"))?,
+            ),
         };
         let path = c.log_path();
         // Watch before reading, so nothing written in between is missed.
@@ -110,7 +111,7 @@ pub fn logs(args: LogsArgs, root: Option<PathBuf>) -> ExitCode {
         } else {
             None
         };
-        let mut entries = logfile::read_all(&path);
+        let (mut entries, current) = logfile::read_all_open(&path);
         if let Some(n) = tail {
             let skip = entries.len().saturating_sub(n);
             entries.drain(..skip);
@@ -119,7 +120,7 @@ pub fn logs(args: LogsArgs, root: Option<PathBuf>) -> ExitCode {
             return Ok(());
         }
         if let Some(w) = watch {
-            follow(&c, &path, w, &printer);
+            follow(&c, &path, current, w, &printer);
         }
         Ok(())
     };
@@ -160,16 +161,23 @@ impl Watch {
 }
 
 /// Prints what is appended to the log (following rotation) until the
-/// container is no longer running.
-fn follow(c: &Container, path: &std::path::Path, watch: Watch, printer: &Printer) {
+/// container is no longer running, from `current`: the log file as it was
+/// read, and how far.
+fn follow(
+    c: &Container,
+    path: &std::path::Path,
+    current: Option<(File, u64)>,
+    watch: Watch,
+    printer: &Printer,
+) {
     let open = || {
         let f = File::open(path).ok()?;
         let ino = f.metadata().ok()?.ino();
         Some((f, ino))
     };
-    let mut current = open().map(|(mut f, ino)| {
-        let end = f.seek(SeekFrom::End(0)).unwrap_or(0);
-        (f, ino, end)
+    let mut current = current.and_then(|(f, read)| {
+        let ino = f.metadata().ok()?.ino();
+        Some((f, ino, read))
     });
     loop {
         let live = c.state().status.is_live();

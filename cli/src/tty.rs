@@ -5,9 +5,18 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg, Termios};
 
-/// Puts stdin's terminal in raw mode; restores it when dropped.
+/// Puts stdin's terminal in raw mode; restores it when dropped, or when
+/// `vm` panics meanwhile (panics abort: no destructor would run).
 pub struct RawMode {
     saved: Termios,
+}
+
+/// The terminal's settings while a `RawMode` holds it, for the panic hook.
+static HELD: std::sync::Mutex<Option<Termios>> = std::sync::Mutex::new(None);
+
+fn restore(saved: &Termios) {
+    let stdin = std::io::stdin();
+    let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, saved);
 }
 
 impl RawMode {
@@ -17,15 +26,31 @@ impl RawMode {
         let saved = tcgetattr(fd).ok()?;
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                if let Some(saved) = HELD.try_lock().ok().and_then(|mut h| h.take()) {
+                    restore(&saved);
+                }
+                previous(info);
+            }));
+        });
         tcsetattr(fd, SetArg::TCSANOW, &raw).ok()?;
+        if let Ok(mut h) = HELD.lock() {
+            // (a nested hold keeps the outermost settings)
+            h.get_or_insert_with(|| saved.clone());
+        }
         Some(Self { saved })
     }
 }
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let stdin = std::io::stdin();
-        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &self.saved);
+        restore(&self.saved);
+        if let Ok(mut h) = HELD.lock() {
+            *h = None;
+        }
     }
 }
 

@@ -146,13 +146,23 @@ pub fn files(path: &Path) -> Vec<PathBuf> {
 /// Every entry of the log, oldest first (lines that do not parse are
 /// skipped).
 pub fn read_all(path: &Path) -> Vec<Entry> {
+    read_all_open(path).0
+}
+
+/// [`read_all`], and the current file (`path`) still open with the bytes
+/// of it read: following it from there misses nothing written meanwhile.
+pub fn read_all_open(path: &Path) -> (Vec<Entry>, Option<(File, u64)>) {
     let mut out = Vec::new();
+    let mut current = None;
     for f in files(path) {
         if let Ok(file) = File::open(&f) {
-            read_entries(BufReader::new(file), &mut out);
+            let used = read_entries(BufReader::new(&file), &mut out);
+            if f == path {
+                current = Some((file, used));
+            }
         }
     }
-    out
+    (out, current)
 }
 
 /// Reads the entries a reader holds up to its end; returns the bytes

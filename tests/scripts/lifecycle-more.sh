@@ -44,6 +44,8 @@ vm inspect -f '{{.State.ExitCode}}' waiter
 
 echo "== exec"
 vm run -d --name box -m 96m $I sh -c 'echo $$ > /tmp/pid; sleep 1000' >/dev/null
+# (`run -d` returns once the process started, maybe before its first line)
+for _ in $(seq 50); do vm exec box test -s /tmp/pid && break; sleep 0.2; done
 vm exec box cat /tmp/pid
 vm exec box sh -c 'echo "$$ $(cat /proc/1/comm)"; exit 3'; echo "rc=$?"
 echo piped | vm exec -i box cat
