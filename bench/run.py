@@ -104,8 +104,10 @@ def main():
                   + "".join(f"{m / q:14.2f}" for q in meds.values()))
     print("\nwhere the time goes (median ms since `vm run` started):")
     keys = ["image-opened", "disks-ready", "disks-ready-cached", "snapshot-ready", "vm-starting",
-            "guest-userspace", "agent-hello", "image-unpacked", "process-started",
-            "process-exited", "vm-ended"]
+            "guest-userspace", "agent-hello", "guest-spec", "guest-scratch-mounted",
+            "guest-image-mounted", "guest-overlay-mounted", "guest-network-configured",
+            "guest-prepared", "image-unpacked", "guest-started", "process-started",
+            "guest-exited", "process-exited", "vm-ended", "cli-done"]
     for name, _ in images:
         for label in rows:
             cols = []

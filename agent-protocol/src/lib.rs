@@ -25,7 +25,7 @@ pub use frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 pub use spec::*;
 
 /// Bumped on any change that an older peer would misread.
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 
 /// vsock ports on the host (CID 2) that the agent connects to.
 pub mod port {

@@ -81,6 +81,12 @@ pub enum AgentMessage {
         code: i32,
         message: String,
     },
+    /// Where the guest's time went (`RunSpec::timings`): marks in
+    /// milliseconds since the agent said hello, sent once, before
+    /// `Exited`.
+    Timings {
+        marks: Vec<(String, f64)>,
+    },
 }
 
 /// Another process in the running container (`vm exec`).
@@ -225,6 +231,9 @@ pub struct RunSpec {
     /// clock; 0 leaves it.
     #[serde(default)]
     pub host_time_ns: u64,
+    /// Report where the guest's time went (`AgentMessage::Timings`).
+    #[serde(default)]
+    pub timings: bool,
 }
 
 /// The container as a whole (its namespaces, not one process).

@@ -87,6 +87,7 @@ fn spec() -> RunSpec {
         },
         seed: vec![7; 64],
         host_time_ns: 1_700_000_000_000_000_000,
+        timings: true,
     }
 }
 
@@ -126,6 +127,16 @@ fn frames_round_trip() {
         assert_eq!(&got, m);
     }
     assert!(read_frame::<_, HostMessage>(&mut r).expect("eof").is_none());
+
+    let timings = AgentMessage::Timings {
+        marks: vec![("hello".into(), 0.0), ("exited".into(), 12.5)],
+    };
+    let mut buf = Vec::new();
+    write_frame(&mut buf, &timings).expect("write");
+    let got: AgentMessage = read_frame(&mut Cursor::new(buf))
+        .expect("read")
+        .expect("a frame");
+    assert_eq!(got, timings);
 }
 
 #[test]

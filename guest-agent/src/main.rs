@@ -28,6 +28,7 @@ mod security;
 mod snapshot;
 mod sysinfo;
 mod system;
+mod timings;
 mod users;
 mod volumes;
 

@@ -39,6 +39,7 @@ fn run(control_port: u32) -> io::Result<()> {
             version: agent_protocol::VERSION,
         },
     )?;
+    crate::timings::mark("hello");
     let spec = match read_frame::<_, HostMessage>(&mut control).map_err(io::Error::other)? {
         Some(HostMessage::Run(spec)) => spec,
         Some(other) => {
@@ -48,6 +49,7 @@ fn run(control_port: u32) -> io::Result<()> {
         }
         None => return Err(io::Error::other("the host closed the connection")),
     };
+    crate::timings::mark("spec");
     let p = &spec.process;
     let streams = Streams::connect(
         StreamPorts {
@@ -63,8 +65,12 @@ fn run(control_port: u32) -> io::Result<()> {
     let mut early = Vec::new();
     let started = crate::snapshot::fresh_start(&spec.seed, spec.host_time_ns)
         .map_err(|e| Fail::setup(format!("making the VM its own: {e}")))
-        .and_then(|()| prepare(&spec, &mut || seal_handshake(&mut control, &mut early)))
+        .and_then(|()| {
+            crate::timings::mark("fresh");
+            prepare(&spec, &mut || seal_handshake(&mut control, &mut early))
+        })
         .and_then(|init| {
+            crate::timings::mark("prepared");
             start(spec.process.terminal, streams, |stdio, pty| {
                 container::spawn(&init, stdio, pty)
             })
@@ -79,6 +85,7 @@ fn run(control_port: u32) -> io::Result<()> {
             return send(&mut control, &msg).map(|()| await_hangup(&control));
         }
     };
+    crate::timings::mark("started");
     send(&mut control, &AgentMessage::Started)?;
     for sig in early {
         if let Ok(sig) = Signal::try_from(sig) {
@@ -87,7 +94,16 @@ fn run(control_port: u32) -> io::Result<()> {
     }
     let writer = std::sync::Arc::new(std::sync::Mutex::new(control.try_clone()?));
     let code = running.wait(&control, &writer);
+    crate::timings::mark("exited");
     let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+    if spec.timings {
+        send(
+            &mut w,
+            &AgentMessage::Timings {
+                marks: crate::timings::take(),
+            },
+        )?;
+    }
     send(&mut w, &AgentMessage::Exited { code })?;
     drop(w);
     await_hangup(&control);
@@ -181,11 +197,13 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
         Some("noinit_itable"),
     )
     .map_err(|e| setup("mounting the scratch disk", &e))?;
+    crate::timings::mark("scratch-mounted");
     let dir = Path::new(SCRATCH);
     for d in ["upper", "work", "root", "etc"] {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| setup("mkdir", &e))?;
     }
     let lower = image_root(spec, seal)?;
+    crate::timings::mark("image-mounted");
     let root = dir.join("root");
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -201,6 +219,7 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
         Some(opts.as_str()),
     )
     .map_err(|e| setup("mounting the container root (overlay)", &e))?;
+    crate::timings::mark("overlay-mounted");
     let etc = dir.join("etc");
     let write = |name: &str, body: String| {
         std::fs::write(etc.join(name), body).map_err(|e| setup(&format!("writing {name}"), &e))
@@ -212,6 +231,7 @@ fn prepare(spec: &RunSpec, seal: &mut dyn FnMut() -> Result<(), Fail>) -> Result
     )?;
     write("resolv.conf", crate::network::resolv_conf(&spec.network))?;
     crate::network::configure(&spec.network).map_err(|e| setup("the network", &e))?;
+    crate::timings::mark("network-configured");
     crate::cgroup::setup(spec.options.pids_limit)
         .map_err(|e| setup("the container's cgroup", &e))?;
     Ok(InitSpec {

@@ -190,6 +190,8 @@ pub struct Session {
     writer: Arc<Mutex<UnixStream>>,
     pumps: Vec<JoinHandle<()>>,
     stdin: Option<UnixStream>,
+    /// When the agent said hello (`VM_TIMINGS`), the origin of its marks.
+    hello_ms: Option<f64>,
 }
 
 impl Session {
@@ -230,8 +232,10 @@ impl Session {
         }
         let _ = control.set_read_timeout(None);
         crate::timing::mark("agent-hello");
+        let hello_ms = crate::timing::elapsed_ms();
         let (terminal, stdin) = (spec.process.terminal, spec.process.stdin);
         let mut spec = spec;
+        spec.timings = hello_ms.is_some();
         spec.seed = fresh_seed()?;
         spec.host_time_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -269,6 +273,7 @@ impl Session {
             writer: Arc::new(Mutex::new(writer)),
             pumps,
             stdin,
+            hello_ms,
         })
     }
 
@@ -313,6 +318,11 @@ impl Session {
                 )) => events.exec(m),
                 Ok(Some(AgentMessage::Hello { .. })) => {
                     return Err(Error::Protocol("the agent said hello twice".into()))
+                }
+                Ok(Some(AgentMessage::Timings { marks })) => {
+                    if let Some(hello) = self.hello_ms.take() {
+                        crate::timing::guest_marks(hello, &marks);
+                    }
                 }
                 Ok(None) => return Err(Error::VmEnded),
                 Err(e) => return Err(Error::Protocol(format!("reading from the agent: {e}"))),
@@ -462,6 +472,7 @@ mod tests {
             options: Default::default(),
             seed: Vec::new(),
             host_time_ns: 0,
+            timings: false,
         }
     }
 

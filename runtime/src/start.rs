@@ -105,6 +105,7 @@ pub fn prepare(
         // Set when the spec is sent.
         seed: Vec::new(),
         host_time_ns: 0,
+        timings: false,
     };
     let seal = match &cache {
         rootfs_cache::Entry::Miss(p) => Some(p.seal.clone()),
@@ -217,8 +218,12 @@ fn vm_config(
     VmConfig {
         kernel,
         initrd: Some(initrd),
+        // kvm-clock, not the TSC: after a restore from a snapshot the
+        // TSC's watchdog found it skewed and switched clocksources while
+        // the container started (measured in the nested host: `true` took
+        // 0.62 s from the agent's start to its exit, 0.21 s with this).
         cmdline: format!(
-            "console=ttyS0{quiet} {}={}",
+            "console=ttyS0 clocksource=kvm-clock{quiet} {}={}",
             agent_protocol::CMDLINE_PARAM,
             agent_protocol::port::CONTROL
         ),
