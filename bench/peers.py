@@ -2,6 +2,8 @@
 and Firecracker, each booting a kernel and initramfs bare to /init."""
 import json
 import os
+import shutil
+import tempfile
 
 
 def qemu_cmd(kernel, initrd, mib):
@@ -43,8 +45,6 @@ def local_copies(a, names):
     `vm` command's start, measured), which a host running from its own
     disk does not. QEMU, a system package with many shared libraries,
     stays where it is: its column pays the 9p toll, so it flatters us."""
-    import shutil
-    import tempfile
     local = tempfile.mkdtemp(prefix="vm-bench-local-")
     for name in names:
         src = getattr(a, name, None)

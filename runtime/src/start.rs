@@ -219,9 +219,10 @@ fn vm_config(
         kernel,
         initrd: Some(initrd),
         // kvm-clock, not the TSC: after a restore from a snapshot the
-        // TSC's watchdog found it skewed and switched clocksources while
-        // the container started (measured in the nested host: `true` took
-        // 0.62 s from the agent's start to its exit, 0.21 s with this).
+        // kernel's watchdog marks the TSC unstable (the --debug console
+        // says so) and switches clocksources, while the container starts;
+        // measured in the nested host, `true` took 0.62 s from the agent's
+        // start to its exit, 0.21 s with this.
         cmdline: format!(
             "console=ttyS0 clocksource=kvm-clock{quiet} {}={}",
             agent_protocol::CMDLINE_PARAM,

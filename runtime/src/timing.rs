@@ -52,8 +52,8 @@ fn guest_lines(hello: f64, marks: &[(String, f64)]) -> Vec<String> {
 
 /// Prints `vm: timing: <what> <ms>` when enabled.
 pub fn mark(what: &str) {
-    if let Some(Some(t0)) = START.get() {
-        eprintln!("vm: timing: {what} {:.1}", t0.elapsed().as_secs_f64() * 1e3);
+    if let Some(ms) = elapsed_ms() {
+        eprintln!("vm: timing: {what} {ms:.1}");
     }
 }
 
